@@ -1,0 +1,127 @@
+"""Scoped hooks: capture activations and gradients, and leave the model as it was found.
+
+Every hook lives inside a ``with`` block and is removed on exit, also when the block raises;
+``training`` flags of every module and ``requires_grad`` flags of every parameter are
+restored too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import InputError
+from .layers import resolve
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+@dataclass
+class Capture:
+    """What :func:`capture` recorded.
+
+    Attributes:
+        activations: layer name -> detached copy of its output at the last call.
+        gradients: layer name -> gradient of the backward pass w.r.t. that output (``grads=True``).
+        calls: layer name -> detached outputs of every call (a module reused in ``forward``,
+            such as torchvision's ResNet ``relu``, is called several times).
+        live: layer name -> the output tensor itself, still in the autograd graph (it may be
+            modified in place later in ``forward``; use it to differentiate, not to read).
+    """
+
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    live: dict[str, torch.Tensor] = field(default_factory=dict)
+    grad_calls: dict[str, list[tuple[int, torch.Tensor]]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (for reuse across batches)."""
+        for d in (self.activations, self.gradients, self.calls, self.live, self.grad_calls):
+            d.clear()
+
+
+def _first_tensor(output: object) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = False,
+            eval: bool | None = None, detach: bool = True) -> Iterator[Capture]:
+    """Record the outputs (and, with ``grads=True``, their gradients) of named layers.
+
+    Outputs are copied at the moment the layer returns, so a later in-place op (an in-place
+    ReLU after a convolution) does not change what was recorded; gradients are those w.r.t.
+    the layer's output before any such in-place op.
+
+    Args:
+        model: any module; layer names are dotted paths as in ``named_modules``.
+        layers: one name or several.
+        grads: also record gradients during backward passes inside the block.
+        eval: ``True`` puts the model in eval mode for the block, ``False`` in train mode,
+            ``None`` leaves it; it is restored on exit either way.
+        detach: store detached copies (default) rather than references in ``activations``.
+
+    Example:
+        >>> with capture(model, ["features.0"]) as cap:   # doctest: +SKIP
+        ...     model(x)
+        >>> cap.activations["features.0"].shape           # doctest: +SKIP
+    """
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise InputError("layers: no layer named; give at least one layer name")
+    modules = {name: resolve(model, name) for name in names}
+    cap = Capture()
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs: object, output: object) -> None:
+            out = _first_tensor(output)
+            if out is None:
+                return
+            saved = out.detach().clone() if detach else out
+            cap.activations[name] = saved
+            cap.calls.setdefault(name, []).append(saved)
+            cap.live[name] = out
+            if grads and out.requires_grad:
+                call = len(cap.calls[name]) - 1
+
+                def grad_hook(grad: torch.Tensor) -> None:
+                    lst = cap.grad_calls.setdefault(name, [])
+                    lst.append((call, grad.detach().clone()))
+                    # the last call's gradient is the one paired with `activations`
+                    cap.gradients[name] = max(lst, key=lambda item: item[0])[1]
+
+                out.register_hook(grad_hook)
+        return hook
+
+    with preserved(model):
+        if eval is not None:
+            model.train(not eval)
+        try:
+            for name, module in modules.items():
+                handles.append(module.register_forward_hook(make_hook(name)))
+            yield cap
+        finally:
+            for h in handles:
+                h.remove()

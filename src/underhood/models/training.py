@@ -1,0 +1,174 @@
+"""The training command behind the shipped weights: ``underhood train``.
+
+Shapes models train on freshly generated images (seeds ``seed * 1000 + epoch``) and are
+evaluated on images from :data:`SHAPES_TEST_SEED`, a seed no training run uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.device import resolve_device
+from ..core.errors import InputError
+from ..core.io import atomic_path
+from ..core.seeding import seed_everything
+from ..data.imageset import ImageSet
+from .architectures import ARCHITECTURES
+from .normalized import Normalized
+
+SHAPES_TEST_SEED = 987_654_321
+SHAPES_TEST_SIZE = 2000
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the model (eval mode), its test accuracy and the weights file."""
+
+    model: Normalized
+    accuracy: float
+    path: Path | None
+    history: list[dict[str, float]]
+
+
+def _data(data: str, seed: int, epoch: int, n_train: int) -> ImageSet:
+    from ..data import digits, shapes
+
+    if data == "shapes":
+        return shapes(n_train, seed=seed * 1000 + epoch)
+    if data.startswith("shapes-spurious"):
+        return shapes(n_train, seed=seed * 1000 + epoch, spurious=float(data.partition(":")[2] or 0.9))
+    if data == "digits":
+        return digits(split="train")
+    return ImageSet.from_folder(data)
+
+
+def test_set(data: str) -> ImageSet:
+    """The held-out evaluation set of a training dataset name."""
+    from ..data import digits, shapes
+
+    if data == "shapes":
+        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED)
+    if data.startswith("shapes-spurious"):
+        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED, spurious=float(data.partition(":")[2] or 0.9))
+    if data == "digits":
+        return digits(split="test")
+    raise InputError(f"data: no held-out split is defined for {data!r}")
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``data`` (the model's mode is restored)."""
+    from ..core.hooks import preserved
+
+    device = next(model.parameters()).device
+    correct = 0
+    with preserved(model):
+        model.eval()
+        for i in range(0, len(data), batch_size):
+            x = data.images[i:i + batch_size].to(device)
+            correct += int((model(x).argmax(1).cpu() == data.labels[i:i + batch_size]).sum())
+    return correct / max(1, len(data))
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and 90-degree turns (the shape classes are rotation-invariant)."""
+    flip = torch.rand(len(x), generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return torch.rot90(x, int(torch.randint(0, 4, (1,), generator=g)), dims=(-2, -1))
+
+
+def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 12, seed: int = 0, batch_size: int = 64,
+          lr: float = 3e-3, n_train: int = 16_000, out: str | os.PathLike | None = None, device: str = "auto",
+          progress: bool = True) -> TrainResult:
+    """Train a built-in architecture and (optionally) write safetensors weights with metadata.
+
+    Args:
+        arch: a key of :data:`ARCHITECTURES` ("shapes", "shapes-resnet", "digits").
+        data: "shapes", "shapes-spurious[:p]", "digits" or an image folder.
+        epochs, seed, batch_size, lr: AdamW with a one-cycle schedule.
+        n_train: images per epoch for the procedural datasets (fresh images every epoch).
+        out: the ``.safetensors`` file to write, or None.
+    """
+    if arch not in ARCHITECTURES:
+        raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name}: expected a positive int, got {value!r}")
+    from tqdm.auto import tqdm
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    first = _data(data, seed, 0, n_train)
+    channels = first.images.shape[1]
+    flat = first.images.transpose(0, 1).reshape(channels, -1)
+    mean, std = flat.mean(1).tolist(), flat.std(1).clamp_min(1e-3).tolist()
+    net = ARCHITECTURES[arch](num_classes=len(first.classes), in_channels=channels)
+    model = Normalized(net, mean, std, first.classes, tuple(first.images.shape[1:])).to(dev)
+    held_out = test_set(data) if not Path(data).is_dir() else first
+    steps = epochs * ((len(first) + batch_size - 1) // batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    bar = tqdm(total=steps, desc=f"train {arch}", disable=not progress, unit="step")
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        dataset = first if epoch == 0 else _data(data, seed, epoch, n_train)
+        order = torch.randperm(len(dataset), generator=g)
+        model.train()
+        total = 0.0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            x = dataset.images[idx]
+            if data.startswith("shapes") and not data.startswith("shapes-spurious"):
+                x = _augment(x, g)
+            loss = F.cross_entropy(model(x.to(dev)), dataset.labels[idx].to(dev), label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        acc = accuracy(model, held_out)
+        history.append({"epoch": epoch + 1, "loss": total / len(order), "test_accuracy": acc})
+        bar.write(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}, held-out accuracy {acc:.4f}")
+    bar.close()
+    model.eval()
+    model.meta.update({
+        "arch": arch, "dataset": data, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+        "n_train": n_train, "test_accuracy": history[-1]["test_accuracy"], "train_seconds":
+        round(time.perf_counter() - start, 1), "test_set": "shapes seed %d, %d images" % (SHAPES_TEST_SEED,
+        SHAPES_TEST_SIZE) if data.startswith("shapes") else f"{data} test split",
+        "command": f"underhood train --data {data} --arch {arch} --epochs {epochs} --seed {seed}"
+                   f" --batch-size {batch_size} --lr {lr} --n-train {n_train}",
+    })
+    path = save(model, out) if out is not None else None
+    return TrainResult(model, history[-1]["test_accuracy"], path, history)
+
+
+def metadata(model: Normalized) -> dict[str, Any]:
+    """The JSON-able description stored beside the weights."""
+    return {"classes": model.classes, "input_size": list(model.input_size or []),
+            "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(), **model.meta}
+
+
+def save(model: Normalized, path: str | os.PathLike) -> Path:
+    """Write the network's weights and metadata to one ``.safetensors`` file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise InputError(f"out: weights are written as safetensors; name the file '{path.stem}.safetensors'")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"underhood": json.dumps(metadata(model))})
+    return path
