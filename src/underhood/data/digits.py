@@ -8,14 +8,14 @@ import torch.nn.functional as F
 from ..core.errors import InputError
 from .imageset import ImageSet
 
-TEST_FRACTION = 0.2
+TEST_SIZE = 360
 SPLIT_SEED = 0
 
 
 def digits(*, split: str = "test", size: int = 32) -> ImageSet:
     """The bundled digits as grey ``[N, 1, size, size]`` images in ``[0, 1]``.
 
-    The split is fixed: a permutation seeded with 0, the last 20% (360 images) is ``"test"``,
+    The split is fixed: a permutation seeded with 0, the last 360 images (20%) are ``"test"``,
     the rest ``"train"``; ``"all"`` gives every image in the original order.
 
     Example:
@@ -35,7 +35,7 @@ def digits(*, split: str = "test", size: int = 32) -> ImageSet:
     labels = torch.tensor(raw.target, dtype=torch.long)
     if split != "all":
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
-        n_test = round(TEST_FRACTION * len(images))
+        n_test = TEST_SIZE
         index = order[-n_test:] if split == "test" else order[:-n_test]
         images, labels = images[index], labels[index]
     return ImageSet(images, labels, [str(k) for k in range(10)], info={"dataset": "digits", "split": split})

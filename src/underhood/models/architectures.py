@@ -9,28 +9,40 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class ShapesVGG(nn.Module):
-    """VGG-style conv/ReLU blocks, global average pooling and one linear layer (CAM applies).
+def _init(net: nn.Module) -> None:
+    """He initialisation for ReLU networks (as torchvision's VGG and ResNet do)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
-    Layers: ``features.0`` ... ``features.12`` (Conv2d, in-place ReLU, MaxPool2d),
-    ``pool`` (AdaptiveAvgPool2d) and ``classifier`` (Linear).
+
+def _block(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class ShapesVGG(nn.Module):
+    """VGG-style conv/BatchNorm/ReLU blocks, global average pooling and one linear layer (CAM applies).
+
+    Layers: ``features.0`` ... ``features.17`` (Conv2d, BatchNorm2d, in-place ReLU, MaxPool2d
+    as in torchvision's ``vgg11_bn``), ``pool`` (AdaptiveAvgPool2d) and ``classifier`` (Linear).
     """
 
     def __init__(self, num_classes: int = 8, in_channels: int = 3, width: int = 16) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
+            *_block(in_channels, w), nn.MaxPool2d(2),
+            *_block(w, 2 * w), *_block(2 * w, 2 * w), nn.MaxPool2d(2),
+            *_block(2 * w, 4 * w), *_block(4 * w, 4 * w), nn.MaxPool2d(2),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(4 * w, num_classes)
+        _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -73,6 +85,7 @@ class ShapesResNet(nn.Module):
         self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(4 * w, num_classes)
+        _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -85,7 +85,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.rot90(x, int(torch.randint(0, 4, (1,), generator=g)), dims=(-2, -1))
 
 
-def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 12, seed: int = 0, batch_size: int = 64,
+def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed: int = 0, batch_size: int = 64,
           lr: float = 3e-3, n_train: int = 16_000, out: str | os.PathLike | None = None, device: str = "auto",
           progress: bool = True) -> TrainResult:
     """Train a built-in architecture and (optionally) write safetensors weights with metadata.

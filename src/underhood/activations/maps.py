@@ -1,0 +1,30 @@
+"""Feature maps of inputs at named layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..core.errors import InputError
+from ..core.hooks import capture
+
+
+def maps(model: nn.Module, inputs: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
+    """The activations of ``inputs`` at each named layer, ``{layer: [N, C, H, W]}``, in eval mode.
+
+    Draw them with :func:`underhood.viz.feature_maps_figure`.
+
+    Example:
+        >>> acts = maps(model, x, ["features.0", "features.3"])   # doctest: +SKIP
+    """
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4:
+        raise InputError(f"inputs: expected a [N, C, H, W] tensor, got {getattr(inputs, 'shape', type(inputs))}")
+    names = [layers] if isinstance(layers, str) else list(layers)
+    with capture(model, names, eval=True) as cap, torch.no_grad():
+        model(inputs)
+    missing = [n for n in names if n not in cap.activations]
+    if missing:
+        raise InputError(f"layers: {missing} did not run in forward; pick layers that do (see `underhood layers`)")
+    return {n: cap.activations[n] for n in names}

@@ -1,0 +1,193 @@
+"""The command line: a thin layer over the public API.
+
+Every command has ``--help`` with an example, writes under ``--out`` (default
+``./underhood-out/<command>``) atomically with a ``manifest.json``, and on bad input prints
+one line and exits non-zero (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .core.errors import InputError, UnderhoodError
+
+EXIT_ERROR = 2
+
+
+def _out(args: argparse.Namespace, command: str) -> Path:
+    return Path(args.out) if args.out else Path("underhood-out") / command
+
+
+def _model(args: argparse.Namespace):
+    from .models.loading import load_model
+
+    return load_model(args.model, device=args.device, trust=getattr(args, "trust", False))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models.loading import BUILTIN, list_models
+
+    shipped = set(list_models())
+    for name, text in BUILTIN.items():
+        print(f"{name:15s} {text}{'' if name in shipped else '  (weights missing)'}")
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    from .core.io import write_manifest, write_text
+    from .core.layers import format_table, layers, parameter_count
+
+    model = _model(args)
+    size = tuple(args.input_size) if args.input_size else None
+    rows = layers(model, input_size=size)
+    text = format_table(rows)
+    print(text)
+    print(f"\n{parameter_count(model):,} parameters")
+    out = _out(args, "layers")
+    write_text(out / "layers.txt", text + "\n")
+    write_text(out / "layers.json", json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
+    write_manifest(out, "layers", ["layers.txt", "layers.json"], model=args.model)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import torch
+
+    from .core.io import write_manifest, write_text
+    from .data.io import load_image
+
+    model = _model(args)
+    size = model.input_size
+    channels = size[0] if size else 3
+    images = torch.cat([load_image(p, size=tuple(size[1:]) if size else None, channels=channels)
+                        for p in args.images])
+    with torch.no_grad():
+        probs = torch.softmax(model(images.to(next(model.parameters()).device)), 1).cpu()
+    results = []
+    for path, p in zip(args.images, probs):
+        top = p.topk(min(args.top, len(p)))
+        ranked = [{"class": model.classes[i], "index": i, "probability": round(float(v), 6)}
+                  for v, i in zip(top.values.tolist(), top.indices.tolist())]
+        results.append({"image": str(path), "top": ranked})
+        print(f"{path}: " + ", ".join(f"{r['class']} {r['probability']:.1%}" for r in ranked))
+    out = _out(args, "predict")
+    write_text(out / "predictions.json", json.dumps(results, indent=2) + "\n")
+    write_manifest(out, "predict", ["predictions.json"], model=args.model)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .models.training import train
+
+    out = Path(args.out) if args.out else Path("underhood-out") / "train" / f"{args.arch}.safetensors"
+    if out.suffix != ".safetensors":
+        out = out / f"{args.arch}.safetensors"
+    result = train(args.arch, data=args.data, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                   lr=args.lr, n_train=args.n_train, out=out, device=args.device, progress=not args.no_progress)
+    print(f"held-out accuracy {result.accuracy:.4f}; weights written to {result.path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    import torch
+
+    from .core.io import write_manifest
+    from .models.training import test_set
+    from .report import Context, build
+
+    start = time.perf_counter()
+    out = _out(args, "demo")
+    model = _model(args)
+    dataset = getattr(model, "meta", {}).get("dataset", "shapes")
+    if dataset not in ("shapes", "digits"):
+        raise InputError(f"model: the demo needs a model trained on 'shapes' or 'digits', {args.model!r} was "
+                         f"trained on {dataset!r}")
+    data = test_set(dataset)[: args.n]
+    torch.manual_seed(args.seed)
+    ctx = Context(model=model, spec=args.model, data=data, out=out, seed=args.seed)
+    path = build(ctx, out / "report.html", progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    write_manifest(out, "demo", ["report.html", *ctx.figures], model=args.model, seconds=round(seconds, 2))
+    print(f"report written to {path.resolve()} ({seconds:.1f} s)")
+
+
+EXAMPLES = {
+    "demo": "underhood demo                      # the tour of the built-in model -> underhood-out/demo/report.html\n"
+            "  underhood demo --model shapes-resnet --out /tmp/tour",
+    "models": "underhood models",
+    "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224",
+    "predict": "underhood predict cat.png dog.jpg --model shapes --top 3",
+    "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="underhood", description="Open the black box of trained image models.",
+                                     epilog="Run `underhood COMMAND --help` for each command's options and example.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"underhood {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, fn: Callable, help: str, model: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(fn=fn)
+        p.add_argument("--out", help=f"output folder (default ./underhood-out/{name})")
+        p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+        if model:
+            p.add_argument("--trust", action="store_true",
+                           help="allow loading pickled Python objects from a checkpoint you trust")
+        return p
+
+    p = add("demo", cmd_demo, "the whole tour on a model, into one self-contained report.html")
+    p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
+    p.add_argument("--n", type=int, default=64, help="held-out images to use (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add("models", cmd_models, "list the built-in models", model=False)
+    p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields")
+    p.add_argument("model", help="model spec: built-in name, file or package.module:factory")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size if the model has none")
+    p = add("predict", cmd_predict, "classify image files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image")
+    p = add("train", cmd_train, "train a built-in architecture and write safetensors weights", model=False)
+    p.add_argument("--data", default="shapes", help="shapes, shapes-spurious[:p], digits or an image folder")
+    p.add_argument("--arch", default="shapes", help="shapes, shapes-resnet or digits")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
+    p.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``underhood`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        args.fn(args)
+    except (UnderhoodError, OSError) as exc:
+        if args.debug:
+            raise
+        message = str(exc) if isinstance(exc, UnderhoodError) else f"{exc.__class__.__name__}: {exc}"
+        print(f"underhood {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"underhood {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The shared batching helper: measured automatic batch sizes within a memory bound.
+
+On CPUs bigger batches are not always faster, so the automatic batch size is *measured*:
+a few sizes are timed once per (model, input shape, device, grad) and the fastest is
+cached. An explicit ``batch_size`` always wins.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+CANDIDATES = (1, 4, 16, 64, 256)
+_CACHE: dict[tuple, int] = {}
+
+
+def memory_bound(device: torch.device) -> int:
+    """Bytes a batch's activations may take: a quarter of free GPU memory, or 1 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 4
+    return 1 << 30
+
+
+def _model_key(model: nn.Module) -> tuple:
+    params = sum(p.numel() for p in model.parameters())
+    return (type(model).__qualname__, params, id(model))
+
+
+def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.device, grad: bool) -> int:
+    """Bytes of activations one sample produces (outputs of every leaf module), doubled with ``grad``."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    x_bytes = int(torch.zeros(shape).numel()) * 4
+    return (total + x_bytes) * (3 if grad else 1)
+
+
+def _time(fn: Callable[[torch.Tensor], object], x: torch.Tensor, device: torch.device) -> float:
+    fn(x)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def auto_batch_size(model: nn.Module, shape: tuple[int, ...], *, device: torch.device | None = None,
+                    grad: bool = False, candidates: tuple[int, ...] = CANDIDATES) -> int:
+    """The fastest batch size among ``candidates`` for ``model`` on inputs of ``shape`` (C, H, W).
+
+    Sizes whose activations exceed :func:`memory_bound` are skipped. Timing stops once a size
+    is clearly slower (per image) than the best so far. The choice is cached per model,
+    shape, device and grad.
+    """
+    from .device import model_device
+    from .hooks import preserved
+
+    device = device or model_device(model)
+    key = (_model_key(model), tuple(shape), str(device), grad)
+    if key in _CACHE:
+        return _CACHE[key]
+    with preserved(model):
+        model.eval()
+        limit = max(1, memory_bound(device) // max(1, per_sample_bytes(model, shape, device, grad)))
+        sizes = [b for b in candidates if b <= limit] or [1]
+
+        def run(x: torch.Tensor) -> None:
+            if grad:
+                x = x.requires_grad_(True)
+                model(x).sum().backward()
+                return
+            with torch.no_grad():
+                model(x)
+
+        best, best_rate = sizes[0], 0.0
+        for b in sizes:
+            rate = b / max(_time(run, torch.rand(b, *shape, device=device), device), 1e-9)
+            if rate > best_rate:
+                best, best_rate = b, rate
+            elif rate < 0.85 * best_rate:
+                break
+        for p in model.parameters():
+            p.grad = None
+    _CACHE[key] = best
+    return best
+
+
+def resolve_batch_size(batch_size: int | str | None, model: nn.Module, shape: tuple[int, ...], *,
+                       grad: bool = False) -> int:
+    """An explicit positive int wins; ``None`` or ``"auto"`` measures (see :func:`auto_batch_size`)."""
+    if batch_size is None or batch_size == "auto":
+        return auto_batch_size(model, tuple(shape), grad=grad)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size: expected a positive int or 'auto', got {batch_size!r}")
+    return batch_size
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering ``range(n)`` in chunks of ``batch_size``."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int, *,
+            progress: bool = False, desc: str = "batches") -> torch.Tensor:
+    """``fn`` applied to ``inputs`` in chunks, results concatenated along dim 0 (with a progress bar)."""
+    from tqdm.auto import tqdm
+
+    outs = [fn(inputs[s]) for s in tqdm(list(batches(len(inputs), batch_size)), desc=desc,
+                                         disable=not progress, leave=False)]
+    return torch.cat(outs) if outs else inputs.new_zeros((0,))

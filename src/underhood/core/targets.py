@@ -1,0 +1,100 @@
+"""Targets: which scalar per sample a method explains or optimises.
+
+``None`` is the predicted class of each sample; an ``int`` one class for all; a sequence or
+tensor one class per sample; a :class:`Unit` an intermediate unit; a callable maps the
+model's outputs to a ``[N]`` tensor. Scores are logits unless a method says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit inside the network: channel ``channel`` of layer ``layer``, at ``(y, x)``.
+
+    With ``y``/``x`` left ``None`` the activation is summed over that axis. For a layer with
+    ``[N, C]`` output only ``channel`` applies.
+    """
+
+    layer: str
+    channel: int
+    y: int | None = None
+    x: int | None = None
+
+    def score(self, activation: torch.Tensor) -> torch.Tensor:
+        """The unit's value per sample, ``[N]``, from the layer's activation."""
+        if activation.ndim < 2 or not 0 <= self.channel < activation.shape[1]:
+            raise InputError(f"target: channel {self.channel} is out of range for layer {self.layer!r} "
+                             f"with output shape {tuple(activation.shape[1:])}")
+        a = activation[:, self.channel]
+        if a.ndim == 1:
+            return a
+        if a.ndim != 3:
+            return a.flatten(1).sum(1)
+        for axis, value, size in (("y", self.y, a.shape[1]), ("x", self.x, a.shape[2])):
+            if value is not None and not 0 <= value < size:
+                raise InputError(f"target: Unit.{axis}={value} is outside layer {self.layer!r} of size {size}")
+        a = a[:, self.y] if self.y is not None else a.sum(1)
+        return a[..., self.x] if self.x is not None else a.sum(-1)
+
+
+Target = Union[None, int, Sequence[int], torch.Tensor, Unit, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample class indices ``[N]`` for a class target (``None``, int, sequence, tensor)."""
+    n, k = logits.shape[0], logits.shape[-1]
+    if target is None:
+        return logits.detach().argmax(-1)
+    if isinstance(target, bool):
+        raise InputError(f"target: expected a class index, got {target!r}")
+    if isinstance(target, int):
+        idx = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    else:
+        try:
+            idx = torch.as_tensor(target, dtype=torch.long).to(logits.device).flatten()
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"target: expected None, an int, one int per sample, a Unit or a callable; "
+                             f"got {type(target).__name__}") from exc
+        if idx.numel() != n:
+            raise InputError(f"target: {idx.numel()} targets for a batch of {n}; give one per sample or one int")
+    if ((idx < 0) | (idx >= k)).any():
+        bad = idx[(idx < 0) | (idx >= k)][0].item()
+        raise InputError(f"target: class {bad} is out of range for a model with {k} outputs (0..{k - 1})")
+    return idx
+
+
+def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward ``inputs`` and return ``(scores [N], outputs)``, differentiable w.r.t. ``inputs``.
+
+    For a :class:`Unit`, the layer is hooked for this one pass only.
+    """
+    if isinstance(target, Unit):
+        from .hooks import capture
+
+        with capture(model, target.layer, detach=False) as cap:
+            outputs = model(inputs)
+        if target.layer not in cap.live:
+            raise InputError(f"target: layer {target.layer!r} did not run in forward; pick a layer that does")
+        return target.score(cap.live[target.layer]), outputs
+    outputs = model(inputs)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        s = target(outputs)
+        if not isinstance(s, torch.Tensor) or s.shape != (inputs.shape[0],):
+            raise InputError(f"target: the callable must return a tensor of shape [{inputs.shape[0]}], "
+                             f"got {getattr(s, 'shape', type(s).__name__)}")
+        return s, outputs
+    if outputs.ndim != 2:
+        raise InputError(f"target: class targets need [N, classes] outputs, the model gives "
+                         f"{tuple(outputs.shape)}; use a Unit or a callable target")
+    idx = class_indices(target, outputs)
+    return outputs.gather(1, idx[:, None]).squeeze(1), outputs

@@ -1,0 +1,62 @@
+"""Report sections of the model itself: the model card and sample predictions."""
+
+from __future__ import annotations
+
+import torch
+from markupsafe import Markup, escape
+
+from ..core.layers import layers, parameter_count
+from ..report import Context, figure, paragraph, section, table
+from ..viz import figure_to_png, predictions_figure
+
+
+def _held_out_accuracy(ctx: Context) -> tuple[float, str] | None:
+    from .training import accuracy, test_set
+
+    dataset = ctx.model.meta.get("dataset") if hasattr(ctx.model, "meta") else None
+    if dataset not in ("shapes", "digits"):
+        return None
+    data = test_set(dataset)
+    device = next(ctx.model.parameters()).device
+    return accuracy(ctx.model, data.to(device)), f"{len(data)} held-out {dataset} images"
+
+
+@section("model", "Model card", order=10)
+def model_card(ctx: Context) -> Markup:
+    model = ctx.model
+    size = tuple(ctx.data.images.shape[1:])
+    rows = layers(model, input_size=size)
+    acc = _held_out_accuracy(ctx)
+    meta = getattr(model, "meta", {})
+    cards = [(f"{parameter_count(model):,}", "parameters"), (str(len(model.classes)), "classes"),
+             ("x".join(map(str, size)), "input (C x H x W)")]
+    if acc:
+        cards.insert(0, (f"{acc[0]:.1%}", f"test accuracy ({acc[1]})"))
+    html = "".join(f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in cards)
+    head = ["layer", "type", "output shape", "parameters", "receptive field", "jump"]
+    body = [(r.name, r.type, " x ".join(map(str, r.output_shape or ())), f"{r.params:,}", r.rf_size,
+             "-" if r.jump is None else f"{r.jump[0]:g}") for r in rows if "." in r.name or r.params or
+            r.type not in ("Sequential",)]
+    text = (f"Architecture {meta.get('arch', type(model).__name__)!s}; classes: {', '.join(model.classes)}. "
+            "Receptive field: how many input pixels (per side) can influence one unit of the layer; jump: "
+            "input pixels between neighbouring units. Inputs are pixels in [0, 1]; normalisation "
+            f"(mean {[round(v, 3) for v in model.mean.flatten().tolist()]}, std "
+            f"{[round(v, 3) for v in model.std.flatten().tolist()]}) is part of the model.")
+    prov = meta.get("command")
+    extra = paragraph(f"Weights trained by: {prov}") if prov else Markup("")
+    return Markup(f'<div class="cards">{html}</div>') + paragraph(text) + table(head, body, numeric=(3, 4, 5)) + extra
+
+
+@section("predictions", "Sample predictions", order=20)
+def predictions(ctx: Context) -> Markup:
+    model, data = ctx.model, ctx.data
+    n = min(len(data), int(ctx.options.get("n_predictions", 24)))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = torch.softmax(model(data.images[:n].to(device)), 1).cpu()
+    ctx.cache["probs"] = probs
+    fig = predictions_figure(data.images[:n], data.labels[:n], probs, model.classes)
+    correct = int((probs.argmax(1) == data.labels[:n]).sum())
+    return figure(ctx, figure_to_png(fig), "predictions",
+                  f"{n} held-out images with the predicted class and its softmax probability; "
+                  f"{correct}/{n} correct (green), mistakes in red with the true class.")

@@ -1,0 +1,10 @@
+"""Turning tensors into pictures: normalisation for display, grids, PNG bytes.
+
+matplotlib is imported on first use (``import underhood`` stays light) with the Agg backend.
+"""
+
+from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
+from .render import figure_to_png, normalize, save_figure, to_numpy_image, to_png
+
+__all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "image_grid",
+           "filters_figure", "feature_maps_figure", "predictions_figure"]

@@ -1,0 +1,119 @@
+"""Figures shared by the CLI, the report and notebooks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .render import normalize, pyplot, to_numpy_image
+
+TITLE_KW = {"fontsize": 8}
+
+
+def _grid_axes(n: int, ncols: int, cell: float, title_space: float = 0.0):
+    plt = pyplot()
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell, nrows * (cell + title_space)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    return fig, list(axes.flat)
+
+
+def image_grid(images: torch.Tensor, *, titles: Sequence[str] | None = None, ncols: int = 8,
+               cell: float = 1.3, cmap: str = "gray", suptitle: str | None = None,
+               title_colors: Sequence[str] | None = None):
+    """A grid of images ``[N, C, H, W]`` in [0, 1] (C = 1 drawn with ``cmap``), with optional titles."""
+    fig, axes = _grid_axes(len(images), ncols, cell, 0.25 if titles else 0.0)
+    for i, img in enumerate(images):
+        arr = to_numpy_image(img)
+        axes[i].imshow(arr, cmap=cmap if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        if titles is not None:
+            color = title_colors[i] if title_colors is not None else "black"
+            axes[i].set_title(titles[i], color=color, **TITLE_KW)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def predictions_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor,
+                       classes: Sequence[str], *, ncols: int = 8):
+    """Sample predictions: each image titled with predicted class and confidence (red when wrong)."""
+    conf, pred = probs.max(1)
+    titles = [f"{classes[p]} {c:.0%}" + ("" if p == y else f"\n(true: {classes[y]})")
+              for p, c, y in zip(pred.tolist(), conf.tolist(), labels.tolist())]
+    colors = ["#1a7f37" if p == y else "#cf222e" for p, y in zip(pred.tolist(), labels.tolist())]
+    fig, axes = _grid_axes(len(images), ncols, 1.35, 0.45)
+    for i, img in enumerate(images):
+        arr = to_numpy_image(img)
+        axes[i].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        axes[i].set_title(titles[i], color=colors[i], **TITLE_KW)
+    fig.tight_layout(pad=0.3)
+    return fig
+
+
+def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels: int = 15, ncols: int = 16,
+                   title: str | None = None):
+    """Convolution kernels ``[out, in, kh, kw]`` as pictures.
+
+    With 3 input channels each filter is one RGB image (the first-layer view); otherwise a
+    grid of the first ``max_channels`` channels (columns) of the first filters (rows), each
+    kernel normalised on its own, grey-scale.
+    """
+    w = weight.detach().float().cpu()
+    if w.ndim != 4:
+        from ..core.errors import InputError
+
+        raise InputError(f"weight: expected a conv kernel [out, in, kh, kw], got shape {tuple(w.shape)}")
+    if w.shape[1] == 3:
+        w = w[:max_filters]
+        # one scale for all filters keeps their relative contrast (as in the AlexNet figure)
+        shown = normalize(w, per="all")
+        fig, axes = _grid_axes(len(shown), ncols, 0.6)
+        for i, k in enumerate(shown):
+            axes[i].imshow(to_numpy_image(k), interpolation="nearest")
+    else:
+        rows, cols = min(w.shape[0], 20), min(w.shape[1], max_channels)
+        shown = normalize(w[:rows, :cols].reshape(rows * cols, 1, *w.shape[2:]))
+        fig, axes = _grid_axes(rows * cols, cols, 0.45)
+        for i, k in enumerate(shown):
+            axes[i].imshow(k[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.15)
+    return fig
+
+
+def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch.Tensor | None = None, *,
+                        k: int = 8, cmap: str = "viridis"):
+    """Feature maps of one input: one row per stage, its ``k`` most active channels.
+
+    ``stages`` is a list of ``(layer name, activation [C, H, W])``; each map is normalised
+    on its own. The input image, when given, opens the figure.
+    """
+    plt = pyplot()
+    rows = len(stages) + (image is not None)
+    fig, axes = plt.subplots(rows, k, figsize=(k * 1.05, rows * 1.2), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    r = 0
+    if image is not None:
+        arr = to_numpy_image(image)
+        axes[0, 0].imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
+        axes[0, 0].set_title("input", **TITLE_KW)
+        r = 1
+    for name, act in stages:
+        act = act.detach().float().cpu()
+        order = act.flatten(1).mean(1).argsort(descending=True)[:k]
+        maps = normalize(act[order])
+        for j, (c, m) in enumerate(zip(order.tolist(), maps)):
+            axes[r, j].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            axes[r, j].set_title(f"ch {c}", fontsize=7)
+        axes[r, 0].text(-0.12, 0.5, f"{name}\n{'x'.join(map(str, act.shape))}", transform=axes[r, 0].transAxes,
+                        ha="right", va="center", fontsize=8)
+        r += 1
+    fig.tight_layout(pad=0.3)
+    return fig
