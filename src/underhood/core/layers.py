@@ -248,7 +248,8 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
                 tracer.set(x, (Field(1.0, 1.0, 0.0), Field(1.0, 1.0, 0.0)))
                 model(x)
     except RuntimeError as exc:
-        raise InputError(f"input_size: the model cannot run on {tuple(input_size)} ({str(exc).splitlines()[0]})") from exc
+        reason = str(exc).splitlines()[0]
+        raise InputError(f"input_size: the model cannot run on {tuple(input_size)} ({reason})") from exc
     finally:
         for h in handles:
             h.remove()

@@ -47,7 +47,7 @@ class Unit:
         return a[..., self.x] if self.x is not None else a.sum(-1)
 
 
-Target = Union[None, int, Sequence[int], torch.Tensor, Unit, Callable[[torch.Tensor], torch.Tensor]]
+Target = Union[None, int, Sequence[int], torch.Tensor, Unit, Callable[[torch.Tensor], torch.Tensor]]  # noqa: UP007
 
 
 def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The built-in procedural dataset: one coloured shape on a cluttered background.
 
 Every image is drawn from its own random parameters (class, centre, scale, rotation, colour,
-background gradient, noise, distractor strokes) by vectorised inside-tests on the pixel grid, so a batch of thousands of images is a handful of tensor ops.
+background gradient, noise, distractor strokes) by vectorised inside-tests on the pixel
+grid, so a batch of thousands of images is a handful of tensor ops.
 Images come in chunks of 256 seeded from ``(seed, chunk)``, so ``shapes(n, seed=s)`` is a
 prefix of ``shapes(m, seed=s)`` for ``n < m``.
 """

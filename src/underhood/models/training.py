@@ -143,11 +143,12 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         bar.write(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}, held-out accuracy {acc:.4f}")
     bar.close()
     model.eval()
+    held_out_name = (f"shapes seed {SHAPES_TEST_SEED}, {SHAPES_TEST_SIZE} images" if data.startswith("shapes")
+                     else f"{data} test split")
     model.meta.update({
         "arch": arch, "dataset": data, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-        "n_train": n_train, "test_accuracy": history[-1]["test_accuracy"], "train_seconds":
-        round(time.perf_counter() - start, 1), "test_set": "shapes seed %d, %d images" % (SHAPES_TEST_SEED,
-        SHAPES_TEST_SIZE) if data.startswith("shapes") else f"{data} test split",
+        "n_train": n_train, "test_accuracy": history[-1]["test_accuracy"], "test_set": held_out_name,
+        "train_seconds": round(time.perf_counter() - start, 1),
         "command": f"underhood train --data {data} --arch {arch} --epochs {epochs} --seed {seed}"
                    f" --batch-size {batch_size} --lr {lr} --n-train {n_train}",
     })

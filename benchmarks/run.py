@@ -1,0 +1,127 @@
+"""underhood benchmarks: every figure as a ratio against the model's raw throughput in the same run.
+
+Each line shows the measured figure, its ratio to the reference, and the process's CPU time
+over wall time (on a 2-core machine, cpu/wall well below 2 means the run was contended and
+the figure is pessimistic).
+
+    python benchmarks/run.py            # all
+    python benchmarks/run.py data imports
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import underhood
+from underhood.core import batching
+
+RESULTS: list[tuple[str, str]] = []
+
+
+def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
+    """Best wall seconds over ``repeat`` runs, and cpu/wall of that run."""
+    best, ratio = float("inf"), 0.0
+    for _ in range(repeat):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        if wall < best:
+            best, ratio = wall, cpu / wall
+    return best, ratio
+
+
+def report(name: str, text: str, cpu_wall: float) -> None:
+    line = f"{name:38s} {text:58s} cpu/wall {cpu_wall:4.2f}"
+    RESULTS.append((name, line))
+    print(line, flush=True)
+
+
+def raw_throughput(model: torch.nn.Module, shape: tuple[int, ...], n: int = 512) -> tuple[float, int, float]:
+    """Images/s of plain batched forward passes at the best batch size (measured)."""
+    b = batching.auto_batch_size(model, shape)
+    x = torch.rand(n, *shape)
+
+    def run() -> None:
+        with torch.no_grad():
+            for i in range(0, n, b):
+                model(x[i:i + b])
+
+    seconds, cw = timed(run)
+    return n / seconds, b, cw
+
+
+def bench_model() -> float:
+    model = underhood.load_model("shapes", device="cpu")
+    rate, b, cw = raw_throughput(model, (3, 64, 64))
+    report("raw forward, shapes model", f"{rate:8.0f} img/s at batch {b} (the reference)", cw)
+    for size in batching.CANDIDATES:
+        x = torch.rand(size, 3, 64, 64)
+        reps = max(1, 256 // size)
+
+        def run(x=x, reps=reps) -> None:
+            with torch.no_grad():
+                for _ in range(reps):
+                    model(x)
+
+        seconds, cw = timed(run, 2)
+        r = size * reps / seconds
+        report(f"  forward at batch {size}", f"{r:8.0f} img/s = {r / rate:4.2f}x the chosen batch", cw)
+    return rate
+
+
+def bench_data(reference: float | None) -> None:
+    underhood.datasets.shapes(256, seed=1)  # warm-up
+    n = 4096
+    seconds, cw = timed(lambda: underhood.datasets.shapes(n, seed=2))
+    rate = n / seconds
+    extra = f" = {rate / reference:4.2f}x raw forward" if reference else ""
+    report("shapes generation 64x64", f"{rate:8.0f} img/s (target >= 2000){extra}", cw)
+
+
+def bench_imports() -> None:
+    def cold(stmt: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", stmt], check=True)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    base = cold("pass")
+    t_torch = cold("import torch") - base
+    t_uh = cold("import underhood") - base
+    report("import underhood", f"{t_uh:6.2f} s vs import torch {t_torch:5.2f} s = {t_uh / t_torch:4.2f}x", 1.0)
+
+
+def bench_demo() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "underhood", "demo", "--no-progress", "--out", out], check=True,
+                       stdout=subprocess.DEVNULL)
+        report("underhood demo (whole job)", f"{time.perf_counter() - t0:6.1f} s (target < 60 s)", 1.0)
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
+    wanted = set(argv) or {"model", "data", "imports", "demo"}
+    print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} cpus")
+    reference = bench_model() if "model" in wanted else None
+    if "data" in wanted:
+        bench_data(reference)
+    if "imports" in wanted:
+        bench_imports()
+    if "demo" in wanted:
+        bench_demo()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

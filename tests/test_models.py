@@ -1,0 +1,173 @@
+"""Loading every spec kind, built-in accuracy targets, training and saving."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+import underhood
+from underhood.core.errors import InputError, ModelError
+from underhood.models import Normalized
+from underhood.models.architectures import LeNet
+from underhood.models.training import SHAPES_TEST_SEED, accuracy, save, train
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-resnet", "digits"])
+def test_builtin_models_load_in_eval_mode_with_metadata(name):
+    model = underhood.load_model(name, device="cpu")
+    assert isinstance(model, Normalized) and not model.training
+    assert not any(m.training for m in model.modules())
+    assert model.classes and model.input_size is not None
+    x = torch.rand(2, *model.input_size)
+    assert model(x).shape == (2, len(model.classes))
+    assert "command" in model.meta and model.meta["arch"] == name
+    assert name in underhood.list_models()
+
+
+@pytest.mark.parametrize("name", ["shapes", "shapes-resnet"])
+def test_shapes_models_reach_97_percent_on_fresh_seeds(name):
+    model = underhood.load_model(name, device="cpu")
+    # seed 424242 is used by no training run (those use seed * 1000 + epoch) nor the stored test set
+    data = underhood.datasets.shapes(1000, seed=424242)
+    assert SHAPES_TEST_SEED != 424242
+    assert accuracy(model, data) >= 0.97
+
+
+def test_digits_model_reaches_97_percent():
+    model = underhood.load_model("digits", device="cpu")
+    assert accuracy(model, underhood.datasets.digits(split="test")) >= 0.97
+
+
+def test_lenet_calls_functional_relu():
+    import inspect
+
+    assert "F.relu" in inspect.getsource(LeNet.forward)
+
+
+def test_normalized_takes_pixels():
+    net = nn.Identity()
+    model = Normalized(net, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], ["a"])
+    assert torch.allclose(model(torch.full((1, 3, 2, 2), 0.75)), torch.ones(1, 3, 2, 2))
+
+
+def test_checkpoint_with_arch_and_safetensors_roundtrip(tmp_path):
+    model = underhood.load_model("digits", device="cpu")
+    ckpt = tmp_path / "digits.pt"
+    torch.save({"arch": "digits", "state_dict": model.net.state_dict(), "classes": model.classes,
+                "input_size": [1, 32, 32], "mean": model.mean.flatten().tolist(),
+                "std": model.std.flatten().tolist()}, ckpt)
+    loaded = underhood.load_model(str(ckpt), device="cpu")
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    path = save(model, tmp_path / "copy.safetensors")
+    again = underhood.load_model(str(path), device="cpu")
+    assert torch.allclose(again(x), model(x), atol=1e-6) and again.classes == model.classes
+
+
+def test_torchscript_file(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(net).save(str(path))
+    model = underhood.load_model(str(path), device="cpu")
+    assert not model.training
+    assert model(torch.rand(1, 3, 8, 8)).shape == (1, 5)
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    path = tmp_path / "whole.pt"
+    torch.save(net, path)
+    with pytest.raises(ModelError, match="trust=True"):
+        underhood.load_model(str(path), device="cpu")
+    model = underhood.load_model(str(path), device="cpu", trust=True)
+    assert model.classes == ["0", "1", "2"] and model(torch.rand(1, 3, 2, 2)).shape == (1, 3)
+
+
+def test_checkpoint_without_arch(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(LeNet().state_dict(), path)
+    with pytest.raises(ModelError, match="'arch'"):
+        underhood.load_model(str(path), device="cpu")
+
+
+def test_factory_spec(tmp_path, monkeypatch):
+    pkg = tmp_path / "mymodels.py"
+    pkg.write_text("import torch.nn as nn\n"
+                   "def tiny():\n    return nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(4))\n"
+                   "def not_a_model():\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = underhood.load_model("mymodels:tiny", device="cpu")
+    assert isinstance(model, Normalized) and not model.training
+    with pytest.raises(ModelError, match="not a torch.nn.Module"):
+        underhood.load_model("mymodels:not_a_model", device="cpu")
+    with pytest.raises(ModelError, match="no callable"):
+        underhood.load_model("mymodels:missing", device="cpu")
+    with pytest.raises(ModelError, match="cannot import"):
+        underhood.load_model("no_such_package_xyz:f", device="cpu")
+
+
+def test_torchvision_and_timm_specs_through_their_apis(monkeypatch):
+    class Weights:
+        meta = {"categories": ["tench", "goldfish"]}
+
+    tv = types.ModuleType("torchvision")
+    tv_models = types.ModuleType("torchvision.models")
+    tv_models.get_model_weights = lambda name: types.SimpleNamespace(DEFAULT=Weights())
+    tv_models.get_model = lambda name, weights: nn.Sequential(nn.Conv2d(3, 2, 1), nn.AdaptiveAvgPool2d(1),
+                                                              nn.Flatten())
+    tv.models = tv_models
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.models", tv_models)
+    model = underhood.load_model("torchvision:resnet18", device="cpu")
+    assert model.classes == ["tench", "goldfish"] and model.input_size == (3, 224, 224)
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+
+    timm = types.ModuleType("timm")
+
+    def create_model(name, pretrained):
+        net = nn.Sequential(nn.Conv2d(3, 3, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        net.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "input_size": (3, 160, 160)}
+        net.num_classes = 3
+        return net
+
+    timm.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", timm)
+    model = underhood.load_model("timm:tiny", device="cpu")
+    assert model.input_size == (3, 160, 160) and model.classes == ["0", "1", "2"]
+
+
+def test_missing_zoo_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    with pytest.raises(ModelError, match="needs torchvision"):
+        underhood.load_model("torchvision:resnet50", device="cpu")
+
+
+def test_unknown_spec_and_bad_device():
+    with pytest.raises(ModelError, match="built-ins are"):
+        underhood.load_model("no-such-model")
+    with pytest.raises(InputError, match="device"):
+        underhood.load_model("shapes", device="quantum")
+
+
+def test_user_module_is_wrapped_and_left_alone():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    model = underhood.load_model(net, device="cpu")
+    assert model.net is net and model.classes == ["0", "1"]
+
+
+def test_train_writes_weights_with_metadata(tmp_path):
+    result = train("digits", data="digits", epochs=1, batch_size=128, out=tmp_path / "d.safetensors",
+                   progress=False)
+    assert result.path.is_file() and 0 <= result.accuracy <= 1
+    loaded = underhood.load_model(str(result.path), device="cpu")
+    assert loaded.meta["epochs"] == 1 and loaded.classes == [str(i) for i in range(10)]
+    assert loaded.input_size == (1, 32, 32)
+    with pytest.raises(InputError, match="arch"):
+        train("alexnet", progress=False)
+    with pytest.raises(InputError, match="safetensors"):
+        save(loaded, tmp_path / "d.bin")
