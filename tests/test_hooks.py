@@ -107,4 +107,4 @@ def test_guard_detects_leftover_hook_and_mode_change():
 def test_capture_on_loaded_model_is_clean(shapes_model):
     with underhood.capture(shapes_model, "features.3") as cap:
         shapes_model(torch.rand(1, 3, 64, 64))
-    assert cap.activations["features.3"].shape == (1, 32, 32, 32)
+    assert cap.activations["features.3"].shape == (1, 16, 32, 32)

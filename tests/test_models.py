@@ -97,7 +97,7 @@ def test_checkpoint_without_arch(tmp_path):
 def test_factory_spec(tmp_path, monkeypatch):
     pkg = tmp_path / "mymodels.py"
     pkg.write_text("import torch.nn as nn\n"
-                   "def tiny():\n    return nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.LazyLinear(4))\n"
+                   "def tiny():\n    return nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(), nn.Linear(72, 4))\n"
                    "def not_a_model():\n    return 3\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     model = underhood.load_model("mymodels:tiny", device="cpu")

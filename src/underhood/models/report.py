@@ -31,12 +31,11 @@ def model_card(ctx: Context) -> Markup:
     cards = [(f"{parameter_count(model):,}", "parameters"), (str(len(model.classes)), "classes"),
              ("x".join(map(str, size)), "input (C x H x W)")]
     if acc:
-        cards.insert(0, (f"{acc[0]:.1%}", f"test accuracy ({acc[1]})"))
+        cards.insert(0, (f"{acc[0]:.2%}", f"test accuracy ({acc[1]})"))
     html = "".join(f'<div class="card"><b>{escape(v)}</b><span>{escape(k)}</span></div>' for v, k in cards)
     head = ["layer", "type", "output shape", "parameters", "receptive field", "jump"]
     body = [(r.name, r.type, " x ".join(map(str, r.output_shape or ())), f"{r.params:,}", r.rf_size,
-             "-" if r.jump is None else f"{r.jump[0]:g}") for r in rows if "." in r.name or r.params or
-            r.type not in ("Sequential",)]
+             "-" if r.jump is None else f"{r.jump[0]:g}") for r in rows if r.type != "Sequential"]
     text = (f"Architecture {meta.get('arch', type(model).__name__)!s}; classes: {', '.join(model.classes)}. "
             "Receptive field: how many input pixels (per side) can influence one unit of the layer; jump: "
             "input pixels between neighbouring units. Inputs are pixels in [0, 1]; normalisation "

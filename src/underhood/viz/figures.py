@@ -72,7 +72,7 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
         w = w[:max_filters]
         # one scale for all filters keeps their relative contrast (as in the AlexNet figure)
         shown = normalize(w, per="all")
-        fig, axes = _grid_axes(len(shown), ncols, 0.6)
+        fig, axes = _grid_axes(len(shown), min(ncols, max(4, math.ceil(len(shown) / 2))), 0.8)
         for i, k in enumerate(shown):
             axes[i].imshow(to_numpy_image(k), interpolation="nearest")
     else:
