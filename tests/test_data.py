@@ -93,6 +93,7 @@ def test_digits_fixed_split():
 def test_imageset_indexing_and_dataset():
     d = shapes(10, seed=1)
     x, y = d[3]
+    assert torch.equal(d[np.int64(3)][0], x) and torch.equal(d[torch.tensor(3)][0], x)
     assert x.shape == (3, 64, 64) and int(y) == int(d.labels[3])
     sub = d[2:5]
     assert isinstance(sub, ImageSet) and len(sub) == 3 and sub.masks.shape[0] == 3

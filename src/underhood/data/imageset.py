@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,11 @@ class ImageSet(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, int):
-            return self.images[index], self.labels[index]
+        if isinstance(index, torch.Tensor) and index.ndim == 0:
+            index = int(index)
+        if not isinstance(index, (slice, list, tuple, torch.Tensor)) and hasattr(index, "__index__"):
+            i = operator.index(index)
+            return self.images[i], self.labels[i]
         pick = (lambda t: None if t is None else t[index])  # noqa: E731
         return ImageSet(self.images[index], self.labels[index], list(self.classes), pick(self.masks),
                         pick(self.marker_masks), dict(self.info))
