@@ -53,15 +53,27 @@ def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.dev
     return (total + x_bytes) * (3 if grad else 1)
 
 
-def _time(fn: Callable[[torch.Tensor], object], x: torch.Tensor, device: torch.device) -> float:
+def _time(fn: Callable[[torch.Tensor], object], x: torch.Tensor, device: torch.device,
+          min_seconds: float = 0.05) -> float:
+    """Seconds per call: after a warm-up, the best of two rounds, each repeated for ``min_seconds``."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     fn(x)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(2):
+        sync()
+        start, calls = time.perf_counter(), 0
+        while True:
+            fn(x)
+            calls += 1
+            sync()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        best = min(best, elapsed / calls)
+    return best
 
 
 def auto_batch_size(model: nn.Module, shape: tuple[int, ...], *, device: torch.device | None = None,
