@@ -67,7 +67,7 @@ def test_capture_removes_hooks_and_restores_flags_on_exception():
         with capture(net, ["features.0", "classifier"], eval=True) as cap:
             assert not net.training
             for p in net.parameters():
-                p.requires_grad_(True)  # noqa: the test itself changes flags inside the block
+                p.requires_grad_(True)  # the test itself changes flags inside the block
             net(torch.rand(1, 3, 64, 64))
             raise RuntimeError("boom")
     assert net.training and all(m.training for m in net.modules())
