@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .layers import resolve
+from .layers import first_tensor, resolve
 
 
 @contextlib.contextmanager
@@ -57,14 +57,6 @@ class Capture:
             d.clear()
 
 
-def _first_tensor(output: object) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    return None
-
-
 @contextlib.contextmanager
 def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = False,
             eval: bool | None = None, detach: bool = True) -> Iterator[Capture]:
@@ -96,7 +88,7 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
 
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
-            out = _first_tensor(output)
+            out = first_tensor(output)
             if out is None:
                 return
             saved = out.detach().clone() if detach else out

@@ -103,9 +103,8 @@ def _arg(args: tuple, kwargs: dict, index: int, name: str, default: object) -> o
 class _FieldTracer(TorchFunctionMode):
     """Follows every tensor of one forward pass and attaches its receptive field."""
 
-    def __init__(self, image_hw: tuple[int, int]) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.hw = image_hw
         self.fields: dict[int, tuple[torch.Tensor, object]] = {}  # id -> (tensor kept alive, field)
 
     def get(self, t: torch.Tensor) -> object:
@@ -227,11 +226,11 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
     order: list[str] = []
     outputs: dict[str, torch.Tensor] = {}
     calls: dict[str, int] = {}
-    tracer = _FieldTracer(tuple(input_size[1:]))  # type: ignore[arg-type]
+    tracer = _FieldTracer()
 
     def hook(name: str):
         def fn(module, inputs, output):
-            t = _first_tensor(output)
+            t = first_tensor(output)
             if name not in calls:
                 order.append(name)
             calls[name] = calls.get(name, 0) + 1
@@ -269,7 +268,8 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
     return rows
 
 
-def _first_tensor(output: object) -> torch.Tensor | None:
+def first_tensor(output: object) -> torch.Tensor | None:
+    """The first tensor in a module's output (a tensor, or nested tuples/lists/dicts)."""
     return next(iter(_tensors(output)), None)
 
 

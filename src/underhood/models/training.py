@@ -121,7 +121,8 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
     bar = tqdm(total=steps, desc=f"train {arch}", disable=not progress, unit="step")
     start = time.perf_counter()
     for epoch in range(epochs):
-        dataset = first if epoch == 0 else _data(data, seed, epoch, n_train)
+        # procedural data is fresh every epoch; a fixed dataset (digits, a folder) is read once
+        dataset = first if epoch == 0 or not data.startswith("shapes") else _data(data, seed, epoch, n_train)
         order = torch.randperm(len(dataset), generator=g)
         model.train()
         total = 0.0
