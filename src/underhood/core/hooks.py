@@ -117,3 +117,31 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
         finally:
             for h in handles:
                 h.remove()
+
+
+@contextlib.contextmanager
+def graph_from(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
+    """Start the autograd graph at ``layer``: each call's output is replaced by a leaf that requires grad.
+
+    Backward passes inside the block stop at the layer (nothing before it is differentiated,
+    and with parameters frozen nothing before it builds a graph at all). The yielded list
+    receives one leaf per call of the layer; ``torch.autograd.grad(score, leaves[-1])`` is the
+    gradient w.r.t. its last call's output. The forward values are unchanged; a later
+    in-place op (an in-place ReLU) modifies a copy, not the leaf.
+    """
+    module = resolve(model, layer)
+    leaves: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point():
+            raise InputError(f"layer: {layer!r} returns {type(output).__name__}, not a float tensor; "
+                             "pick a layer whose output is a feature map")
+        leaf = output.detach().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf.clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield leaves
+    finally:
+        handle.remove()

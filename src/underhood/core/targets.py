@@ -73,11 +73,39 @@ def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None) -> tuple[torch.Tensor, torch.Tensor]:
+def is_class_target(target: Target) -> bool:
+    """Whether ``target`` names classes (``None``, an int, a sequence or tensor of ints)."""
+    return not isinstance(target, Unit) and (target is None or isinstance(target, torch.Tensor)
+                                             or not callable(target))
+
+
+def fix(target: Target, outputs: torch.Tensor) -> Target:
+    """``target`` made independent of later inputs: class targets become the ``[N]`` class indices
+    chosen on ``outputs`` (the clean inputs' predictions for ``None``); a Unit or callable is kept.
+
+    Perturbation methods fix the target on the clean inputs, then score perturbed copies of
+    sample ``i`` with ``select(fixed, index)``.
+    """
+    return class_indices(target, outputs) if is_class_target(target) else target
+
+
+def select(target: Target, index: torch.Tensor) -> Target:
+    """The fixed target for rows that are copies of samples ``index`` (class tensors are indexed)."""
+    if isinstance(target, torch.Tensor):
+        return target.to(index.device)[index]
+    return target
+
+
+def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
+           kind: str = "logit") -> tuple[torch.Tensor, torch.Tensor]:
     """Forward ``inputs`` and return ``(scores [N], outputs)``, differentiable w.r.t. ``inputs``.
 
-    For a :class:`Unit`, the layer is hooked for this one pass only.
+    ``kind="probability"`` scores class targets by their softmax probability instead of the
+    logit (a Unit or callable target is scored as it is). For a :class:`Unit`, the layer is
+    hooked for this one pass only.
     """
+    if kind not in ("logit", "probability"):
+        raise InputError(f"kind: expected 'logit' or 'probability', got {kind!r}")
     if isinstance(target, Unit):
         from .hooks import capture
 
@@ -97,4 +125,5 @@ def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None) -> tup
         raise InputError(f"target: class targets need [N, classes] outputs, the model gives "
                          f"{tuple(outputs.shape)}; use a Unit or a callable target")
     idx = class_indices(target, outputs)
-    return outputs.gather(1, idx[:, None]).squeeze(1), outputs
+    values = outputs.softmax(1) if kind == "probability" else outputs
+    return values.gather(1, idx[:, None]).squeeze(1), outputs
