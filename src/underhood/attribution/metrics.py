@@ -1,0 +1,585 @@
+"""How far to trust an attribution map: localisation, faithfulness and sanity checks.
+
+Every metric reads a map through :func:`heatmap`, one non-negative importance per pixel:
+``[N, 1, H, W]`` maps (CAM family, occlusion, LIME) keep their positive evidence,
+``clamp(min=0)``; ``[N, C, H, W]`` pixel attributions (saliency family) become
+``sum_c |value|``.
+
+- localisation against ground-truth masks: :func:`pointing_game`, :func:`energy_in_mask`,
+  :func:`mask_shares` (object vs spurious marker);
+- faithfulness: :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al. 2018, RISE);
+- sanity checks (Adebayo et al. 2018): :func:`model_randomization`,
+  :func:`data_randomization`, with the similarities :func:`spearman` and :func:`ssim`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core.errors import InputError
+from ..core.layers import named_layers, resolve
+from ..core.targets import Target
+from .base import fixed_target, frozen, prepare, score_copies
+
+Method = Callable[..., torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- maps and masks
+
+def heatmap(maps: torch.Tensor) -> torch.Tensor:
+    """The non-negative importance ``[N, H, W]`` that every metric here reads.
+
+    ``[N, 1, H, W]`` maps -> ``clamp(min=0)``: the positive evidence (CAM maps are already
+    >= 0; an occlusion map's positive part is the score drop). ``[N, C, H, W]`` pixel
+    attributions with ``C > 1`` -> ``sum_c |maps|``, the magnitude convention of saliency maps.
+
+    Example:
+        >>> heatmap(torch.tensor([[[[-1.0, 2.0]]]]))
+        tensor([[[0., 2.]]])
+    """
+    if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise InputError(f"maps: expected an attribution tensor [N, C, H, W] or [N, 1, H, W], got {shape}; "
+                         "add the channel axis with maps[:, None]")
+    maps = maps.detach().float()
+    return maps[:, 0].clamp(min=0) if maps.shape[1] == 1 else maps.abs().sum(1)
+
+
+def _masks(masks: torch.Tensor, heat: torch.Tensor, name: str = "masks") -> torch.Tensor:
+    """``masks`` ([N, 1, H, W] or [N, H, W]) as a bool ``[N, H, W]`` on the heatmap's device."""
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"{name}: expected a bool tensor [N, 1, H, W], got {type(masks).__name__}")
+    m = masks[:, 0] if masks.ndim == 4 and masks.shape[1] == 1 else masks
+    if m.shape != heat.shape:
+        raise InputError(f"{name}: expected shape [{heat.shape[0]}, 1, {heat.shape[1]}, {heat.shape[2]}] to match "
+                         f"the maps, got {tuple(masks.shape)}; give one mask per map at the maps' resolution")
+    return m.to(heat.device) != 0
+
+
+def pointing_game(maps: torch.Tensor, masks: torch.Tensor, *, tolerance: int = 0) -> torch.Tensor:
+    """Whether each map's maximum falls on the object (Zhang et al. 2016, excitation backprop).
+
+    A hit when some maximal pixel of :func:`heatmap` lies within ``tolerance`` pixels
+    (Euclidean: the mask is dilated by a disk of that radius) of the mask; the paper used
+    15 px on 224-px images. Ties: any maximal pixel inside counts. An all-zero map is a miss.
+
+    Args:
+        maps: ``[N, C, H, W]`` or ``[N, 1, H, W]`` attributions.
+        masks: ``[N, 1, H, W]`` bool ground truth (e.g. ``ImageSet.masks``).
+        tolerance: dilation radius in pixels, >= 0.
+
+    Returns:
+        ``[N]`` bool, on the maps' device.
+
+    Example:
+        >>> hits = pointing_game(gradcam(model, x), data.masks, tolerance=4)  # doctest: +SKIP
+        >>> hits.float().mean()                                                # doctest: +SKIP
+    """
+    heat = heatmap(maps)
+    inside = _masks(masks, heat)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise InputError(f"tolerance: expected a non-negative int of pixels, got {tolerance!r}")
+    if tolerance > 0:
+        r = torch.arange(-tolerance, tolerance + 1, device=heat.device, dtype=torch.float32)
+        disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= tolerance**2).float()[None, None]
+        inside = F.conv2d(inside[:, None].float(), disk, padding=tolerance)[:, 0] > 0
+    top = heat.flatten(1).amax(1)[:, None, None]
+    return ((heat == top) & (top > 0) & inside).flatten(1).any(1)
+
+
+def energy_in_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of the heatmap's mass inside the mask (Wang et al. 2020, Score-CAM's energy pointing game).
+
+    ``E = sum_{p in mask} h_p / sum_p h_p`` with ``h = heatmap(maps)``; 0 for an all-zero map.
+
+    Args:
+        maps: ``[N, C, H, W]`` or ``[N, 1, H, W]`` attributions.
+        masks: ``[N, 1, H, W]`` bool.
+
+    Returns:
+        ``[N]`` float in ``[0, 1]``.
+
+    Example:
+        >>> energy_in_mask(gradcam(model, x), data.masks).mean()  # doctest: +SKIP
+    """
+    heat = heatmap(maps)
+    inside = _masks(masks, heat)
+    total = heat.flatten(1).sum(1)
+    part = (heat * inside).flatten(1).sum(1)
+    return torch.where(total > 0, part / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(total))
+
+
+def mask_shares(maps: torch.Tensor, masks: torch.Tensor,
+                marker_masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(energy on the object [N], energy on the marker [N])``, for the "shortcut" (Clever Hans) test.
+
+    A model that reads the spurious marker of ``shapes(..., spurious=...)`` puts its evidence on
+    ``marker_masks`` rather than on the object's ``masks``. See :func:`energy_in_mask`.
+
+    Example:
+        >>> data = underhood.datasets.shapes(16, spurious=1.0)                      # doctest: +SKIP
+        >>> obj, marker = mask_shares(gradcam(model, data.images), data.masks, data.marker_masks)  # doctest: +SKIP
+    """
+    if marker_masks is None:
+        raise InputError("marker_masks: got None; generate the data with shapes(..., spurious=1.0)")
+    return energy_in_mask(maps, masks), energy_in_mask(maps, marker_masks)
+
+
+# ---------------------------------------------------------------------------- deletion / insertion
+
+def _band(n: int, k: torch.Tensor) -> torch.Tensor:
+    """``[n, n - len(k) + 1]`` matrix ``B`` such that ``x @ B`` filters the rows of ``x`` with ``k`` (valid part).
+
+    Separable filtering as two small matmuls is much faster on CPU than a depthwise conv2d.
+    """
+    out = n - len(k) + 1
+    band = k.new_zeros(n, out)
+    cols = torch.arange(out, device=k.device).expand(len(k), out)
+    band[cols + torch.arange(len(k), device=k.device)[:, None], cols] = k[:, None]
+    return band
+
+
+def _smooth(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Valid separable filtering of the last two axes of ``x`` with the 1-D kernel ``k`` (both axes)."""
+    return _band(x.shape[-2], k).T @ x @ _band(x.shape[-1], k)
+
+
+def _gaussian_kernel(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur per channel: kernel radius ``int(3 sigma + 0.5)``, reflect padding (scipy's "mirror")."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise InputError(f"blur_sigma: expected a positive number of pixels, got {sigma!r}")
+    r = max(0, min(int(3 * sigma + 0.5), inputs.shape[2] - 1, inputs.shape[3] - 1))
+    padded = F.pad(inputs, (r, r, r, r), mode="reflect") if r else inputs
+    return _smooth(padded, _gaussian_kernel(float(sigma), r, inputs))
+
+
+def _baseline(inputs: torch.Tensor, baseline: str | float | torch.Tensor, sigma: float) -> torch.Tensor:
+    """The baseline image(s), broadcast to ``inputs``' shape."""
+    if isinstance(baseline, str) and baseline in ("zeros", "blur"):
+        return torch.zeros_like(inputs) if baseline == "zeros" else _blur(inputs, sigma)
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return torch.full_like(inputs, float(baseline))
+    if isinstance(baseline, torch.Tensor):
+        try:
+            ok = torch.broadcast_shapes(baseline.shape, inputs.shape) == inputs.shape
+        except RuntimeError:
+            ok = False
+        if ok:
+            return baseline.detach().to(inputs.device, inputs.dtype).expand_as(inputs)
+        raise InputError(f"baseline: a tensor baseline must broadcast to the inputs {tuple(inputs.shape)}, "
+                         f"got {tuple(baseline.shape)}")
+    raise InputError(f"baseline: expected 'zeros', 'blur', a number or a tensor like the inputs, got {baseline!r}")
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps: expected a positive int (number of curve intervals, e.g. 50), got {steps!r}")
+
+
+def _curves(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target, *, steps: int,
+            baseline: str | float | torch.Tensor, blur_sigma: float, batch_size: int | str | None,
+            progress: bool, insert: bool) -> torch.Tensor:
+    """Probability curves ``[N, steps + 1]``: top-k pixels from the baseline (deletion) or the image (insertion)."""
+    _check_steps(steps)
+    x = prepare(model, inputs)
+    heat = heatmap(maps).to(x.device)
+    n, hw = x.shape[0], x.shape[2] * x.shape[3]
+    if heat.shape != (n, *x.shape[2:]):
+        raise InputError(f"maps: expected [{n}, C, {x.shape[2]}, {x.shape[3]}] to match the inputs, "
+                         f"got {tuple(maps.shape)}; compute the maps on these inputs")
+    base = _baseline(x, baseline, blur_sigma)
+    top, rest = (x, base) if insert else (base, x)
+    order = heat.flatten(1).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(hw, device=x.device).expand(n, hw))
+    i = torch.arange(steps + 1, device=x.device)
+    k = torch.div(2 * i * hw + steps, 2 * steps, rounding_mode="floor")  # round(i HW / steps), halves up
+
+    def make(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        j = torch.arange(part.start, part.stop, device=x.device)
+        sample, step = j // (steps + 1), j % (steps + 1)
+        chosen = (rank[sample] < k[step][:, None]).view(-1, 1, *x.shape[2:])
+        return torch.where(chosen, top[sample], rest[sample]), sample
+
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, target)
+        s = score_copies(model, make, n * (steps + 1), fixed, batch_size=batch_size, shape=tuple(x.shape[1:]),
+                         kind="probability", progress=progress, desc="insertion" if insert else "deletion")
+    return s.view(n, steps + 1).cpu()
+
+
+def _auc(curves: torch.Tensor, return_curves: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    auc = torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
+    return (auc, curves) if return_curves else auc
+
+
+def deletion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                 steps: int = 50, baseline: str | float | torch.Tensor = "zeros", blur_sigma: float = 5.0,
+                 batch_size: int | str | None = None, return_curves: bool = False,
+                 progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Area under the deletion curve (Petsiuk et al. 2018, RISE): lower = a more faithful map.
+
+    Pixels are ranked by decreasing :func:`heatmap` (ties by raster index). Step ``i`` of
+    ``0..steps`` replaces the top ``k_i = round(i HW / steps)`` pixels (all channels) by the
+    baseline and scores the target's softmax probability ``p_i`` (class fixed on the clean
+    input; a Unit or callable target is scored raw). ``AUC = sum_i (p_i + p_{i+1}) / (2 steps)``,
+    the trapezoid over ``x = i / steps`` in ``[0, 1]``. The ``N (steps + 1)`` copies are built
+    lazily, one batch at a time.
+
+    Args:
+        model: classifier taking ``[0, 1]`` pixels.
+        inputs: ``[N, C, H, W]``.
+        maps: ``[N, C', H, W]`` attributions of ``inputs``.
+        target: as everywhere (``None`` = predicted class).
+        steps: number of curve intervals.
+        baseline: ``"zeros"``, ``"blur"`` (Gaussian blur of the image, ``blur_sigma`` px,
+            kernel radius ``int(3 sigma + 0.5)``, reflect padding), a number, or a tensor
+            broadcastable to ``inputs``.
+        batch_size: copies per forward pass; ``None`` measures the fastest.
+        return_curves: also return the curves.
+        progress: show a progress bar.
+
+    Returns:
+        ``auc [N]`` on CPU, or ``(auc [N], curves [N, steps + 1])``.
+
+    Example:
+        >>> deletion_auc(model, x, saliency(model, x), steps=50).mean()  # doctest: +SKIP
+    """
+    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                     batch_size=batch_size, progress=progress, insert=False)
+    return _auc(curves, return_curves)
+
+
+def insertion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                  steps: int = 50, baseline: str | float | torch.Tensor = "blur", blur_sigma: float = 5.0,
+                  batch_size: int | str | None = None, return_curves: bool = False,
+                  progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Area under the insertion curve (Petsiuk et al. 2018, RISE): higher = a more faithful map.
+
+    As :func:`deletion_auc`, but step ``i`` starts from the baseline (default: the blurred
+    image) and puts the top ``k_i`` original pixels back, so ``p_0`` is the baseline's
+    probability and ``p_steps`` the clean one. Arguments and returns as :func:`deletion_auc`.
+
+    Example:
+        >>> auc, curves = insertion_auc(model, x, gradcam(model, x), return_curves=True)  # doctest: +SKIP
+    """
+    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                     batch_size=batch_size, progress=progress, insert=True)
+    return _auc(curves, return_curves)
+
+
+# ---------------------------------------------------------------------------- similarities
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..P along dim 1, ties given their average rank (as scipy.stats.rankdata)."""
+    n, p = x.shape
+    values, order = x.sort(dim=1, stable=True)
+    pos = torch.arange(p, device=x.device).expand(n, p)
+    new = torch.ones_like(values, dtype=torch.bool)
+    new[:, 1:] = values[:, 1:] != values[:, :-1]  # a tie group starts here
+    end = torch.ones_like(new)
+    end[:, :-1] = new[:, 1:]  # a tie group ends here
+    first = torch.where(new, pos, 0).cummax(1).values
+    last = torch.where(end, pos, p).flip(1).cummin(1).values.flip(1)
+    return torch.empty_like(values).scatter_(1, order, (first + last).to(values.dtype) / 2 + 1)
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation per sample: Pearson correlation of the ranks (ties averaged).
+
+    ``rho = cov(R(a), R(b)) / (std R(a) std R(b))`` over all entries of each sample. A constant
+    sample gives NaN (as scipy.stats.spearmanr).
+
+    Args:
+        a, b: ``[N, ...]`` with equal shapes.
+
+    Returns:
+        ``[N]`` float in ``[-1, 1]``.
+
+    Example:
+        >>> spearman(torch.tensor([[1.0, 2, 3]]), torch.tensor([[1.0, 5, 9]]))
+        tensor([1.])
+    """
+    if a.shape != b.shape or a.ndim < 1:
+        raise InputError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+    ra = _ranks(a.detach().flatten(1).double())
+    rb = _ranks(b.detach().to(a.device).flatten(1).double())
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
+    """Mean structural similarity per sample (Wang et al. 2004), on maps as they are given.
+
+    ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))`` with
+    local statistics under an 11x11 Gaussian window (sigma 1.5, population covariances),
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, ``L = data_range``, averaged over the positions
+    where the window fits (as ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False)``). Maps smaller than 11 px get the largest odd
+    window that fits.
+
+    Args:
+        a, b: ``[N, H, W]`` or ``[N, 1, H, W]`` maps, equal shapes.
+        data_range: ``L``, the value range (1 for maps min-max normalised to ``[0, 1]``).
+
+    Returns:
+        ``[N]`` float, 1 for identical maps.
+
+    Example:
+        >>> float(ssim(torch.rand(1, 16, 16).expand(2, -1, -1), torch.rand(2, 16, 16))[0]) < 1  # doctest: +SKIP
+    """
+    if a.shape != b.shape or a.ndim not in (3, 4) or (a.ndim == 4 and a.shape[1] != 1):
+        raise InputError(f"b: expected two equal [N, H, W] maps, got {tuple(a.shape)} and {tuple(b.shape)}")
+    x = a.detach().reshape(a.shape[0], 1, *a.shape[-2:]).double()
+    y = b.detach().to(a.device).reshape_as(x).double()
+    r = min(5, (min(x.shape[-2:]) - 1) // 2)
+    stack = torch.cat([x, y, x * x, y * y, x * y], 1)  # [N, 5, H, W]: local moments in one pass
+    mu = _smooth(stack, _gaussian_kernel(1.5, r, stack))
+    mx, my = mu[:, 0], mu[:, 1]
+    vx, vy, cxy = mu[:, 2] - mx * mx, mu[:, 3] - my * my, mu[:, 4] - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.flatten(1).mean(1).float()
+
+
+def _minmax(h: torch.Tensor) -> torch.Tensor:
+    """Each sample of ``[N, H, W]`` scaled to ``[0, 1]``; a constant sample becomes all zeros."""
+    lo = h.flatten(1).amin(1)[:, None, None]
+    span = h.flatten(1).amax(1)[:, None, None] - lo
+    return torch.where(span > 0, (h - lo) / span.clamp(min=1e-30), torch.zeros_like(h))
+
+
+# ---------------------------------------------------------------------------- sanity checks
+
+@dataclass
+class RandomizationResult:
+    """Maps of one method across model stages, and their similarity to the original maps.
+
+    Attributes:
+        stages: ``"original"``, then each stage's name (the layer randomised last, cumulatively).
+        maps: one ``[N, C, H, W]`` tensor per stage, on CPU.
+        spearman: ``[S, N]`` rank correlation with the original maps (1 at stage 0).
+        ssim: ``[S, N]`` SSIM of min-max normalised heatmaps with the original ones (1 at stage 0).
+    """
+
+    stages: list[str]
+    maps: list[torch.Tensor]
+    spearman: torch.Tensor
+    ssim: torch.Tensor
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Stage -> ``{"spearman": mean, "ssim": mean}`` over samples (NaNs from constant maps ignored)."""
+        return {stage: {"spearman": float(self.spearman[i].nanmean()), "ssim": float(self.ssim[i].nanmean())}
+                for i, stage in enumerate(self.stages)}
+
+    def table(self) -> str:
+        """The summary as aligned text, one stage per line."""
+        width = max(len(s) for s in self.stages)
+        rows = [f"{'stage':<{width}}  spearman    ssim"]
+        rows += [f"{s:<{width}}  {v['spearman']:8.3f}  {v['ssim']:6.3f}" for s, v in self.summary().items()]
+        return "\n".join(rows)
+
+
+def _resolve_method(method: str | Method) -> Method:
+    if isinstance(method, str):
+        from . import get  # the registry; imported late so that metrics loads on its own
+
+        return get(method)
+    if not callable(method):
+        raise InputError(f"method: expected an attribution function or its name (e.g. 'saliency'), "
+                         f"got {type(method).__name__}")
+    return method
+
+
+def _run(method: Method, model: nn.Module, x: torch.Tensor, target: Target, options: dict) -> torch.Tensor:
+    """The method's maps, checked and detached to CPU."""
+    out = method(model, x, target, **options)
+    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != x.shape[0] \
+            or out.shape[2:] != x.shape[2:]:
+        raise InputError(f"method: expected maps [N, C, H, W] at the inputs' resolution, got "
+                         f"{getattr(out, 'shape', type(out).__name__)}; pass a pixel or map attribution method")
+    return out.detach().float().cpu()
+
+
+def _similarities(ref: torch.Tensor, maps: torch.Tensor, similarity_on: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spearman [N], ssim [N])`` of ``maps`` against ``ref``."""
+    reduce = (lambda m: m.abs().sum(1)) if similarity_on == "abs" else (lambda m: m.sum(1))
+    return (spearman(reduce(ref), reduce(maps)),
+            ssim(_minmax(heatmap(ref)), _minmax(heatmap(maps))))
+
+
+def _result(stages: list[str], maps: list[torch.Tensor], similarity_on: str) -> RandomizationResult:
+    sims = [_similarities(maps[0], m, similarity_on) for m in maps]
+    return RandomizationResult(stages, maps, torch.stack([s[0] for s in sims]), torch.stack([s[1] for s in sims]))
+
+
+def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """Layer name -> index of its first call in one forward pass (layers never called are absent)."""
+    order: dict[str, int] = {}
+
+    def hook(name: str) -> Callable:
+        def record(module: nn.Module, args: tuple) -> None:
+            order.setdefault(name, len(order))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in named_layers(model).items()]
+    try:
+        with frozen(model), torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _stages(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None) -> list[str]:
+    """Layers to randomise, from the output side down (reverse order of their first forward call)."""
+    order = _forward_order(model, x)
+    owned = {n: m for n, m in named_layers(model).items() if any(True for _ in m.parameters(recurse=False))}
+    if layers is None:
+        names = [n for n in owned if n in order]
+    else:
+        names = list(dict.fromkeys([layers] if isinstance(layers, str) else layers))
+        for n in names:
+            if not any(True for _ in resolve(model, n).parameters()):
+                raise InputError(f"layers: layer {n!r} has no parameters to randomise; pick a Conv2d, Linear, "
+                                 "BatchNorm or a block containing some")
+            if n not in order:
+                raise InputError(f"layers: layer {n!r} does not run in forward, so randomising it changes nothing")
+    return sorted(names, key=lambda n: -order[n])
+
+
+@contextlib.contextmanager
+def _reseeded(seed: int, device: torch.device) -> Iterator[None]:
+    """The default generator(s) of ``device`` seeded for the block, the global RNG state restored after."""
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for i in cuda:
+            torch.cuda.default_generators[i].manual_seed(seed)
+        yield
+
+
+def _randomize(module: nn.Module, name: str, seed: int) -> None:
+    """Re-initialise every parameter-owning module inside ``module`` (named ``name``) as a freshly built one would be.
+
+    ``reset_parameters()`` where the module has it (random for Conv/Linear; identity affine and
+    reset running statistics for BatchNorm); otherwise each parameter is redrawn from
+    ``N(0, std(p)^2)``, keeping its scale and destroying its structure. Each layer's seed comes
+    from ``(seed, its name)``: the same weights whether it is randomised alone or in a block.
+    """
+    for sub, m in module.named_modules(prefix=name):
+        own = list(m.parameters(recurse=False))
+        if not own:
+            continue
+        with _reseeded((int(seed) * 1_000_003 + zlib.crc32(sub.encode())) % (2**63), own[0].device):
+            if callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+            else:
+                with torch.no_grad():
+                    for p in own:
+                        p.normal_(0.0, float(p.std()) if p.numel() > 1 else 1.0)
+
+
+def _fix_target(model: nn.Module, x: torch.Tensor, target: Target) -> Target:
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, target)
+    return fixed
+
+
+def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Method, target: Target = None, *,
+                        seed: int = 0, layers: Sequence[str] | None = None, similarity_on: str = "abs",
+                        **options) -> RandomizationResult:
+    """Cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
+
+    On a deep copy of ``model`` (the model itself is untouched), layers are re-initialised one
+    after another from the output side down, cumulatively, and ``method`` recomputes its maps
+    after each, on the same inputs and for the classes the ORIGINAL model predicts (or
+    ``target`` as fixed on it). A map that stays similar to the original while the weights it
+    should explain are destroyed does not explain the model.
+
+    Default stages: every sub-module that directly owns parameters and runs in forward,
+    BatchNorm included. Adebayo et al. re-initialised every variable of each block, so a fully
+    randomised model keeps no learned quantity; a BatchNorm is re-initialised as a freshly built
+    one is (identity affine, running statistics reset), since its learned per-channel scale
+    and shift are weights too. Pass ``layers`` (names, blocks allowed) to randomise fewer,
+    coarser stages, e.g. only convolutions. Each layer's randomisation is seeded from
+    ``(seed, name)`` under a forked RNG: deterministic, and the global RNG is not disturbed.
+
+    Similarities of each stage's maps to the original ones, per sample: :func:`spearman`
+    of ``sum_c |maps|`` (``similarity_on="abs"``) or of ``sum_c maps`` (``"signed"``), both
+    reported by Adebayo et al.; and :func:`ssim` of the min-max normalised :func:`heatmap`.
+
+    Args:
+        model: the trained model.
+        inputs: ``[N, C, H, W]``.
+        method: an attribution function ``method(model, inputs, target, **options)`` or its name.
+        target: as everywhere; fixed on the original model.
+        seed: randomisation seed.
+        layers: layer names to randomise (default: see above), in any order.
+        similarity_on: ``"abs"`` or ``"signed"``, for the rank correlation.
+        **options: passed to ``method``.
+
+    Returns:
+        A :class:`RandomizationResult` with ``len(stages) = 1 + number of layers``.
+
+    Example:
+        >>> res = model_randomization(model, x, "gradcam")  # doctest: +SKIP
+        >>> print(res.table())                               # doctest: +SKIP
+    """
+    if similarity_on not in ("abs", "signed"):
+        raise InputError(f"similarity_on: expected 'abs' or 'signed', got {similarity_on!r}")
+    method = _resolve_method(method)
+    x = prepare(model, inputs)
+    fixed = _fix_target(model, x, target)
+    maps = [_run(method, model, x, fixed, options)]
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as exc:  # any failure to copy means the same to the user
+        raise InputError(f"model: cannot deep-copy {type(model).__name__} ({exc}); the test needs a copy to "
+                         "randomise") from exc
+    names = _stages(twin, x, layers)
+    layer_of = named_layers(twin)
+    for name in names:
+        _randomize(layer_of[name], name, seed)
+        maps.append(_run(method, twin, x, fixed, options))
+    return _result(["original", *names], maps, similarity_on)
+
+
+def data_randomization(model: nn.Module, random_model: nn.Module, inputs: torch.Tensor, method: str | Method,
+                       target: Target = None, *, similarity_on: str = "abs", **options) -> RandomizationResult:
+    """Data randomisation test (Adebayo et al. 2018): maps of a model trained on permuted labels.
+
+    ``random_model`` has the architecture of ``model`` but was trained on randomly permuted
+    labels (e.g. the built-in ``"shapes-random-labels"``), so it has memorised, not learned.
+    Its maps are computed for the classes the ORIGINAL model predicts (or ``target`` as fixed
+    on it) and compared with the original maps as in :func:`model_randomization`.
+
+    Returns:
+        A :class:`RandomizationResult` with stages ``["original", "random labels"]``.
+
+    Example:
+        >>> res = data_randomization(model, load_model("shapes-random-labels"), x, "saliency")  # doctest: +SKIP
+    """
+    if similarity_on not in ("abs", "signed"):
+        raise InputError(f"similarity_on: expected 'abs' or 'signed', got {similarity_on!r}")
+    method = _resolve_method(method)
+    x = prepare(model, inputs)
+    fixed = _fix_target(model, x, target)
+    y = prepare(random_model, inputs)
+    maps = [_run(method, model, x, fixed, options), _run(method, random_model, y, fixed, options)]
+    return _result(["original", "random labels"], maps, similarity_on)

@@ -1,0 +1,370 @@
+"""The perturbation family: occlusion and LIME.
+
+Both explain a prediction by changing the input and watching the score: occlusion slides a
+``baseline`` patch over the image (Zeiler & Fergus 2014); LIME switches superpixels on and off
+at random and fits a weighted linear surrogate (Ribeiro, Singh & Guestrin 2016). Every
+perturbed copy is built lazily, one batch at a time, by
+:func:`underhood.attribution.base.score_copies`, so memory is bounded by the batch size however
+many copies there are. Both return ``[N, 1, H, W]`` maps, signed, without normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.errors import InputError
+from ..core.seeding import generator
+from ..core.targets import Target
+from .base import fixed_target, frozen, prepare, score_copies
+
+
+def _rows(t: torch.Tensor, index: torch.Tensor, part: slice, per: int) -> torch.Tensor:
+    """``t[index]`` for the copies ``part`` (``per`` copies per sample); ``[1, ...]`` when they all
+    come from one sample, which broadcasts in ``torch.where`` and saves a gather per batch."""
+    first, last = part.start // per, (part.stop - 1) // per
+    return t[first:first + 1] if first == last else t[index]
+
+
+# ----------------------------------------------------------------------------- occlusion
+
+
+def _pair(name: str, value: object) -> tuple[int, int]:
+    """``value`` as ``(h, w)`` positive ints (an int means a square)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise InputError(f"{name}: expected a positive int or a pair (h, w) of positive ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def _cover(size: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
+    """``[size, n_windows]`` 0/1 matrix: pixel ``p`` lies in window ``a`` (which starts at ``a * stride``)."""
+    starts = torch.arange(0, size - window + 1, stride, device=device)
+    pixels = torch.arange(size, device=device)[:, None]
+    return ((pixels >= starts) & (pixels < starts + window)).float()
+
+
+def _occlusion_fill(baseline: float | torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """``(values that fill an occluded window, whether they differ per sample)``."""
+    n, c, h, w = x.shape
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return x.new_tensor(float(baseline)), False
+    if isinstance(baseline, torch.Tensor) and baseline.ndim <= 4:
+        shape = (n, c, h, w) if baseline.ndim == 4 else (c, h, w)
+        try:
+            return torch.broadcast_to(baseline.detach().to(x), shape), baseline.ndim == 4
+        except RuntimeError:
+            pass
+    got = f"a tensor of shape {tuple(baseline.shape)}" if isinstance(baseline, torch.Tensor) else repr(baseline)
+    raise InputError(f"baseline: expected a float or a tensor broadcastable to [C, H, W] = {[c, h, w]} "
+                     f"or to [N, C, H, W] = {[n, c, h, w]}, got {got}")
+
+
+def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
+              window: int | tuple[int, int] = 8, stride: int | tuple[int, int] = 4,
+              baseline: float | torch.Tensor = 0.0, batch_size: int | str | None = None,
+              progress: bool = False) -> torch.Tensor:
+    """Occlusion sensitivity (Zeiler & Fergus 2014): how much the score drops when a patch is hidden.
+
+    Windows of size ``window`` start at 0 and step by ``stride`` while fully inside the image;
+    each is filled with ``baseline`` on all channels at once. Pixel ``p`` gets
+    ``mean_{windows W covering p} [score(x) - score(x with W occluded)]``, and 0 where no
+    window covers it (when the stride does not divide the image evenly). The target is fixed
+    on the clean inputs; scores are logits (raw values for a Unit or callable target).
+
+    Occluded copies are built one batch at a time, so stride 1 on a large image never holds
+    more than ``batch_size`` copies.
+
+    Args:
+        model: any module taking ``[0, 1]`` pixels.
+        inputs: ``[N, C, H, W]``.
+        target: see :mod:`underhood.core.targets` (default: each sample's predicted class).
+        window: ``(h, w)`` or an int for a square.
+        stride: an int, or ``(h, w)``.
+        baseline: a float, or a tensor broadcastable to one image ``[C, H, W]`` or to
+            ``inputs`` ``[N, C, H, W]``, whose values fill the window.
+        batch_size: copies per forward pass; ``None`` measures the fastest.
+        progress: show a progress bar.
+
+    Returns:
+        ``[N, 1, H, W]``, signed: positive where hiding the pixel lowers the score.
+
+    Example:
+        >>> heat = occlusion(model, x, target=3, window=8, stride=2)   # doctest: +SKIP
+    """
+    x = prepare(model, inputs)
+    n, c, h, w = x.shape
+    (wh, ww), (sh, sw) = _pair("window", window), _pair("stride", stride)
+    if wh > h or ww > w:
+        raise InputError(f"window: {(wh, ww)} is larger than the {h}x{w} image; use at most ({h}, {w})")
+    fill, per_sample = _occlusion_fill(baseline, x)
+    rows, cols = _cover(h, wh, sh, x.device), _cover(w, ww, sw, x.device)
+    row_in, col_in, nx = rows.T.bool(), cols.T.bool(), cols.shape[1]
+    per = rows.shape[1] * nx
+
+    def make(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        k = torch.arange(part.start, part.stop, device=x.device)
+        index, p = k // per, k % per
+        # A window's mask is the outer product of its row and column indicators.
+        inside = (row_in[p // nx][:, :, None] & col_in[p % nx][:, None, :])[:, None]
+        return torch.where(inside, _rows(fill, index, part, per) if per_sample else fill,
+                           _rows(x, index, part, per)), index
+
+    with frozen(model):
+        fixed, clean = fixed_target(model, x, target)
+        s = score_copies(model, make, n * per, fixed, batch_size=batch_size, shape=(c, h, w),
+                         progress=progress, desc="occlusion")
+    drop = clean.to(x.device)[:, None] - s.to(x.device).view(n, per)
+    # The sum over covering windows is separable: rows @ drop @ cols^T (what F.fold computes,
+    # without materialising a [N, h * w, windows] tensor).
+    total = rows @ drop.view(n, -1, nx) @ cols.T
+    count = rows.sum(1)[:, None] * cols.sum(1)[None, :]
+    return (total / count.clamp(min=1)).unsqueeze(1)
+
+
+# ----------------------------------------------------------------------------- LIME
+
+
+@dataclass
+class LimeFit:
+    """The local surrogates LIME fitted, one per sample.
+
+    Attributes:
+        segments: ``[N, H, W]`` long, superpixel labels ``0..K_i - 1`` of each sample.
+        coefficients: ``N`` tensors ``[K_i]``, the weight of each superpixel.
+        intercept: ``[N]``, the surrogate's value with every superpixel replaced.
+        score: ``[N]``, the model's score of the original image (probability for class targets).
+        r2: ``[N]``, the surrogate's weighted R^2 on the perturbed samples.
+    """
+
+    segments: torch.Tensor
+    coefficients: list[torch.Tensor]
+    intercept: torch.Tensor
+    score: torch.Tensor
+    r2: torch.Tensor
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _positive(name: str, value: object, *, zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero):
+        raise InputError(f"{name}: expected a number {'>=' if zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def superpixels(inputs: torch.Tensor, n_segments: int = 50, compactness: float = 10.0) -> torch.Tensor:
+    """SLIC superpixels (Achanta et al. 2012) of each image, via ``skimage.segmentation.slic``.
+
+    RGB images are segmented in Lab colour. Other channel counts (grey included) are compared
+    on their ``[0, 1]``-rescaled values, so ``compactness`` is divided by 100 for them (Lab's
+    lightness spans 0..100): the same ``compactness`` gives similarly regular superpixels.
+
+    Args:
+        inputs: ``[N, C, H, W]`` float pixels in ``[0, 1]``.
+        n_segments: approximate number of superpixels (SLIC may return fewer or more).
+        compactness: trade-off of colour adherence (small) against square shapes (large).
+
+    Returns:
+        ``[N, H, W]`` long labels from 0, on ``inputs.device``.
+
+    Example:
+        >>> seg = superpixels(x, n_segments=50)   # doctest: +SKIP
+    """
+    from skimage.segmentation import slic
+
+    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
+        got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise InputError(f"inputs: expected a float tensor [N, C, H, W], got {got}; add a batch axis with x[None]")
+    _count("n_segments", n_segments, 1)
+    _positive("compactness", compactness)
+    images = inputs.detach().cpu().double().permute(0, 2, 3, 1).numpy()
+    lab = images.shape[-1] == 3
+    out = []
+    for img in images:
+        grey = img.shape[-1] == 1
+        seg = slic(img[..., 0] if grey else img, n_segments=n_segments, start_label=0,
+                   compactness=compactness if lab else compactness / 100, channel_axis=None if grey else -1)
+        out.append(torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int64)))
+    return torch.stack(out).to(inputs.device)
+
+
+def _user_segments(segments: object, x: torch.Tensor) -> torch.Tensor:
+    """User segmentations as ``[N, H, W]`` long on ``x.device``."""
+    n, _, h, w = x.shape
+    try:
+        seg = torch.as_tensor(segments)
+    except (TypeError, ValueError, RuntimeError):
+        seg = None
+    if seg is None or seg.dtype.is_floating_point or seg.dtype in (torch.bool, torch.complex64, torch.complex128) \
+            or tuple(seg.shape) not in ((h, w), (n, h, w)):
+        got = f"{seg.dtype} of shape {tuple(seg.shape)}" if seg is not None else type(segments).__name__
+        raise InputError(f"segments: expected integer labels [N, H, W] = {[n, h, w]} or [H, W] = {[h, w]}, "
+                         f"got {got}; compute them with superpixels(inputs)")
+    return seg.to(x.device, torch.long).expand(n, h, w)
+
+
+def _relabel(seg: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Labels made contiguous ``0..K_i - 1`` per sample, and each ``K_i``."""
+    pairs = [torch.unique(s, return_inverse=True) for s in seg]
+    return torch.stack([inverse for _, inverse in pairs]), [len(labels) for labels, _ in pairs]
+
+
+def _segment_means(x: torch.Tensor, seg: torch.Tensor, kmax: int) -> torch.Tensor:
+    """``x`` with every pixel replaced by its superpixel's mean colour, ``[N, C, H, W]``."""
+    n, c, h, w = x.shape
+    flat = (seg + kmax * torch.arange(n, device=x.device)[:, None, None]).flatten()  # labels unique across samples
+    sums = x.new_zeros(n * kmax, c).index_add_(0, flat, x.permute(0, 2, 3, 1).reshape(-1, c))
+    means = sums / torch.bincount(flat, minlength=n * kmax).clamp(min=1)[:, None].to(x)
+    return means[flat].view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _sample_z(k: int, n_samples: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``[n_samples, k]`` bool: row 0 all ones (the original), then as in the paper the number of
+    active superpixels uniform in ``1..k`` and which ones uniform among all such subsets.
+
+    The empty vector is excluded: its cosine distance to the original is undefined.
+    """
+    g = generator(seed)
+    active = torch.randint(1, k + 1, (n_samples - 1, 1), generator=g)
+    ranks = torch.rand(n_samples - 1, k, generator=g).argsort(1).argsort(1)  # a uniform random order per row
+    return torch.cat([torch.ones(1, k, dtype=torch.bool), ranks < active]).to(device)
+
+
+def _kernel(z: torch.Tensor, kernel_width: float) -> torch.Tensor:
+    """``pi = exp(-d^2 / kernel_width^2)``, ``d`` the cosine distance of each row of ``z`` to all ones."""
+    d = 1 - z.sum(1) / (z.norm(dim=1) * z.shape[1] ** 0.5)
+    return torch.exp(-d**2 / kernel_width**2)
+
+
+def _ridge(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted ridge regression with an unpenalised intercept, in closed form: ``(coef [K], intercept)``.
+
+    Minimises ``sum_s pi_s (y_s - b - z_s . w)^2 + alpha |w|^2`` (sklearn's ``Ridge`` with
+    ``sample_weight``): centre ``z`` and ``y`` on their pi-weighted means, then
+    ``w = (Zc^T P Zc + alpha I)^-1 Zc^T P yc`` and ``b = mean(y) - mean(z) . w``.
+    """
+    z, y, p = z.double(), y.double(), weights.double()
+    z_mean, y_mean = p @ z / p.sum(), p @ y / p.sum()
+    zc, yc = z - z_mean, y - y_mean
+    a = zc.T @ (p[:, None] * zc) + alpha * torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    rhs = zc.T @ (p * yc)
+    coef = torch.linalg.solve(a, rhs) if alpha > 0 else torch.linalg.pinv(a) @ rhs  # alpha=0 may be singular
+    return coef, y_mean - z_mean @ coef
+
+
+def _r2(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, coef: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Weighted R^2 of the surrogate (as sklearn's ``r2_score``: 1 for a perfect fit of constant ``y``)."""
+    y, p = y.double(), weights.double()
+    residual = (p * (y - z.double() @ coef - b) ** 2).sum()
+    spread = (p * (y - p @ y / p.sum()) ** 2).sum()
+    if spread == 0:
+        return torch.ones((), dtype=y.dtype, device=y.device) if residual == 0 else torch.zeros_like(residual)
+    return 1 - residual / spread
+
+
+def _check_lime(n_samples: object, baseline: object, kernel_width: object, alpha: object, n_segments: object) -> None:
+    _count("n_samples", n_samples, 2)
+    _count("n_segments", n_segments, 1)
+    _positive("kernel_width", kernel_width)
+    _positive("alpha", alpha, zero=True)
+    if not (isinstance(baseline, str) and baseline == "mean") and (
+            isinstance(baseline, bool) or not isinstance(baseline, (int, float))):
+        raise InputError(f"baseline: expected 'mean' (each superpixel's mean colour) or a float, got {baseline!r}")
+
+
+def _fit(z: torch.Tensor, y: torch.Tensor, ks: list[int], seg: torch.Tensor, kernel_width: float,
+         alpha: float) -> tuple[torch.Tensor, LimeFit]:
+    """One surrogate per sample; maps ``[N, 1, H, W]`` with each coefficient painted on its superpixel."""
+    n, _, kmax = z.shape
+    painted, coefs, intercepts, r2s = y.new_zeros(n, kmax), [], [], []
+    for i, k in enumerate(ks):
+        zi, pi = z[i, :, :k].double(), _kernel(z[i, :, :k].double(), kernel_width)
+        coef, b = _ridge(zi, y[i], pi, alpha)
+        painted[i, :k] = coef.to(painted.dtype)
+        coefs.append(coef.float())
+        intercepts.append(b.float())
+        r2s.append(_r2(zi, y[i], pi, coef, b).float())
+    maps = painted.gather(1, seg.flatten(1)).view(n, 1, *seg.shape[1:])
+    return maps, LimeFit(seg, coefs, torch.stack(intercepts), y[:, 0].clone(), torch.stack(r2s))
+
+
+def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
+         n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
+         kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
+         batch_size: int | str | None = None, progress: bool = False,
+         return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, LimeFit]:
+    """LIME (Ribeiro, Singh & Guestrin 2016, "Why should I trust you?"): a weighted linear
+    surrogate over superpixels, its coefficients painted back onto the pixels.
+
+    Each image is cut into ``K`` superpixels (:func:`superpixels`, or ``segments``). Binary
+    vectors ``z`` over them are drawn as in the paper: the number of active superpixels
+    uniform in ``1..K``, then which ones uniformly; the first ``z`` is all ones (the original).
+    (The ``lime`` package instead draws each bit Bernoulli(0.5).) A perturbed image keeps the
+    superpixels with ``z = 1`` and fills the others with ``baseline``: ``"mean"`` (each
+    superpixel's mean colour, the ``lime`` package's default) or a float. The model scores
+    each: the softmax probability of the target class, as in the paper (raw values for a
+    Unit or callable target). Then ``min_{w, b} sum_z pi(z) (f(z) - b - w . z)^2 + alpha |w|^2``
+    in closed form, with ``pi(z) = exp(-d(z, 1)^2 / kernel_width^2)`` and ``d`` the cosine
+    distance: the paper's kernel. (The ``lime`` package uses its square root, which equals
+    ours with ``kernel_width * sqrt(2)``.) The ridge covers all superpixels, as the ``lime``
+    package does by default (no K-LASSO selection).
+
+    Every sample draws its ``z`` from a generator seeded with ``seed`` itself, so a batch gives
+    the same maps as one sample at a time.
+
+    Args:
+        model: any module taking ``[0, 1]`` pixels.
+        inputs: ``[N, C, H, W]``.
+        target: see :mod:`underhood.core.targets` (default: each sample's predicted class).
+        n_samples: perturbed images per sample, the original included (>= 2).
+        n_segments, compactness: passed to :func:`superpixels` (unused with ``segments``).
+        seed: seeds the draws of ``z``.
+        baseline: ``"mean"`` or a float, the value of a switched-off superpixel.
+        kernel_width: width of the proximity kernel on cosine distances in ``[0, 1]``.
+        alpha: ridge penalty (the intercept is not penalised).
+        segments: precomputed integer labels ``[N, H, W]`` or ``[H, W]`` (one for all).
+        batch_size: copies per forward pass; ``None`` measures the fastest.
+        progress: show a progress bar.
+        return_weights: also return a :class:`LimeFit`.
+
+    Returns:
+        ``[N, 1, H, W]`` signed superpixel weights; with ``return_weights``, ``(maps, LimeFit)``.
+
+    Example:
+        >>> maps, fit = lime(model, x, n_samples=1000, return_weights=True)   # doctest: +SKIP
+        >>> fit.r2                                                            # doctest: +SKIP
+    """
+    x = prepare(model, inputs)
+    _check_lime(n_samples, baseline, kernel_width, alpha, n_segments)
+    n, c, h, w = x.shape
+    seg, ks = _relabel(_user_segments(segments, x) if segments is not None
+                       else superpixels(x, n_segments, compactness))
+    z = torch.zeros(n, n_samples, max(ks), dtype=torch.bool, device=x.device)
+    for i, k in enumerate(ks):
+        z[i, :, :k] = _sample_z(k, n_samples, seed, x.device)
+    per_sample = isinstance(baseline, str)
+    fill = _segment_means(x, seg, max(ks)) if per_sample else x.new_tensor(float(baseline))
+    flat = seg.flatten(1)
+
+    def make(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        j = torch.arange(part.start, part.stop, device=x.device)
+        index = j // n_samples
+        keep = z[index, j % n_samples].gather(1, flat[index]).view(-1, 1, h, w)
+        return torch.where(keep, _rows(x, index, part, n_samples),
+                           _rows(fill, index, part, n_samples) if per_sample else fill), index
+
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, target)
+        y = score_copies(model, make, n * n_samples, fixed, batch_size=batch_size, shape=(c, h, w),
+                         kind="probability", progress=progress, desc="lime").to(x.device).view(n, n_samples)
+    maps, fit = _fit(z, y, ks, seg, kernel_width, alpha)
+    return (maps, fit) if return_weights else maps
