@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                          f"trained on {dataset!r}")
     data = test_set(dataset)[: args.n]
     torch.manual_seed(args.seed)
-    ctx = Context(model=model, spec=args.model, data=data, out=out, seed=args.seed)
+    ctx = Context(model=model, spec=args.model, data=data, out=out, seed=args.seed, options={"full": args.full})
     path = build(ctx, out / "report.html", progress=not args.no_progress)
     seconds = time.perf_counter() - start
     write_manifest(out, "demo", ["report.html", *ctx.figures], model=args.model, seconds=round(seconds, 2))
@@ -118,8 +118,123 @@ EXAMPLES = {
     "models": "underhood models",
     "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224",
     "predict": "underhood predict cat.png dog.jpg --model shapes --top 3",
+    "explain": "underhood explain star.png --model shapes --methods gradcam,smoothgrad,occlusion --target auto\n"
+               "  underhood explain a.png b.png --methods guided_backprop,gradcam --layer features.10 --target star",
+    "evaluate": "underhood evaluate                    # every method x metric on the built-in model\n"
+                "  underhood evaluate --methods saliency,gradcam --n 32 --full",
     "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors",
 }
+
+
+def _target(value: str, model) -> object:
+    """``auto`` (the predicted class), a class index, or a class name of the model."""
+    if value == "auto":
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    classes = list(getattr(model, "classes", []) or [])
+    if value in classes:
+        return classes.index(value)
+    raise InputError(f"--target: {value!r} is neither 'auto', a class index nor a class name"
+                     + (f" ({', '.join(classes)})" if classes else ""))
+
+
+def _methods(value: str) -> list[str]:
+    from .attribution import get
+
+    names = [m.strip() for m in value.split(",") if m.strip()]
+    if not names:
+        raise InputError("--methods: name at least one method, e.g. --methods gradcam,smoothgrad")
+    for name in names:
+        get(name)  # unknown names fail here, before any work
+    return names
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    import torch
+
+    from .attribution import explain
+    from .attribution.evaluate import method_options
+    from .core.io import atomic_path, write_manifest
+    from .data.io import load_image
+    from .viz import attribution_figure, save_figure
+
+    methods = _methods(args.methods)
+    model = _model(args)
+    size = getattr(model, "input_size", None)
+    channels = size[0] if size else 3
+    images = torch.cat([load_image(p, size=tuple(size[1:]) if size else None, channels=channels)
+                        for p in args.images])
+    target = _target(args.target, model)
+    opts = method_options(model, methods, full=True)
+    if args.layer:
+        for m in methods:
+            if "cam" in m:
+                opts[m]["layer"] = args.layer
+    maps = explain(model, images.to(next(model.parameters()).device), methods, target=target, **opts)
+    with torch.no_grad():
+        probs = model(images.to(next(model.parameters()).device)).softmax(1).cpu()
+    classes = list(getattr(model, "classes", None) or range(probs.shape[1]))
+    shown = probs.argmax(1) if target is None else torch.full((len(images),), int(target))
+    titles = [f"{classes[c]} {probs[i, c]:.0%}" for i, c in enumerate(shown.tolist())]
+    out = _out(args, "explain")
+    save_figure(attribution_figure(images, {k: v.cpu() for k, v in maps.items()}, row_titles=titles),
+                out / "explain.png", dpi=130)
+    from safetensors.torch import save_file
+
+    with atomic_path(out / "maps.safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in maps.items()}, str(tmp),
+                  metadata={"images": json.dumps([str(p) for p in args.images]), "targets": json.dumps(
+                      shown.tolist()), "methods": json.dumps(methods)})
+    write_manifest(out, "explain", ["explain.png", "maps.safetensors"], model=args.model, methods=methods,
+                   images=[str(p) for p in args.images], target=args.target, options=opts)
+    for path, title in zip(args.images, titles):
+        print(f"{path}: explained {title}")
+    print(f"figure and maps written to {out.resolve()}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .attribution.evaluate import COLUMNS, evaluate
+    from .core.io import write_manifest, write_text
+    from .data import shapes
+    from .models.loading import list_models, load_model
+    from .models.training import SHAPES_TEST_SEED, test_set
+    from .viz import metric_table_figure, save_figure
+
+    methods = _methods(args.methods)
+    model = _model(args)
+    meta = getattr(model, "meta", {})
+    dataset = meta.get("dataset")
+    if dataset not in ("shapes", "digits"):
+        raise InputError(f"--model: evaluate needs a model trained on 'shapes' or 'digits' (ground truth comes "
+                         f"from them); {args.model!r} was trained on {dataset!r}")
+    device = next(model.parameters()).device
+    extra = {}
+    if dataset == "shapes" and meta.get("arch") == "shapes" and "shapes-random-labels" in list_models():
+        extra["random_model"] = load_model("shapes-random-labels", device=device)
+    if dataset == "shapes" and "shapes-spurious" in list_models():
+        extra["spurious_model"] = load_model("shapes-spurious", device=device)
+        extra["spurious_data"] = shapes(args.n, seed=SHAPES_TEST_SEED + 1, spurious=1.0)
+    ev = evaluate(model, test_set(dataset), methods, n=args.n, steps=args.steps, full=args.full,
+                  seed=args.seed, progress=not args.no_progress, **extra)
+    print(ev.table())
+    out = _out(args, "evaluate")
+    write_text(out / "evaluation.txt", ev.table() + "\n")
+    write_text(out / "evaluation.json", json.dumps(ev.to_dict(), indent=1) + "\n")
+    csv = [",".join(["method", *ev.columns])] + [",".join(r) for r in ev.rows()]
+    write_text(out / "evaluation.csv", "\n".join(csv) + "\n")
+    fig = metric_table_figure(ev.values, {c: COLUMNS[c] for c in ev.columns},
+                              title=f"Which maps to trust: {args.model}, {args.n} images")
+    save_figure(fig, out / "evaluation.png", dpi=130)
+    files = ["evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png"]
+    write_manifest(out, "evaluate", files, model=args.model, n=args.n, steps=args.steps, full=args.full)
+    print(f"table and figure written to {out.resolve()}")
+
+
+def _method_names() -> list[str]:
+    # the names only: importing underhood.attribution would load torch for `--help`
+    return ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deconvnet", "guided_backprop",
+            "cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam", "occlusion", "lime"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -146,6 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
     p.add_argument("--n", type=int, default=64, help="held-out images to use (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--full", action="store_true", help="bigger settings for the heavy parts (slower)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add("models", cmd_models, "list the built-in models", model=False)
     p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields")
@@ -155,6 +271,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", default="shapes")
     p.add_argument("--top", type=int, default=3, help="classes to show per image")
+    p = add("explain", cmd_explain, "attribution maps of image files: which pixels made the decision")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--methods", default="saliency,smoothgrad,guided_backprop,gradcam,occlusion",
+                   help="comma-separated methods: " + ", ".join(_method_names()))
+    p.add_argument("--target", default="auto", help="auto (the predicted class), a class index or a class name")
+    p.add_argument("--layer", help="layer of the CAM methods (default: the layer CAM uses, else the last conv)")
+    p = add("evaluate", cmd_evaluate, "which attribution maps to trust: a method x metric table")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--methods", default=",".join(_method_names()), help="comma-separated methods (default: all)")
+    p.add_argument("--n", type=int, default=16, help="held-out images (default 16)")
+    p.add_argument("--steps", type=int, default=20, help="deletion / insertion steps (default 20)")
+    p.add_argument("--full", action="store_true", help="the methods' full settings (slower)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
     p = add("train", cmd_train, "train a built-in architecture and write safetensors weights", model=False)
     p.add_argument("--data", default="shapes", help="shapes, shapes-spurious[:p], digits or an image folder")
     p.add_argument("--arch", default="shapes", help="shapes, shapes-resnet or digits")

@@ -16,6 +16,7 @@ from torch import nn
 from .errors import InputError
 
 CANDIDATES = (1, 4, 16, 64, 256)
+SATURATED = 0.25  # seconds per call beyond which bigger batches are not tried
 _CACHE: dict[tuple, int] = {}
 
 
@@ -55,12 +56,24 @@ def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.dev
 
 def _time(fn: Callable[[torch.Tensor], object], x: torch.Tensor, device: torch.device,
           min_seconds: float = 0.05) -> float:
-    """Seconds per call: after a warm-up, the best of two rounds, each repeated for ``min_seconds``."""
+    """Seconds per call: after a warm-up, the best of two rounds, each repeated for ``min_seconds``.
+
+    A call slower than ``4 * min_seconds`` is timed once more after the warm-up: per-call
+    noise is small against it, and measuring must stay cheap next to the work it tunes.
+    """
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    fn(x)  # warm-up
+    def once() -> float:
+        sync()
+        start = time.perf_counter()
+        fn(x)
+        sync()
+        return time.perf_counter() - start
+
+    if once() > 4 * min_seconds:  # the warm-up doubles as a probe of the cost
+        return once()
     best = float("inf")
     for _ in range(2):
         sync()
@@ -81,7 +94,8 @@ def auto_batch_size(model: nn.Module, shape: tuple[int, ...], *, device: torch.d
     """The fastest batch size among ``candidates`` for ``model`` on inputs of ``shape`` (C, H, W).
 
     Sizes whose activations exceed :func:`memory_bound` are skipped. Timing stops once a size
-    is clearly slower (per image) than the best so far. The choice is cached per model,
+    is much slower (per image) than the best so far, or once one call takes more than
+    :data:`SATURATED` seconds and the size gained less than 10% over the previous one. The choice is cached per model,
     shape, device and grad.
     """
     from .device import model_device
@@ -104,13 +118,17 @@ def auto_batch_size(model: nn.Module, shape: tuple[int, ...], *, device: torch.d
             with torch.no_grad():
                 model(x)
 
-        best, best_rate = sizes[0], 0.0
+        best, best_rate, previous = sizes[0], 0.0, 0.0
         for b in sizes:
-            rate = b / max(_time(run, torch.rand(b, *shape, device=device), device), 1e-9)
+            seconds = _time(run, torch.rand(b, *shape, device=device), device)
+            rate = b / max(seconds, 1e-9)
             if rate > best_rate:
                 best, best_rate = b, rate
-            elif rate < 0.85 * best_rate:
+            elif rate < 0.6 * best_rate:
                 break
+            if seconds > SATURATED and rate < 1.1 * previous:  # long calls, and bigger stopped paying
+                break
+            previous = rate
         for p in model.parameters():
             p.grad = None
     _CACHE[key] = best

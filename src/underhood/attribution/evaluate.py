@@ -1,0 +1,167 @@
+"""The method x metric table: which attribution maps to trust, on data with ground truth.
+
+Used by ``underhood evaluate`` and the report. Columns (arrows: which way is better):
+
+- ``pointing`` (up): pointing-game hit rate against the object masks;
+- ``energy`` (up): share of the map's positive energy inside the object mask;
+- ``deletion`` (down) / ``insertion`` (up): AUC of the class probability as the most
+  important pixels are removed / restored (Petsiuk et al. 2018);
+- ``model_rand`` (down): Spearman rank correlation between the maps of the trained model and of
+  a fully re-initialised copy (Adebayo et al. 2018); a method that does not change is not
+  explaining the model;
+- ``data_rand`` (down): the same against a copy trained on permuted labels;
+- ``marker`` (down) / ``object`` (up): on the model trained with the spurious marker, the
+  share of energy on the marker and on the object (the shortcut test).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.errors import InputError
+from ..core.layers import named_layers
+from ..data.imageset import ImageSet
+from . import METHODS
+from . import metrics as M
+
+COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
+           "data_rand": "down", "marker": "down", "object": "up"}
+FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16}, "lime": {"n_samples": 300},
+        "occlusion": {"window": 8, "stride": 4}}
+FULL = {"smoothgrad": {"n_samples": 50}, "integrated_gradients": {"steps": 50}, "lime": {"n_samples": 1000},
+        "occlusion": {"window": 8, "stride": 2}}
+
+
+@dataclass
+class Evaluation:
+    """``values[method][column]`` (means over images), the settings used and seconds per method."""
+
+    values: dict[str, dict[str, float]]
+    settings: dict[str, object] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in COLUMNS if any(c in row for row in self.values.values())]
+
+    def rows(self) -> list[list[str]]:
+        """Formatted rows: method, then each column (``-`` when not measured)."""
+        return [[m] + [f"{row[c]:.3f}" if c in row else "-" for c in self.columns] for m, row in self.values.items()]
+
+    def table(self) -> str:
+        """Aligned text with a header line carrying the better direction of each column."""
+        head = ["method"] + [f"{c} {'↑' if COLUMNS[c] == 'up' else '↓'}" for c in self.columns]
+        rows = [head] + self.rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                         for r in rows)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"columns": {c: COLUMNS[c] for c in self.columns}, "values": self.values,
+                "settings": self.settings, "seconds": self.seconds}
+
+
+def cam_layer(model: nn.Module) -> str | None:
+    """The layer CAM itself would use, when the model has a GAP + linear head: the last stage's output.
+
+    Grad-CAM and relatives are shown at this layer in the report so the CAM family is compared
+    on one feature map; ``None`` when no such layer exists (methods then use the last Conv2d).
+    """
+    from .cam import _trace_head
+
+    size = getattr(model, "input_size", None)
+    if not size:
+        return None
+    x = torch.rand(1, *size, device=next(model.parameters()).device)
+    try:
+        maps, _, _, features = _trace_head(model, x)
+    except InputError:
+        return None
+    found = [n for n, a in maps if torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)]
+    return found[-1] if found else None
+
+
+def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = False,
+                   overrides: Mapping[str, dict] | None = None) -> dict[str, dict]:
+    """Per-method options: the fast or full preset, the CAM layer, then the user's overrides."""
+    layer = cam_layer(model)
+    preset = FULL if full else FAST
+    out = {}
+    for m in methods:
+        opts = dict(preset.get(m, {}))
+        if layer and m in ("cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam"):
+            opts["layer"] = layer
+        opts.update((overrides or {}).get(m, {}))
+        out[m] = opts
+    return out
+
+
+def _top_level(model: nn.Module) -> list[str]:
+    """Top-level blocks that own parameters: randomising them all re-initialises the whole network."""
+    return [n for n, m in named_layers(model).items() if "." not in n and any(True for _ in m.parameters())]
+
+
+def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(METHODS), *, n: int = 16,
+             steps: int = 20, full: bool = False, random_model: nn.Module | None = None,
+             spurious_model: nn.Module | None = None, spurious_data: ImageSet | None = None,
+             options: Mapping[str, dict] | None = None, seed: int = 0, progress: bool = False) -> Evaluation:
+    """Score each method on the first ``n`` images of ``data`` (see the module docstring for columns).
+
+    Localisation needs ``data.masks``; ``data_rand`` needs ``random_model``; the shortcut columns
+    need ``spurious_model`` and ``spurious_data`` (with ``marker_masks``).
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"n: expected a positive number of images, got {n!r}")
+    device = next(model.parameters()).device
+    x = data.images[:n].to(device)
+    opts = method_options(model, methods, full=full, overrides=options)
+    shortcut_opts = (method_options(spurious_model, methods, full=full, overrides=options)
+                     if spurious_model is not None else {})
+    values, seconds = {}, {}
+    for name in tqdm(methods, desc="evaluate", disable=not progress):
+        start = time.perf_counter()
+        values[name] = _score(model, data, x, name, opts[name], steps, random_model, seed)
+        if spurious_model is not None and spurious_data is not None:
+            values[name].update(_shortcut(spurious_model, spurious_data, n, name, shortcut_opts[name]))
+        seconds[name] = round(time.perf_counter() - start, 2)
+    settings = {"n": n, "steps": steps, "full": full, "seed": seed, "options": opts,
+                "dataset": data.info.get("dataset") if getattr(data, "info", None) else None}
+    return Evaluation(values, settings, seconds)
+
+
+def _score(model, data, x, name, opts, steps, random_model, seed) -> dict[str, float]:
+    from . import get
+
+    fn = get(name)
+    maps = fn(model, x, None, **opts)
+    row = {}
+    if data.masks is not None:
+        masks = data.masks[: len(x)].to(x.device)
+        row["pointing"] = float(M.pointing_game(maps, masks).float().mean())
+        row["energy"] = float(M.energy_in_mask(maps, masks).mean())
+    row["deletion"] = float(M.deletion_auc(model, x, maps, steps=steps).mean())
+    row["insertion"] = float(M.insertion_auc(model, x, maps, steps=steps).mean())
+    rand = M.model_randomization(model, x, fn, seed=seed, layers=_top_level(model), **opts)
+    row["model_rand"] = float(rand.spearman[-1].nanmean())
+    if random_model is not None:
+        row["data_rand"] = float(M.data_randomization(model, random_model, x, fn, **opts).spearman[-1].nanmean())
+    return row
+
+
+def _shortcut(model, data, n, name, opts) -> dict[str, float]:
+    from . import get
+
+    x = data.images[:n].to(next(model.parameters()).device)
+    maps = get(name)(model, x, None, **opts)
+    obj, marker = M.mask_shares(maps, data.masks[:n].to(x.device), data.marker_masks[:n].to(x.device))
+    return {"marker": float(marker.mean()), "object": float(obj.mean())}

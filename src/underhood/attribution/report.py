@@ -1,0 +1,147 @@
+"""Report sections of the attribution family: the maps, and the evidence of which to trust."""
+
+from __future__ import annotations
+
+import torch
+from markupsafe import Markup
+
+from ..report import Context, figure, paragraph, section, table
+from ..viz import LABELS, attribution_figure, figure_to_png, strips_figure
+from . import METHODS, explain
+from .evaluate import COLUMNS, cam_layer, evaluate, method_options
+
+STRIP_METHODS = ("saliency", "guided_backprop", "integrated_gradients", "gradcam")
+
+
+def _pick(data, k: int) -> list[int]:
+    """Up to ``k`` indices with different labels (the first image of each class, in order)."""
+    seen, out = set(), []
+    for i, y in enumerate(data.labels.tolist()):
+        if y not in seen:
+            seen.add(y)
+            out.append(i)
+        if len(out) == k:
+            break
+    return out
+
+
+def _titles(model, x: torch.Tensor) -> list[str]:
+    with torch.no_grad():
+        p = model(x).softmax(1).cpu()
+    names = getattr(model, "classes", None) or [str(i) for i in range(p.shape[1])]
+    return [f"{names[c]} {p[i, c]:.0%}" for i, c in enumerate(p.argmax(1).tolist())]
+
+
+@section("attribution", "Attribution: what in the image made the decision", order=50)
+def attribution_maps(ctx: Context) -> Markup:
+    model, device = ctx.model, next(ctx.model.parameters()).device
+    idx = _pick(ctx.data, int(ctx.options.get("n_attribution", 4)))
+    x = ctx.data.images[idx].to(device)
+    full = bool(ctx.options.get("full"))
+    opts = method_options(model, list(METHODS), full=full)
+    maps = explain(model, x, list(METHODS), **opts)
+    ctx.cache["attribution_maps"] = (idx, maps)
+    layer = cam_layer(model)
+    fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(model, x))
+    from .gradient import integrated_gradients
+
+    _, gap = integrated_gradients(model, x, **opts["integrated_gradients"], return_error=True)
+    caption = ("Each row explains the predicted class (title: class and probability) with every method. "
+               "Saliency, input x gradient, SmoothGrad and integrated gradients: max over colour channels of |map| "
+               "(white = large). Deconvnet, guided backprop and guided Grad-CAM: the signed map as colour around "
+               "grey. CAM family: the map in the jet colormap over the image (red = high)"
+               + (f", all at layer {layer} (the feature map the classifier averages)" if layer else "")
+               + ". Occlusion and LIME: red where hiding the region lowers the class score, blue where it raises it.")
+    text = (f"Settings: {', '.join(f'{LABELS[m]} {o}' for m, o in opts.items() if o)}. Integrated gradients "
+            f"completeness gap |sum(IG) - (f(x) - f(0))|: at most {gap.abs().max():.3g} logits "
+            f"(it shrinks as steps grow).")
+    return figure(ctx, figure_to_png(fig, dpi=120), "attribution-maps", caption) + paragraph(text)
+
+
+def _random_models(ctx: Context):
+    """The permuted-label copy and the shortcut model, when they match the report's model."""
+    meta = getattr(ctx.model, "meta", {})
+    same_arch = meta.get("arch") == "shapes" and meta.get("dataset") == "shapes"
+    random_model = _load("shapes-random-labels", ctx) if same_arch else None
+    spurious = _load("shapes-spurious", ctx) if meta.get("dataset") == "shapes" else None
+    return random_model, spurious
+
+
+def _load(name: str, ctx: Context):
+    from ..models.loading import list_models, load_model
+
+    if name not in list_models():
+        return None
+    return load_model(name, device=next(ctx.model.parameters()).device)
+
+
+@section("attribution-trust", "Which attribution maps to trust", order=55)
+def attribution_trust(ctx: Context) -> Markup:
+    from ..data import shapes
+    from ..models.training import SHAPES_TEST_SEED
+
+    model, full = ctx.model, bool(ctx.options.get("full"))
+    random_model, spurious = _random_models(ctx)
+    spurious_data = shapes(64, seed=SHAPES_TEST_SEED + 1, spurious=1.0) if spurious is not None else None
+    n = int(ctx.options.get("n_evaluate", 32 if full else 8))
+    ev = evaluate(model, ctx.data, list(METHODS), n=n, steps=50 if full else 16, full=full, random_model=random_model,
+                  spurious_model=spurious, spurious_data=spurious_data, seed=ctx.seed)
+    ctx.cache["evaluation"] = ev
+    head = ["method"] + [f"{c} {'↑' if COLUMNS[c] == 'up' else '↓'}" for c in ev.columns]
+    rows = [[LABELS[r[0]]] + r[1:] for r in ev.rows()]
+    out = paragraph(
+        f"Each method on {n} held-out images. pointing: how often the map's maximum falls on the object; energy: "
+        "share of the map inside the object mask; deletion / insertion: area under the class probability as the "
+        "most important pixels are removed / restored (Petsiuk et al. 2018); model_rand: rank correlation between "
+        "maps of the trained model and of a re-initialised copy, and data_rand: with a copy trained on permuted "
+        "labels (Adebayo et al. 2018) -- a map that does not change does not explain the model; marker / object: "
+        "on a model trained with a class-coloured marker, the map's share on the marker and on the object.")
+    out += table(head, rows, numeric=tuple(range(1, len(head))))
+    out += _strips(ctx, random_model)
+    if spurious is not None:
+        out += _shortcut(ctx, spurious, spurious_data)
+    return out
+
+
+def _strips(ctx: Context, random_model) -> Markup:
+    from .metrics import data_randomization, model_randomization
+
+    model = ctx.model
+    x = ctx.data.images[:1].to(next(model.parameters()).device)
+    opts = method_options(model, STRIP_METHODS)
+    rows, stages = {}, []
+    for name in STRIP_METHODS:
+        res = model_randomization(model, x, name, seed=ctx.seed, **opts[name])
+        rows[name] = [m[0] for m in res.maps]
+        stages = ["trained"] + [f"+ {s}" for s in res.stages[1:]]
+        if random_model is not None:
+            rows[name].append(data_randomization(model, random_model, x, name, **opts[name]).maps[1][0])
+    if random_model is not None:
+        stages.append("random labels")
+    fig = strips_figure(x[0].cpu(), rows, stages)
+    return figure(ctx, figure_to_png(fig, dpi=120), "sanity-checks",
+                  "Sanity checks (Adebayo et al. 2018) on one image: from left to right the layers are re-initialised "
+                  "one after another from the output down (cascading randomisation); the last column is a copy "
+                  "trained on permuted labels. A map that keeps its look while the network is destroyed shows the "
+                  "image's edges, not the model's reasoning.")
+
+
+def _shortcut(ctx: Context, spurious, data) -> Markup:
+    from .metrics import mask_shares
+
+    device = next(spurious.parameters()).device
+    x = data.images[:3].to(device)
+    names = ("saliency", "smoothgrad", "guided_backprop", "gradcam", "occlusion", "lime")
+    maps = explain(spurious, x, names, **method_options(spurious, names))
+    fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(spurious, x))
+    shares = [[LABELS[k], *(f"{float(t.mean()):.2f}" for t in mask_shares(v, data.masks[:3].to(device),
+                                                                            data.marker_masks[:3].to(device)))]
+              for k, v in maps.items()]
+    cheat = spurious.meta.get("shortcut", {})
+    acc = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in cheat.items()) if cheat else ""
+    text = ("The shortcut test: this copy was trained on shapes that always carry a small square whose colour "
+            "gives the class away. " + (f"Its accuracy: {acc}. " if acc else "")
+            + "A faithful map lights up the marker, not the shape.")
+    return (paragraph(text) + figure(ctx, figure_to_png(fig, dpi=120), "shortcut",
+                                     "Maps of the shortcut model on marked images.")
+            + table(["method", "share on object", "share on marker"], shares, numeric=(1, 2)))
