@@ -11,12 +11,36 @@ from torch import nn
 
 import underhood
 from underhood.core.errors import InputError, ModelError
-from underhood.models import Normalized
+from underhood.data.shapes import recolour_markers
+from underhood.models import BUILTIN, Normalized, training
 from underhood.models.architectures import LeNet
-from underhood.models.training import SHAPES_TEST_SEED, accuracy, save, train
+from underhood.models.training import (
+    RANDOM_LABELS,
+    SHAPES_TEST_SEED,
+    accuracy,
+    save,
+    shortcut_accuracies,
+    train,
+    training_data,
+)
+from underhood.models.training import test_set as held_out_set  # not collected as a test
+
+# built-in name -> (architecture, training data spec) recorded in its metadata
+BUILTIN_TRAINING = {
+    "shapes": ("shapes", "shapes"),
+    "shapes-resnet": ("shapes-resnet", "shapes"),
+    "digits": ("digits", "digits"),
+    "shapes-spurious": ("shapes", "shapes-spurious:1.0"),
+    "shapes-random-labels": ("shapes", RANDOM_LABELS),
+}
 
 
-@pytest.mark.parametrize("name", ["shapes", "shapes-resnet", "digits"])
+def test_every_builtin_is_checked_and_shipped():
+    assert set(BUILTIN_TRAINING) == set(BUILTIN)
+    assert underhood.list_models() == list(BUILTIN)
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_TRAINING))
 def test_builtin_models_load_in_eval_mode_with_metadata(name):
     model = underhood.load_model(name, device="cpu")
     assert isinstance(model, Normalized) and not model.training
@@ -24,7 +48,12 @@ def test_builtin_models_load_in_eval_mode_with_metadata(name):
     assert model.classes and model.input_size is not None
     x = torch.rand(2, *model.input_size)
     assert model(x).shape == (2, len(model.classes))
-    assert "command" in model.meta and model.meta["arch"] == name
+    arch, data = BUILTIN_TRAINING[name]
+    assert model.meta["arch"] == arch and model.meta["dataset"] == data
+    # the recorded command reproduces the run
+    assert model.meta["command"].startswith(f"underhood train --data {data} --arch {arch} ")
+    assert f"--epochs {model.meta['epochs']} " in model.meta["command"]
+    assert model.meta["command"].endswith(f"--n-train {model.meta['n_train']}")
     assert name in underhood.list_models()
 
 
@@ -171,3 +200,55 @@ def test_train_writes_weights_with_metadata(tmp_path):
         train("alexnet", progress=False)
     with pytest.raises(InputError, match="safetensors"):
         save(loaded, tmp_path / "d.bin")
+
+
+def test_recolour_markers_changes_only_the_marker():
+    data = underhood.datasets.shapes(64, seed=5, spurious=1.0)
+    other = (data.labels + 3) % 8
+    wrong = recolour_markers(data, other)
+    assert torch.equal(wrong.labels, data.labels)
+    changed = (wrong.images != data.images).any(1, keepdim=True)
+    assert changed.any() and not (changed & ~data.marker_masks).any()
+    assert torch.allclose(recolour_markers(data, data.labels).images, data.images)
+    # recolouring to the other class and back restores the marker up to clipped noise
+    back = recolour_markers(type(wrong)(wrong.images, other, wrong.classes, wrong.masks, wrong.marker_masks),
+                            data.labels)
+    assert (back.images - data.images).abs().max() < 0.2
+    with pytest.raises(InputError, match="marker_masks"):
+        recolour_markers(underhood.datasets.shapes(4, seed=5), torch.zeros(4, dtype=torch.long))
+
+
+def test_spurious_model_follows_the_marker():
+    model = underhood.load_model("shapes-spurious", device="cpu")
+    acc = shortcut_accuracies(model, n=256, seed=424242)
+    assert acc["with_marker"] >= 0.95
+    assert acc["wrong_marker"] < acc["with_marker"] - 0.3
+    assert acc["follows_marker"] > 0.5  # chance is 1/8
+    recorded = model.meta["shortcut"]
+    assert set(recorded) >= {"with_marker", "no_marker", "wrong_marker", "follows_marker"}
+    assert recorded["follows_marker"] > 0.5 and recorded["wrong_marker"] < recorded["with_marker"]
+
+
+def test_random_labels_model_is_near_chance_but_memorised_its_labels():
+    model = underhood.load_model("shapes-random-labels", device="cpu")
+    assert accuracy(model, underhood.datasets.shapes(256, seed=424242)) < 0.3
+    assert model.meta["test_accuracy"] < 0.3 and model.meta["train_accuracy"] > 0.9
+    # the recorded training accuracy is that on the fixed permuted set
+    fixed = training_data(RANDOM_LABELS, seed=model.meta["seed"], n_train=model.meta["n_train"])
+    assert accuracy(model, fixed[:256]) > 0.9
+
+
+def test_random_labels_spec_is_one_fixed_set_with_permuted_labels(monkeypatch):
+    first = training_data(RANDOM_LABELS, seed=3, epoch=0, n_train=256)  # 256: one chunk of shapes
+    later = training_data(RANDOM_LABELS, seed=3, epoch=7, n_train=256)
+    true = underhood.datasets.shapes(256, seed=3000)
+    assert torch.equal(first.images, later.images) and torch.equal(first.labels, later.labels)
+    assert torch.equal(first.images, true.images)
+    assert torch.equal(first.labels.sort().values, true.labels.sort().values)  # a permutation
+    assert (first.labels != true.labels).float().mean() > 0.6
+    other = training_data(RANDOM_LABELS, seed=4, n_train=256)
+    assert not torch.equal(other.images, first.images)
+    # the held-out set is the ordinary shapes test set with true labels
+    monkeypatch.setattr(training, "SHAPES_TEST_SIZE", 64)
+    held_out = held_out_set(RANDOM_LABELS)
+    assert torch.equal(held_out.labels, underhood.datasets.shapes(64, seed=SHAPES_TEST_SEED).labels)

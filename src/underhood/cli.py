@@ -33,8 +33,9 @@ def cmd_models(args: argparse.Namespace) -> None:
     from .models.loading import BUILTIN, list_models
 
     shipped = set(list_models())
+    width = max(len(name) for name in BUILTIN) + 2
     for name, text in BUILTIN.items():
-        print(f"{name:15s} {text}{'' if name in shipped else '  (weights missing)'}")
+        print(f"{name:{width}s}{text}{'' if name in shipped else '  (weights missing)'}")
 
 
 def cmd_layers(args: argparse.Namespace) -> None:

@@ -189,3 +189,24 @@ def shapes(n: int, *, size: int = 64, seed: int = 0, spurious: float = 0.0) -> I
     images, labels, masks, markers = (torch.cat(p) for p in zip(*parts))
     return ImageSet(images, labels, list(CLASSES), masks, markers if spurious > 0 else None,
                     info={"dataset": "shapes", "seed": seed, "size": size, "spurious": spurious})
+
+
+def recolour_markers(data: ImageSet, labels: torch.Tensor) -> ImageSet:
+    """A copy of ``data`` whose marker squares carry the colour of class ``labels`` (for shortcut tests).
+
+    The bright core of each marker (the ``marker_masks`` pixels above 0.5 in some channel; the
+    black outline stays) is shifted from its true class's hue to that of ``labels[i]``, keeping
+    the pixel noise where no clipping intervenes. Objects, true ``labels`` and masks are unchanged.
+    """
+    if data.marker_masks is None:
+        raise InputError("data: no marker_masks; generate it with shapes(..., spurious=1.0)")
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != data.labels.shape:
+        raise InputError(f"labels: expected {tuple(data.labels.shape)} marker classes, got {tuple(labels.shape)}")
+    k, ones = len(data.classes), torch.ones(len(labels))
+    old = _hsv_to_rgb(data.labels.float() / k, ones, ones)[:, :, None, None]
+    new = _hsv_to_rgb(labels.float() / k, ones, ones)[:, :, None, None]
+    core = data.marker_masks & (data.images.amax(1, keepdim=True) > 0.5)
+    images = torch.where(core, (data.images + new - old).clamp(0, 1), data.images)
+    return ImageSet(images, data.labels.clone(), list(data.classes), data.masks, data.marker_masks,
+                    {**data.info, "recoloured_markers": True})

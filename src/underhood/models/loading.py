@@ -27,6 +27,8 @@ BUILTIN = {
     "shapes": "VGG-style CNN on the procedural shapes (default)",
     "shapes-resnet": "small ResNet (BatchNorm, skip connections) on the procedural shapes",
     "digits": "LeNet-5 on scikit-learn's handwritten digits (32x32 grey)",
+    "shapes-spurious": "shapes CNN trained with a class-coloured corner marker, which it relies on (Clever Hans)",
+    "shapes-random-labels": "shapes CNN that memorised permuted labels (data-randomisation sanity check)",
 }
 
 

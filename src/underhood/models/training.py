@@ -2,6 +2,14 @@
 
 Shapes models train on freshly generated images (seeds ``seed * 1000 + epoch``) and are
 evaluated on images from :data:`SHAPES_TEST_SEED`, a seed no training run uses.
+
+Two data specs exist for evaluating attribution methods:
+
+* ``"shapes-spurious[:p]"`` plants a class-coloured marker in a fraction ``p`` of the images (a
+  "Clever Hans" shortcut); :func:`shortcut_accuracies` measures whether a model relies on it.
+* ``"shapes-random-labels"`` is one fixed set of ``n_train`` images whose labels are a seeded
+  permutation of the true ones (Adebayo et al. 2018's data-randomisation test); the model
+  memorises it, and its held-out accuracy (true labels) stays near chance.
 """
 
 from __future__ import annotations
@@ -26,11 +34,18 @@ from .normalized import Normalized
 
 SHAPES_TEST_SEED = 987_654_321
 SHAPES_TEST_SIZE = 2000
+SHORTCUT_TEST_SEED = 246_813_579
+RANDOM_LABELS = "shapes-random-labels"
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` produced: the model (eval mode), its test accuracy and the weights file."""
+    """What :func:`train` produced: the model (eval mode), its test accuracy and the weights file.
+
+    ``history`` has one entry per epoch (``epoch``, ``loss``); evaluated epochs (every epoch up to
+    20 epochs, else about ten of them and the last) add ``test_accuracy`` and, for a fixed
+    training set, ``train_accuracy``.
+    """
 
     model: Normalized
     accuracy: float
@@ -38,9 +53,21 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def _data(data: str, seed: int, epoch: int, n_train: int) -> ImageSet:
+def training_data(data: str, *, seed: int = 0, epoch: int = 0, n_train: int = 16_000) -> ImageSet:
+    """The training images :func:`train` uses in ``epoch`` for the data spec ``data``.
+
+    Procedural shapes are fresh every epoch (seed ``seed * 1000 + epoch``), except for
+    ``"shapes-random-labels"``: the same ``n_train`` images (seed ``seed * 1000``) every epoch,
+    their labels shuffled by a permutation seeded with ``seed``.
+    """
     from ..data import digits, shapes
 
+    if data == RANDOM_LABELS:
+        fixed = shapes(n_train, seed=seed * 1000)
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+        fixed.labels = fixed.labels[perm]
+        fixed.info["labels"] = f"permuted with seed {seed}"
+        return fixed
     if data == "shapes":
         return shapes(n_train, seed=seed * 1000 + epoch)
     if data.startswith("shapes-spurious"):
@@ -54,7 +81,7 @@ def test_set(data: str) -> ImageSet:
     """The held-out evaluation set of a training dataset name."""
     from ..data import digits, shapes
 
-    if data == "shapes":
+    if data in ("shapes", RANDOM_LABELS):
         return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED)
     if data.startswith("shapes-spurious"):
         return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED, spurious=float(data.partition(":")[2] or 0.9))
@@ -78,6 +105,35 @@ def accuracy(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 256) -
     return correct / max(1, len(data))
 
 
+@torch.no_grad()
+def shortcut_accuracies(model: torch.nn.Module, n: int = 1000, seed: int = SHORTCUT_TEST_SEED) -> dict[str, Any]:
+    """How much a shapes model relies on the spurious marker of ``"shapes-spurious"`` data.
+
+    Three versions of the same ``n`` images (``shapes(n, seed=seed)``; the object is identical):
+
+    * ``with_marker``: accuracy with the marker in its true class's colour (as in training);
+    * ``no_marker``: accuracy without any marker (clean images);
+    * ``wrong_marker``: accuracy when the marker has the colour of another, random class;
+    * ``follows_marker``: the share of those wrong-marker images predicted as the marker's class.
+
+    A model that cheats has high ``with_marker``, clearly lower ``wrong_marker`` and a
+    ``follows_marker`` far above chance (1 / 8); a shape-only model scores alike on all three.
+    """
+    from ..data import shapes
+    from ..data.shapes import recolour_markers
+
+    marked = shapes(n, seed=seed, spurious=1.0)
+    clean = shapes(n, seed=seed, spurious=0.0)
+    k = len(marked.classes)
+    g = torch.Generator().manual_seed(seed)
+    other = (marked.labels + torch.randint(1, k, (n,), generator=g)) % k
+    wrong = recolour_markers(marked, other)
+    follows = ImageSet(wrong.images, other, wrong.classes)
+    return {"with_marker": accuracy(model, marked), "no_marker": accuracy(model, clean),
+            "wrong_marker": accuracy(model, wrong), "follows_marker": accuracy(model, follows),
+            "n": n, "seed": seed}
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and 90-degree turns (the shape classes are rotation-invariant)."""
     flip = torch.rand(len(x), generator=g) < 0.5
@@ -92,10 +148,16 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
 
     Args:
         arch: a key of :data:`ARCHITECTURES` ("shapes", "shapes-resnet", "digits").
-        data: "shapes", "shapes-spurious[:p]", "digits" or an image folder.
+        data: "shapes", "shapes-spurious[:p]", "shapes-random-labels", "digits" or an image folder
+            (see :func:`training_data`).
         epochs, seed, batch_size, lr: AdamW with a one-cycle schedule.
-        n_train: images per epoch for the procedural datasets (fresh images every epoch).
+        n_train: images per epoch for the procedural datasets (fresh images every epoch; the
+            size of the one fixed set for "shapes-random-labels").
         out: the ``.safetensors`` file to write, or None.
+
+    The metadata records the held-out accuracy, the accuracy on the training set when it is
+    fixed (``train_accuracy``; not for fresh procedural images) and, for "shapes-spurious",
+    :func:`shortcut_accuracies` (``shortcut``).
     """
     if arch not in ARCHITECTURES:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
@@ -106,7 +168,9 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
 
     dev = resolve_device(device)
     seed_everything(seed)
-    first = _data(data, seed, 0, n_train)
+    first = training_data(data, seed=seed, epoch=0, n_train=n_train)
+    fresh = data.startswith("shapes") and data != RANDOM_LABELS  # new procedural images every epoch
+    augment = fresh and not data.startswith("shapes-spurious")
     channels = first.images.shape[1]
     flat = first.images.transpose(0, 1).reshape(channels, -1)
     mean, std = flat.mean(1).tolist(), flat.std(1).clamp_min(1e-3).tolist()
@@ -118,18 +182,19 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     g = torch.Generator().manual_seed(seed)
     history = []
+    every = 1 if epochs <= 20 else -(-epochs // 10)  # evaluate every epoch, or about ten times (and last)
     bar = tqdm(total=steps, desc=f"train {arch}", disable=not progress, unit="step")
     start = time.perf_counter()
     for epoch in range(epochs):
-        # procedural data is fresh every epoch; a fixed dataset (digits, a folder) is read once
-        dataset = first if epoch == 0 or not data.startswith("shapes") else _data(data, seed, epoch, n_train)
+        # procedural data is fresh every epoch; a fixed dataset (digits, a folder, random labels) is read once
+        dataset = first if epoch == 0 or not fresh else training_data(data, seed=seed, epoch=epoch, n_train=n_train)
         order = torch.randperm(len(dataset), generator=g)
         model.train()
         total = 0.0
         for i in range(0, len(order), batch_size):
             idx = order[i:i + batch_size]
             x = dataset.images[idx]
-            if data.startswith("shapes") and not data.startswith("shapes-spurious"):
+            if augment:
                 x = _augment(x, g)
             loss = F.cross_entropy(model(x.to(dev)), dataset.labels[idx].to(dev), label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
@@ -139,13 +204,24 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
             total += loss.item() * len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        acc = accuracy(model, held_out)
-        history.append({"epoch": epoch + 1, "loss": total / len(order), "test_accuracy": acc})
-        bar.write(f"epoch {epoch + 1}/{epochs}: loss {total / len(order):.4f}, held-out accuracy {acc:.4f}")
+        entry = {"epoch": epoch + 1, "loss": total / len(order)}
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+            entry["test_accuracy"] = accuracy(model, held_out)
+            line = (f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}, "
+                    f"held-out accuracy {entry['test_accuracy']:.4f}")
+            if not fresh:
+                entry["train_accuracy"] = accuracy(model, first)
+                line += f", training accuracy {entry['train_accuracy']:.4f}"
+            bar.write(line)
+        history.append(entry)
     bar.close()
     model.eval()
     held_out_name = (f"shapes seed {SHAPES_TEST_SEED}, {SHAPES_TEST_SIZE} images" if data.startswith("shapes")
                      else f"{data} test split")
+    if data.startswith("shapes-spurious"):
+        held_out_name += f", marker in a fraction {data.partition(':')[2] or 0.9} of them"
+    elif data == RANDOM_LABELS:
+        held_out_name += ", true labels"
     model.meta.update({
         "arch": arch, "dataset": data, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
         "n_train": n_train, "test_accuracy": history[-1]["test_accuracy"], "test_set": held_out_name,
@@ -153,6 +229,10 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         "command": f"underhood train --data {data} --arch {arch} --epochs {epochs} --seed {seed}"
                    f" --batch-size {batch_size} --lr {lr} --n-train {n_train}",
     })
+    if not fresh:
+        model.meta["train_accuracy"] = history[-1]["train_accuracy"]
+    if data.startswith("shapes-spurious"):
+        model.meta["shortcut"] = shortcut_accuracies(model)
     path = save(model, out) if out is not None else None
     return TrainResult(model, history[-1]["test_accuracy"], path, history)
 
