@@ -122,3 +122,14 @@ def test_figures_render(shapes_small):
                 strips_figure(x[0], {"saliency": [m for m in maps["saliency"]]}, ["trained", "+ fc"]),
                 metric_table_figure({"saliency": {"energy": 0.3}, "gradcam": {"energy": 0.5}}, {"energy": "up"})):
         assert fig.get_axes()
+
+
+def test_randomized_copy_is_the_end_of_the_cascade(shapes_model, shapes_small):
+    x = shapes_small.images[:2]
+    before = {k: v.clone() for k, v in shapes_model.state_dict().items()}
+    twin = A.metrics.randomized_copy(shapes_model, seed=3)
+    cascade = A.metrics.model_randomization(shapes_model, x, "saliency", seed=3)
+    assert torch.allclose(A.saliency(twin, x, shapes_model(x).argmax(1)), cascade.maps[-1], atol=1e-5)
+    for (name, p), q in zip(shapes_model.named_parameters(), twin.parameters()):
+        assert not torch.equal(p, q) or p.numel() == 0 or torch.all(p == 1) or torch.all(p == 0), name
+    assert all(torch.equal(v, shapes_model.state_dict()[k]) for k, v in before.items())

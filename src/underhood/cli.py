@@ -195,15 +195,15 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .attribution.evaluate import COLUMNS, evaluate
+    from .attribution.evaluate import COLUMNS, applicable_methods, evaluate
     from .core.io import write_manifest, write_text
     from .data import shapes
     from .models.loading import list_models, load_model
     from .models.training import SHAPES_TEST_SEED, test_set
     from .viz import metric_table_figure, save_figure
 
-    methods = _methods(args.methods)
     model = _model(args)
+    methods = _methods(args.methods) if args.methods else applicable_methods(model)
     meta = getattr(model, "meta", {})
     dataset = meta.get("dataset")
     if dataset not in ("shapes", "digits"):
@@ -281,7 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="layer of the CAM methods (default: the layer CAM uses, else the last conv)")
     p = add("evaluate", cmd_evaluate, "which attribution maps to trust: a method x metric table")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--methods", default=",".join(_method_names()), help="comma-separated methods (default: all)")
+    p.add_argument("--methods", help="comma-separated methods (default: every method that applies to the model)")
     p.add_argument("--n", type=int, default=16, help="held-out images (default 16)")
     p.add_argument("--steps", type=int, default=20, help="deletion / insertion steps (default 20)")
     p.add_argument("--full", action="store_true", help="the methods' full settings (slower)")

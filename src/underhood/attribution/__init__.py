@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..core.errors import InputError
+from . import metrics
 from .cam import cam, gradcam, gradcam_pp, guided_gradcam, scorecam
 from .explain import explain
 from .gradient import input_x_gradient, integrated_gradients, saliency, smoothgrad
@@ -41,4 +42,4 @@ def get(name: str) -> Callable:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "PIXEL_METHODS", "get", "explain", *METHODS]
+__all__ = ["METHODS", "PIXEL_METHODS", "get", "explain", "metrics", *METHODS]

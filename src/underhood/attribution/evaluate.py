@@ -24,17 +24,18 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
-from ..core.layers import named_layers
 from ..data.imageset import ImageSet
 from . import METHODS
 from . import metrics as M
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
            "data_rand": "down", "marker": "down", "object": "up"}
-FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16}, "lime": {"n_samples": 300},
-        "occlusion": {"window": 8, "stride": 4}}
-FULL = {"smoothgrad": {"n_samples": 50}, "integrated_gradients": {"steps": 50}, "lime": {"n_samples": 1000},
-        "occlusion": {"window": 8, "stride": 2}}
+# LIME hides superpixels with grey: a shapes object is one flat-coloured superpixel, so the lime
+# package's default fill (each superpixel's mean colour) would leave it unchanged and hide nothing
+FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16},
+        "lime": {"n_samples": 300, "baseline": 0.5}, "occlusion": {"window": 8, "stride": 4}}
+FULL = {"smoothgrad": {"n_samples": 50}, "integrated_gradients": {"steps": 50},
+        "lime": {"n_samples": 1000, "baseline": 0.5}, "occlusion": {"window": 8, "stride": 2}}
 
 
 @dataclass
@@ -86,6 +87,11 @@ def cam_layer(model: nn.Module) -> str | None:
     return found[-1] if found else None
 
 
+def applicable_methods(model: nn.Module) -> list[str]:
+    """Every method that applies to ``model``: all of them, less CAM without a GAP + linear head."""
+    return [m for m in METHODS if m != "cam" or cam_layer(model) is not None]
+
+
 def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = False,
                    overrides: Mapping[str, dict] | None = None) -> dict[str, dict]:
     """Per-method options: the fast or full preset, the CAM layer, then the user's overrides."""
@@ -99,11 +105,6 @@ def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = Fal
         opts.update((overrides or {}).get(m, {}))
         out[m] = opts
     return out
-
-
-def _top_level(model: nn.Module) -> list[str]:
-    """Top-level blocks that own parameters: randomising them all re-initialises the whole network."""
-    return [n for n, m in named_layers(model).items() if "." not in n and any(True for _ in m.parameters())]
 
 
 def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(METHODS), *, n: int = 16,
@@ -143,7 +144,8 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> dict[str, f
     from . import get
 
     fn = get(name)
-    maps = fn(model, x, None, **opts)
+    fixed = maps_target(model, x)
+    maps = fn(model, x, fixed, **opts)
     row = {}
     if data.masks is not None:
         masks = data.masks[: len(x)].to(x.device)
@@ -151,11 +153,19 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> dict[str, f
         row["energy"] = float(M.energy_in_mask(maps, masks).mean())
     row["deletion"] = float(M.deletion_auc(model, x, maps, steps=steps).mean())
     row["insertion"] = float(M.insertion_auc(model, x, maps, steps=steps).mean())
-    rand = M.model_randomization(model, x, fn, seed=seed, layers=_top_level(model), **opts)
-    row["model_rand"] = float(rand.spearman[-1].nanmean())
-    if random_model is not None:
-        row["data_rand"] = float(M.data_randomization(model, random_model, x, fn, **opts).spearman[-1].nanmean())
+    # the maps of a fully re-initialised copy, and of a copy trained on permuted labels, for the
+    # classes the trained model predicts (the last columns of the sanity checks)
+    for column, other in (("model_rand", M.randomized_copy(model, seed=seed)), ("data_rand", random_model)):
+        if other is not None:
+            again = fn(other, x, fixed, **opts)
+            row[column] = float(M.spearman(maps.abs().sum(1), again.abs().sum(1)).nanmean())
     return row
+
+
+def maps_target(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The classes the model predicts for ``x``."""
+    with torch.no_grad():
+        return model(x).argmax(1)
 
 
 def _shortcut(model, data, n, name, opts) -> dict[str, float]:

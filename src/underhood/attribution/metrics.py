@@ -495,6 +495,24 @@ def _randomize(module: nn.Module, name: str, seed: int) -> None:
                         p.normal_(0.0, float(p.std()) if p.numel() > 1 else 1.0)
 
 
+def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
+    """A deep copy of ``model`` with every parameterised layer re-initialised (the last stage of the
+    cascade of :func:`model_randomization`, without the stages in between).
+
+    Example:
+        >>> noise = randomized_copy(model, seed=0)   # doctest: +SKIP
+    """
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as exc:  # any failure to copy means the same to the user
+        raise InputError(f"model: cannot deep-copy {type(model).__name__} ({exc}); the test needs a copy to "
+                         "randomise") from exc
+    for name, m in named_layers(twin).items():
+        if any(True for _ in m.parameters(recurse=False)):
+            _randomize(m, name, seed)
+    return twin
+
+
 def _fix_target(model: nn.Module, x: torch.Tensor, target: Target) -> Target:
     with frozen(model):
         fixed, _ = fixed_target(model, x, target)

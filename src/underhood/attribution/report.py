@@ -7,8 +7,8 @@ from markupsafe import Markup
 
 from ..report import Context, figure, paragraph, section, table
 from ..viz import LABELS, attribution_figure, figure_to_png, strips_figure
-from . import METHODS, explain
-from .evaluate import COLUMNS, cam_layer, evaluate, method_options
+from . import explain
+from .evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options
 
 STRIP_METHODS = ("saliency", "guided_backprop", "integrated_gradients", "gradcam")
 
@@ -38,8 +38,9 @@ def attribution_maps(ctx: Context) -> Markup:
     idx = _pick(ctx.data, int(ctx.options.get("n_attribution", 4)))
     x = ctx.data.images[idx].to(device)
     full = bool(ctx.options.get("full"))
-    opts = method_options(model, list(METHODS), full=full)
-    maps = explain(model, x, list(METHODS), **opts)
+    methods = applicable_methods(model)
+    opts = method_options(model, methods, full=full)
+    maps = explain(model, x, methods, **opts)
     ctx.cache["attribution_maps"] = (idx, maps)
     layer = cam_layer(model)
     fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(model, x))
@@ -84,8 +85,10 @@ def attribution_trust(ctx: Context) -> Markup:
     random_model, spurious = _random_models(ctx)
     spurious_data = shapes(64, seed=SHAPES_TEST_SEED + 1, spurious=1.0) if spurious is not None else None
     n = int(ctx.options.get("n_evaluate", 32 if full else 8))
-    ev = evaluate(model, ctx.data, list(METHODS), n=n, steps=50 if full else 16, full=full, random_model=random_model,
-                  spurious_model=spurious, spurious_data=spurious_data, seed=ctx.seed)
+    lighter = {} if full else {"occlusion": {"stride": 8}, "lime": {"n_samples": 150}}
+    ev = evaluate(model, ctx.data, applicable_methods(model), n=n, steps=50 if full else 16, full=full,
+                  random_model=random_model, spurious_model=spurious, spurious_data=spurious_data, seed=ctx.seed,
+                  options=lighter)
     ctx.cache["evaluation"] = ev
     head = ["method"] + [f"{c} {'↑' if COLUMNS[c] == 'up' else '↓'}" for c in ev.columns]
     rows = [[LABELS[r[0]]] + r[1:] for r in ev.rows()]
