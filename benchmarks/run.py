@@ -6,6 +6,7 @@ the figure is pessimistic).
 
     python benchmarks/run.py            # all
     python benchmarks/run.py data imports
+    python benchmarks/run.py attribution   # methods vs raw passes (benchmarks/attribution.py; minutes)
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def bench_demo() -> None:
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
-    wanted = set(argv) or {"model", "data", "imports", "demo"}
+    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution"}
     print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus")
     reference = bench_model() if "model" in wanted else None
@@ -124,7 +125,12 @@ def main(argv: list[str]) -> None:
         bench_imports()
     if "demo" in wanted:
         bench_demo()
+    if "attribution" in wanted:
+        from attribution import bench_attribution
+
+        bench_attribution()
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("run", sys.modules[__name__])  # `from run import report` in sections: this module
     main(sys.argv[1:])
