@@ -16,7 +16,7 @@ from torch import nn
 from ..core.errors import InputError, LayerError
 from ..core.hooks import graph_from
 from ..core.layers import last_conv, named_layers, resolve
-from ..core.targets import Target, class_indices, is_class_target, scores
+from ..core.targets import Target, class_indices, fix, is_class_target, scores
 from .base import fixed_target, frozen, prepare, score_copies
 
 
@@ -95,13 +95,15 @@ def gradcam_pp(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
 
 
 @torch.no_grad()
-def _layer_activations(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    with frozen(model), graph_from(model, layer) as leaves:
-        model(x)
+def _activations_and_target(model: nn.Module, x: torch.Tensor, layer: str,
+                            target: Target) -> tuple[torch.Tensor, Target]:
+    """The layer's output and the target fixed on the clean inputs, from one forward pass."""
+    with graph_from(model, layer) as leaves:
+        _, outputs = scores(model, x, target)
     if not leaves:
         raise LayerError(f"layer: {layer!r} did not run in forward; pick a layer that does")
     _spatial(layer, leaves[-1])
-    return leaves[-1].detach()
+    return leaves[-1].detach(), (fix(target, outputs) if is_class_target(target) else target)
 
 
 def scorecam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None,
@@ -119,8 +121,7 @@ def scorecam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, l
     layer = layer or last_conv(model)
     size = tuple(x.shape[-2:])
     with frozen(model):
-        a = _layer_activations(model, x, layer)
-        fixed, _ = fixed_target(model, x, target)
+        a, fixed = _activations_and_target(model, x, layer, target)
         flat = a.flatten(2)
         pairs = ((flat.amax(2) - flat.amin(2)) > 0).nonzero()  # [P, 2]: (sample, channel)
 

@@ -53,7 +53,8 @@ def attribution_maps(ctx: Context) -> Markup:
                "grey. CAM family: the map in the jet colormap over the image (red = high)"
                + (f", all at layer {layer} (the feature map the classifier averages)" if layer else "")
                + ". Occlusion and LIME: red where hiding the region lowers the class score, blue where it raises it.")
-    text = (f"Settings: {', '.join(f'{LABELS[m]} {o}' for m, o in opts.items() if o)}. Integrated gradients "
+    settings = "; ".join(f"{LABELS[m]} " + ", ".join(f"{k}={v}" for k, v in o.items()) for m, o in opts.items() if o)
+    text = (f"Settings: {settings}. Integrated gradients "
             f"completeness gap |sum(IG) - (f(x) - f(0))|: at most {gap.abs().max():.3g} logits "
             f"(it shrinks as steps grow).")
     return figure(ctx, figure_to_png(fig, dpi=120), "attribution-maps", caption) + paragraph(text)
@@ -137,14 +138,22 @@ def _shortcut(ctx: Context, spurious, data) -> Markup:
     names = ("saliency", "smoothgrad", "guided_backprop", "gradcam", "occlusion", "lime")
     maps = explain(spurious, x, names, **method_options(spurious, names))
     fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(spurious, x))
-    shares = [[LABELS[k], *(f"{float(t.mean()):.2f}" for t in mask_shares(v, data.masks[:3].to(device),
-                                                                            data.marker_masks[:3].to(device)))]
-              for k, v in maps.items()]
+    masks, markers = data.masks[:3].to(device), data.marker_masks[:3].to(device)
+    area = [float(m.float().mean()) for m in (masks, markers)]
+    shares = []
+    for k, v in maps.items():
+        obj, mark = (float(t.mean()) for t in mask_shares(v, masks, markers))
+        shares.append([LABELS[k], f"{obj:.2f}", f"{obj / area[0]:.1f}x", f"{mark:.2f}", f"{mark / area[1]:.1f}x"])
     cheat = spurious.meta.get("shortcut", {})
-    acc = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in cheat.items()) if cheat else ""
+    keys = ("with_marker", "no_marker", "wrong_marker", "follows_marker")
+    acc = ", ".join(f"{k.replace('_', ' ')} {cheat[k]:.0%}" for k in keys if k in cheat)
     text = ("The shortcut test: this copy was trained on shapes that always carry a small square whose colour "
             "gives the class away. " + (f"Its accuracy: {acc}. " if acc else "")
             + "A faithful map lights up the marker, not the shape.")
     return (paragraph(text) + figure(ctx, figure_to_png(fig, dpi=120), "shortcut",
                                      "Maps of the shortcut model on marked images.")
-            + table(["method", "share on object", "share on marker"], shares, numeric=(1, 2)))
+            + paragraph(f"Share: the fraction of the map's positive energy on the object ({area[0]:.0%} of the "
+                        f"pixels) and on the marker ({area[1]:.1%} of the pixels); density: that share over the "
+                        "region's area (1x = spread evenly over the image).")
+            + table(["method", "share on object", "density", "share on marker", "density"], shares,
+                    numeric=(1, 2, 3, 4)))
