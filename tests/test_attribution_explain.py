@@ -50,3 +50,23 @@ def test_every_method_is_registered_with_the_documented_shape(shapes_model):
         out = A.get(name)(shapes_model, x, **fast.get(name, {}))
         assert out.shape == ((2, 3, 64, 64) if name in A.PIXEL_METHODS else (2, 1, 64, 64)), name
         assert out.dtype == torch.float32 and torch.isfinite(out).all(), name
+
+
+FAST = {"smoothgrad": {"n_samples": 3}, "integrated_gradients": {"steps": 3}, "occlusion": {"window": 16,
+        "stride": 16}, "lime": {"n_samples": 16, "n_segments": 6}}
+
+
+def test_every_method_takes_unit_and_callable_targets(shapes_model):
+    from underhood import Unit, datasets
+
+    x = datasets.shapes(2, seed=9).images   # structured images: SLIC finds superpixels
+    for name in A.METHODS:
+        if name == "cam":
+            continue   # CAM explains class logits only (tested in test_attribution_cam)
+        opts = {**FAST.get(name, {}), **({"layer": "features.7"} if "cam" in name else {})}
+        fn = A.get(name)
+        unit = fn(shapes_model, x, Unit("features.14", 3), **opts)
+        assert torch.isfinite(unit).all() and unit.abs().sum() > 0, name
+        by_callable = fn(shapes_model, x, lambda logits: logits[:, 2], **opts)
+        if name not in ("lime", "scorecam"):   # these score class targets by probability, callables raw
+            assert torch.allclose(by_callable, fn(shapes_model, x, 2, **opts), atol=1e-5), name
