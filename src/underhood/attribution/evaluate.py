@@ -10,8 +10,9 @@ Used by ``underhood evaluate`` and the report. Columns (arrows: which way is bet
   a fully re-initialised copy (Adebayo et al. 2018); a method that does not change is not
   explaining the model;
 - ``data_rand`` (down): the same against a copy trained on permuted labels;
-- ``marker`` (down) / ``object`` (up): on the model trained with the spurious marker, the
-  share of energy on the marker and on the object (the shortcut test).
+- ``marker`` (up) / ``object`` (down): on the model trained with the spurious marker, the
+  share of energy on the marker and on the object (the shortcut test). That model decides from
+  the marker alone, so a faithful map puts its energy there, not on the shape.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from . import METHODS
 from . import metrics as M
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
-           "data_rand": "down", "marker": "down", "object": "up"}
+           "data_rand": "down", "marker": "up", "object": "down"}
 # LIME hides superpixels with grey: a shapes object is one flat-coloured superpixel, so the lime
 # package's default fill (each superpixel's mean colour) would leave it unchanged and hide nothing
 FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16},

@@ -99,7 +99,8 @@ def attribution_trust(ctx: Context) -> Markup:
         "most important pixels are removed / restored (Petsiuk et al. 2018); model_rand: rank correlation between "
         "maps of the trained model and of a re-initialised copy, and data_rand: with a copy trained on permuted "
         "labels (Adebayo et al. 2018) -- a map that does not change does not explain the model; marker / object: "
-        "on a model trained with a class-coloured marker, the map's share on the marker and on the object.")
+        "on a model trained with a class-coloured marker, which it alone decides from, the map's share on the "
+        "marker (a faithful map puts it there) and on the object.")
     out += table(head, rows, numeric=tuple(range(1, len(head))))
     out += _strips(ctx, random_model)
     if spurious is not None:
