@@ -29,8 +29,12 @@ def memory_bound(device: torch.device) -> int:
 
 
 def _model_key(model: nn.Module) -> tuple:
-    params = sum(p.numel() for p in model.parameters())
-    return (type(model).__qualname__, params, id(model))
+    """What the speed depends on: the architecture (class, inner class, every parameter's shape),
+    not the weights, so copies of a model (a re-initialised twin, a retrained one) share a measurement."""
+    from .layers import inner
+
+    shapes = tuple(tuple(p.shape) for p in model.parameters())
+    return (type(model).__qualname__, type(inner(model)).__qualname__, hash(shapes))
 
 
 def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.device, grad: bool) -> int:
@@ -55,7 +59,7 @@ def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.dev
 
 
 def _time(fn: Callable[[torch.Tensor], object], x: torch.Tensor, device: torch.device,
-          min_seconds: float = 0.05) -> float:
+          min_seconds: float = 0.1) -> float:
     """Seconds per call: after a warm-up, the best of two rounds, each repeated for ``min_seconds``.
 
     A call slower than ``4 * min_seconds`` is timed once more after the warm-up: per-call
