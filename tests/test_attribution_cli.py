@@ -77,7 +77,8 @@ def test_evaluate_command_writes_the_table(tmp_path, capsys):
     assert "pointing" in text and "Grad" not in text.splitlines()[0]
     result = json.loads((out / "evaluation.json").read_text())
     assert set(result["values"]) == {"saliency", "gradcam"}
-    assert (out / "evaluation.png").stat().st_size > 1000
+    assert (out / "evaluation.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
+    assert len(result["curves"]["gradcam"]["deletion"]) == 5 and "model_ssim" in result["values"]["gradcam"]
     assert (out / "evaluation.csv").read_text().startswith("method,pointing,energy,deletion,insertion")
 
 

@@ -200,7 +200,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .data import shapes
     from .models.loading import list_models, load_model
     from .models.training import SHAPES_TEST_SEED, test_set
-    from .viz import metric_table_figure, save_figure
+    from .viz import curves_figure, metric_table_figure, save_figure
 
     model = _model(args)
     methods = _methods(args.methods) if args.methods else applicable_methods(model)
@@ -227,7 +227,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     fig = metric_table_figure(ev.values, {c: COLUMNS[c] for c in ev.columns},
                               title=f"Which maps to trust: {args.model}, {args.n} images")
     save_figure(fig, out / "evaluation.png", dpi=130)
-    files = ["evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png"]
+    save_figure(curves_figure(ev.curves, title=f"Faithfulness: {args.model}, {args.n} images"),
+                out / "curves.png", dpi=130)
+    files = ["evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png", "curves.png"]
     write_manifest(out, "evaluate", files, model=args.model, n=args.n, steps=args.steps, full=args.full)
     print(f"table and figure written to {out.resolve()}")
 

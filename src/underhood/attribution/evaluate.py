@@ -9,7 +9,8 @@ Used by ``underhood evaluate`` and the report. Columns (arrows: which way is bet
 - ``model_rand`` (down): Spearman rank correlation between the maps of the trained model and of
   a fully re-initialised copy (Adebayo et al. 2018); a method that does not change is not
   explaining the model;
-- ``data_rand`` (down): the same against a copy trained on permuted labels;
+- ``model_ssim`` (down): the structural similarity (SSIM) of the same two maps;
+- ``data_rand`` / ``data_ssim`` (down): the same against a copy trained on permuted labels;
 - ``marker`` (up) / ``object`` (down): on the model trained with the spurious marker, the
   share of energy on the marker and on the object (the shortcut test). That model decides from
   the marker alone, so a faithful map puts its energy there, not on the shape.
@@ -30,7 +31,7 @@ from . import METHODS
 from . import metrics as M
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
-           "data_rand": "down", "marker": "up", "object": "down"}
+           "model_ssim": "down", "data_rand": "down", "data_ssim": "down", "marker": "up", "object": "down"}
 # LIME hides superpixels with grey: a shapes object is one flat-coloured superpixel, so the lime
 # package's default fill (each superpixel's mean colour) would leave it unchanged and hide nothing
 FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16},
@@ -46,6 +47,7 @@ class Evaluation:
     values: dict[str, dict[str, float]]
     settings: dict[str, object] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # method -> deletion/insertion
 
     @property
     def columns(self) -> list[str]:
@@ -65,7 +67,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, object]:
         return {"columns": {c: COLUMNS[c] for c in self.columns}, "values": self.values,
-                "settings": self.settings, "seconds": self.seconds}
+                "settings": self.settings, "seconds": self.seconds, "curves": self.curves}
 
 
 def cam_layer(model: nn.Module) -> str | None:
@@ -129,19 +131,19 @@ def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(ME
     opts = method_options(model, methods, full=full, overrides=options)
     shortcut_opts = (method_options(spurious_model, methods, full=full, overrides=options)
                      if spurious_model is not None else {})
-    values, seconds = {}, {}
+    values, seconds, curves = {}, {}, {}
     for name in tqdm(methods, desc="evaluate", disable=not progress):
         start = time.perf_counter()
-        values[name] = _score(model, data, x, name, opts[name], steps, random_model, seed)
+        values[name], curves[name] = _score(model, data, x, name, opts[name], steps, random_model, seed)
         if spurious_model is not None and spurious_data is not None:
             values[name].update(_shortcut(spurious_model, spurious_data, n, name, shortcut_opts[name]))
         seconds[name] = round(time.perf_counter() - start, 2)
     settings = {"n": n, "steps": steps, "full": full, "seed": seed, "options": opts,
                 "dataset": data.info.get("dataset") if getattr(data, "info", None) else None}
-    return Evaluation(values, settings, seconds)
+    return Evaluation(values, settings, seconds, curves)
 
 
-def _score(model, data, x, name, opts, steps, random_model, seed) -> dict[str, float]:
+def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[str, float], dict[str, list[float]]]:
     from . import get
 
     fn = get(name)
@@ -152,15 +154,17 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> dict[str, f
         masks = data.masks[: len(x)].to(x.device)
         row["pointing"] = float(M.pointing_game(maps, masks).float().mean())
         row["energy"] = float(M.energy_in_mask(maps, masks).mean())
-    row["deletion"] = float(M.deletion_auc(model, x, maps, steps=steps).mean())
-    row["insertion"] = float(M.insertion_auc(model, x, maps, steps=steps).mean())
+    curves = {}
+    for kind, auc in (("deletion", M.deletion_auc), ("insertion", M.insertion_auc)):
+        area, curve = auc(model, x, maps, steps=steps, return_curves=True)
+        row[kind], curves[kind] = float(area.mean()), [round(float(v), 5) for v in curve.mean(0)]
     # the maps of a fully re-initialised copy, and of a copy trained on permuted labels, for the
     # classes the trained model predicts (the last columns of the sanity checks)
-    for column, other in (("model_rand", M.randomized_copy(model, seed=seed)), ("data_rand", random_model)):
+    for column, other in (("model", M.randomized_copy(model, seed=seed)), ("data", random_model)):
         if other is not None:
-            again = fn(other, x, fixed, **opts)
-            row[column] = float(M.spearman(maps.abs().sum(1), again.abs().sum(1)).nanmean())
-    return row
+            rank, structure = M.similarities(maps, fn(other, x, fixed, **opts))
+            row[f"{column}_rand"], row[f"{column}_ssim"] = float(rank.nanmean()), float(structure.nanmean())
+    return row, curves
 
 
 def maps_target(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

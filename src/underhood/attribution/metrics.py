@@ -414,15 +414,20 @@ def _run(method: Method, model: nn.Module, x: torch.Tensor, target: Target, opti
     return out.detach().float().cpu()
 
 
-def _similarities(ref: torch.Tensor, maps: torch.Tensor, similarity_on: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(spearman [N], ssim [N])`` of ``maps`` against ``ref``."""
+def similarities(ref: torch.Tensor, maps: torch.Tensor,
+                 similarity_on: str = "abs") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spearman [N], ssim [N])`` of ``maps`` against ``ref``, as the sanity checks compare them.
+
+    Spearman of ``sum_c |maps|`` (``"abs"``) or ``sum_c maps`` (``"signed"``); SSIM of the
+    min-max normalised :func:`heatmap`.
+    """
     reduce = (lambda m: m.abs().sum(1)) if similarity_on == "abs" else (lambda m: m.sum(1))
     return (spearman(reduce(ref), reduce(maps)),
             ssim(_minmax(heatmap(ref)), _minmax(heatmap(maps))))
 
 
 def _result(stages: list[str], maps: list[torch.Tensor], similarity_on: str) -> RandomizationResult:
-    sims = [_similarities(maps[0], m, similarity_on) for m in maps]
+    sims = [similarities(maps[0], m, similarity_on) for m in maps]
     return RandomizationResult(stages, maps, torch.stack([s[0] for s in sims]), torch.stack([s[1] for s in sims]))
 
 

@@ -6,7 +6,7 @@ import torch
 from markupsafe import Markup
 
 from ..report import Context, figure, paragraph, section, table
-from ..viz import LABELS, attribution_figure, figure_to_png, strips_figure
+from ..viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
 from . import explain
 from .evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options
 
@@ -96,12 +96,16 @@ def attribution_trust(ctx: Context) -> Markup:
     out = paragraph(
         f"Each method on {n} held-out images. pointing: how often the map's maximum falls on the object; energy: "
         "share of the map inside the object mask; deletion / insertion: area under the class probability as the "
-        "most important pixels are removed / restored (Petsiuk et al. 2018); model_rand: rank correlation between "
-        "maps of the trained model and of a re-initialised copy, and data_rand: with a copy trained on permuted "
+        "most important pixels are removed / restored (Petsiuk et al. 2018); model_rand / model_ssim: rank "
+        "correlation / structural similarity between maps of the trained model and of a re-initialised copy, and "
+        "data_rand / data_ssim: with a copy trained on permuted "
         "labels (Adebayo et al. 2018) -- a map that does not change does not explain the model; marker / object: "
         "on a model trained with a class-coloured marker, which it alone decides from, the map's share on the "
         "marker (a faithful map puts it there) and on the object.")
     out += table(head, rows, numeric=tuple(range(1, len(head))))
+    out += figure(ctx, figure_to_png(curves_figure(ev.curves), dpi=110), "deletion-insertion",
+                  "Mean deletion and insertion curves behind the table's AUC columns: a faithful map makes the "
+                  "probability fall fast when its top pixels are removed, and rise fast when they are restored.")
     out += _strips(ctx, random_model)
     if spurious is not None:
         out += _shortcut(ctx, spurious, spurious_data)

@@ -3,10 +3,19 @@
 matplotlib is imported on first use (``import underhood`` stays light) with the Agg backend.
 """
 
-from .attribution import LABELS, STYLES, attribution_figure, metric_table_figure, render_map, strips_figure
+from .attribution import (
+           LABELS,
+           STYLES,
+           attribution_figure,
+           curves_figure,
+           metric_table_figure,
+           render_map,
+           strips_figure,
+)
 from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
 from .render import figure_to_png, normalize, save_figure, to_numpy_image, to_png
 
 __all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "image_grid",
            "filters_figure", "feature_maps_figure", "predictions_figure",
-           "render_map", "attribution_figure", "strips_figure", "metric_table_figure", "STYLES", "LABELS"]
+           "render_map", "attribution_figure", "strips_figure", "metric_table_figure",
+           "curves_figure", "STYLES", "LABELS"]

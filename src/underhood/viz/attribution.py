@@ -161,3 +161,28 @@ def metric_table_figure(values: Mapping[str, Mapping[str, float]], directions: M
         ax.set_title(title, fontsize=10, pad=28)
     fig.tight_layout()
     return fig
+
+
+def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None):
+    """Deletion and insertion curves (Petsiuk et al. 2018), one line per method: the class probability
+    against the fraction of pixels removed (deletion, lower is better) or restored (insertion, higher)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
+    cmap = plt.get_cmap("tab20")
+    for i, (name, c) in enumerate(curves.items()):
+        for ax, kind in zip(axes, ("deletion", "insertion")):
+            if kind in c:
+                y = np.asarray(c[kind], dtype=float)
+                ax.plot(np.linspace(0, 1, len(y)), y, color=cmap(i % 20), lw=1.4, label=LABELS.get(name, name))
+    for ax, kind, better in zip(axes, ("Deletion", "Insertion"), ("lower", "higher")):
+        ax.set_title(f"{kind} (area {better} is better)", fontsize=9)
+        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'Deletion' else 'restored'}, most important first",
+                      fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    axes[0].set_ylabel("class probability", fontsize=8)
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
