@@ -134,3 +134,13 @@ def test_randomized_copy_is_the_end_of_the_cascade(shapes_model, shapes_small):
     for (name, p), q in zip(shapes_model.named_parameters(), twin.parameters()):
         assert not torch.equal(p, q) or p.numel() == 0 or torch.all(p == 1) or torch.all(p == 0), name
     assert all(torch.equal(v, shapes_model.state_dict()[k]) for k, v in before.items())
+
+
+def test_presets_scale_occlusion_with_the_image_and_respect_overrides(shapes_model):
+    from underhood.attribution.evaluate import method_options
+
+    assert method_options(shapes_model, ["occlusion"])["occlusion"] == {"window": 8, "stride": 4}
+    big = method_options(shapes_model, ["occlusion"], full=True, size=(224, 224))["occlusion"]
+    assert big == {"window": 28, "stride": 7}
+    opts = method_options(shapes_model, ["gradcam", "lime"], overrides={"lime": {"n_samples": 9}})
+    assert opts["gradcam"]["layer"] == cam_layer(shapes_model) and opts["lime"]["n_samples"] == 9

@@ -167,7 +167,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     images = torch.cat([load_image(p, size=tuple(size[1:]) if size else None, channels=channels)
                         for p in args.images])
     target = _target(args.target, model)
-    opts = method_options(model, methods, full=True)
+    opts = method_options(model, methods, full=True, size=tuple(images.shape[-2:]))
     if args.layer:
         for m in methods:
             if "cam" in m:

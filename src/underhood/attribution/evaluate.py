@@ -96,13 +96,22 @@ def applicable_methods(model: nn.Module) -> list[str]:
 
 
 def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = False,
-                   overrides: Mapping[str, dict] | None = None) -> dict[str, dict]:
-    """Per-method options: the fast or full preset, the CAM layer, then the user's overrides."""
+                   overrides: Mapping[str, dict] | None = None, size: Sequence[int] | None = None) -> dict[str, dict]:
+    """Per-method options: the fast or full preset, the CAM layer, then the user's overrides.
+
+    The occlusion window scales with the image (``size`` = (H, W), default the model's input
+    size): an eighth of the shorter side, at least 8 pixels, so a 224-pixel image costs about
+    as many occluded copies as a 64-pixel one.
+    """
     layer = cam_layer(model)
     preset = FULL if full else FAST
+    size = size or (getattr(model, "input_size", None) or (0, 64, 64))[-2:]
     out = {}
     for m in methods:
         opts = dict(preset.get(m, {}))
+        if m == "occlusion":
+            window = max(opts["window"], round(min(size) / 8))
+            opts.update(window=window, stride=max(1, window * opts["stride"] // opts["window"]))
         if layer and m in ("cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam"):
             opts["layer"] = layer
         opts.update((overrides or {}).get(m, {}))
