@@ -2,5 +2,6 @@
 
 from ..core.hooks import capture
 from .maps import maps
+from .statistics import LayerStatistics, statistics
 
-__all__ = ["capture", "maps"]
+__all__ = ["capture", "maps", "statistics", "LayerStatistics"]
