@@ -29,6 +29,7 @@ from ..core.errors import InputError
 from ..data.imageset import ImageSet
 from . import METHODS
 from . import metrics as M
+from .base import fixed_target, frozen
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
            "model_ssim": "down", "data_rand": "down", "data_ssim": "down", "marker": "up", "object": "down"}
@@ -156,7 +157,8 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[
     from . import get
 
     fn = get(name)
-    fixed = maps_target(model, x)
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, None)   # the predicted classes, explained by every model below
     maps = fn(model, x, fixed, **opts)
     row = {}
     if data.masks is not None:
@@ -174,12 +176,6 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[
             rank, structure = M.similarities(maps, fn(other, x, fixed, **opts))
             row[f"{column}_rand"], row[f"{column}_ssim"] = float(rank.nanmean()), float(structure.nanmean())
     return row, curves
-
-
-def maps_target(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The classes the model predicts for ``x``."""
-    with torch.no_grad():
-        return model(x).argmax(1)
 
 
 def _shortcut(model, data, n, name, opts) -> dict[str, float]:
