@@ -195,11 +195,9 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .attribution.evaluate import COLUMNS, applicable_methods, evaluate
+    from .attribution.evaluate import COLUMNS, applicable_methods, evaluate, reference_models
     from .core.io import write_manifest, write_text
-    from .data import shapes
-    from .models.loading import list_models, load_model
-    from .models.training import SHAPES_TEST_SEED, test_set
+    from .models.training import test_set
     from .viz import curves_figure, metric_table_figure, save_figure
 
     model = _model(args)
@@ -209,15 +207,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if dataset not in ("shapes", "digits"):
         raise InputError(f"--model: evaluate needs a model trained on 'shapes' or 'digits' (ground truth comes "
                          f"from them); {args.model!r} was trained on {dataset!r}")
-    device = next(model.parameters()).device
-    extra = {}
-    if dataset == "shapes" and meta.get("arch") == "shapes" and "shapes-random-labels" in list_models():
-        extra["random_model"] = load_model("shapes-random-labels", device=device)
-    if dataset == "shapes" and "shapes-spurious" in list_models():
-        extra["spurious_model"] = load_model("shapes-spurious", device=device)
-        extra["spurious_data"] = shapes(args.n, seed=SHAPES_TEST_SEED + 1, spurious=1.0)
     ev = evaluate(model, test_set(dataset), methods, n=args.n, steps=args.steps, full=args.full,
-                  seed=args.seed, progress=not args.no_progress, **extra)
+                  seed=args.seed, progress=not args.no_progress, **reference_models(model, n=args.n))
     print(ev.table())
     out = _out(args, "evaluate")
     write_text(out / "evaluation.txt", ev.table() + "\n")

@@ -155,9 +155,9 @@ def guided_gradcam(model: nn.Module, inputs: torch.Tensor, target: Target = None
 
 
 @torch.no_grad()
-def _trace_head(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], nn.Linear,
-                                                            torch.Tensor, torch.Tensor]:
-    """One forward: ``(4-D outputs in call order, last nn.Linear called, outputs, that linear's input)``."""
+def pooled_maps(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], nn.Linear, torch.Tensor]:
+    """One forward: ``(layers whose spatial mean is the head's input, in call order, with their output;
+    the last nn.Linear called; the model's outputs)`` -- the feature maps CAM can use."""
     layers = named_layers(model)
     widths = {m.in_features for m in layers.values() if isinstance(m, nn.Linear)}
     if not widths:
@@ -184,7 +184,9 @@ def _trace_head(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torc
             h.remove()
     if not head:
         raise LayerError("model: cam needs a linear head and no nn.Linear ran in forward; use gradcam")
-    return maps, head[-1][0], outputs, head[-1][1]
+    linear, features = head[-1]
+    pooled = [(n, a) for n, a in maps if torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)]
+    return pooled, linear, outputs
 
 
 def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None) -> torch.Tensor:
@@ -201,9 +203,8 @@ def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer:
     if not is_class_target(target):
         raise InputError("target: cam explains a class logit; give None, a class index or one per sample "
                          "(use gradcam for a Unit or callable target)")
-    maps, linear, outputs, features = _trace_head(model, x)
-    matches = [(n, a) for n, a in maps if torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)
-               and (layer is None or n == layer)]
+    pooled, linear, outputs = pooled_maps(model, x)
+    matches = [(n, a) for n, a in pooled if layer is None or n == layer]
     if not matches:
         where = f"layer {layer!r} is not" if layer else "no layer is"
         raise LayerError(f"layer: {where} the feature map averaged into the final nn.Linear, so cam does not "

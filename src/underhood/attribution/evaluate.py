@@ -77,18 +77,41 @@ def cam_layer(model: nn.Module) -> str | None:
     Grad-CAM and relatives are shown at this layer in the report so the CAM family is compared
     on one feature map; ``None`` when no such layer exists (methods then use the last Conv2d).
     """
-    from .cam import _trace_head
+    from .cam import pooled_maps
 
     size = getattr(model, "input_size", None)
     if not size:
         return None
     x = torch.rand(1, *size, device=next(model.parameters()).device)
     try:
-        maps, _, _, features = _trace_head(model, x)
+        pooled, _, _ = pooled_maps(model, x)
     except InputError:
         return None
-    found = [n for n, a in maps if torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)]
-    return found[-1] if found else None
+    return pooled[-1][0] if pooled else None
+
+
+def reference_models(model: nn.Module, n: int = 64) -> dict[str, object]:
+    """The sanity-check companions of a built-in shapes model, as :func:`evaluate` keyword arguments.
+
+    ``random_model``: the copy trained on permuted labels (same architecture only);
+    ``spurious_model`` and ``spurious_data`` (``n`` marked held-out images): the shortcut model.
+    Empty for other models, or when those weights are not installed.
+    """
+    from ..data import shapes
+    from ..models.loading import list_models, load_model
+    from ..models.training import SHAPES_TEST_SEED
+
+    meta, shipped = getattr(model, "meta", {}), set(list_models())
+    device = next(model.parameters()).device
+    out: dict[str, object] = {}
+    if meta.get("dataset") != "shapes":
+        return out
+    if meta.get("arch") == "shapes" and "shapes-random-labels" in shipped:
+        out["random_model"] = load_model("shapes-random-labels", device=device)
+    if "shapes-spurious" in shipped:
+        out["spurious_model"] = load_model("shapes-spurious", device=device)
+        out["spurious_data"] = shapes(n, seed=SHAPES_TEST_SEED + 1, spurious=1.0)
+    return out
 
 
 def applicable_methods(model: nn.Module) -> list[str]:

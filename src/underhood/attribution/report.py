@@ -8,7 +8,7 @@ from markupsafe import Markup
 from ..report import Context, figure, paragraph, section, table
 from ..viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
 from . import explain
-from .evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options
+from .evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options, reference_models
 
 STRIP_METHODS = ("saliency", "guided_backprop", "integrated_gradients", "gradcam")
 
@@ -60,36 +60,15 @@ def attribution_maps(ctx: Context) -> Markup:
     return figure(ctx, figure_to_png(fig, dpi=120), "attribution-maps", caption) + paragraph(text)
 
 
-def _random_models(ctx: Context):
-    """The permuted-label copy and the shortcut model, when they match the report's model."""
-    meta = getattr(ctx.model, "meta", {})
-    same_arch = meta.get("arch") == "shapes" and meta.get("dataset") == "shapes"
-    random_model = _load("shapes-random-labels", ctx) if same_arch else None
-    spurious = _load("shapes-spurious", ctx) if meta.get("dataset") == "shapes" else None
-    return random_model, spurious
-
-
-def _load(name: str, ctx: Context):
-    from ..models.loading import list_models, load_model
-
-    if name not in list_models():
-        return None
-    return load_model(name, device=next(ctx.model.parameters()).device)
-
-
 @section("attribution-trust", "Which attribution maps to trust", order=55)
 def attribution_trust(ctx: Context) -> Markup:
-    from ..data import shapes
-    from ..models.training import SHAPES_TEST_SEED
-
     model, full = ctx.model, bool(ctx.options.get("full"))
-    random_model, spurious = _random_models(ctx)
-    spurious_data = shapes(64, seed=SHAPES_TEST_SEED + 1, spurious=1.0) if spurious is not None else None
+    refs = reference_models(model)
+    random_model, spurious, spurious_data = (refs.get(k) for k in ("random_model", "spurious_model", "spurious_data"))
     n = int(ctx.options.get("n_evaluate", 32 if full else 8))
     lighter = {} if full else {"occlusion": {"stride": 8}, "lime": {"n_samples": 150}}
     ev = evaluate(model, ctx.data, applicable_methods(model), n=n, steps=50 if full else 16, full=full,
-                  random_model=random_model, spurious_model=spurious, spurious_data=spurious_data, seed=ctx.seed,
-                  options=lighter)
+                  seed=ctx.seed, options=lighter, **refs)
     ctx.cache["evaluation"] = ev
     head = ["method"] + [f"{c} {'↑' if COLUMNS[c] == 'up' else '↓'}" for c in ev.columns]
     rows = [[LABELS[r[0]]] + r[1:] for r in ev.rows()]
