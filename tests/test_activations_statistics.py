@@ -62,3 +62,20 @@ def test_builtin_model_and_imageset(shapes_model, shapes_small):
     channels = shapes_model.net.features[:11](torch.zeros(1, 3, 64, 64)).shape[1]
     assert st.mean.shape == (channels,) and st.histogram.shape[0] == channels and st.n == len(shapes_small)
     assert 0 <= float(st.active.min()) and float(st.active.max()) <= 1
+
+
+def test_sliced_states_merge_into_the_whole():
+    from underhood.activations.statistics import accumulate, from_state, histogram_edges, merge
+
+    net, x = _net(), torch.rand(300, 3, 12, 12)
+    whole = statistics(net, x, "3", batch_size=7, bins=12)
+    edges = histogram_edges(net, x, "3", bins=12, batch_size=50)
+    assert torch.equal(edges, whole.edges)  # edges from the first 256 inputs, whatever the batching
+    parts = [accumulate(net, x, "3", edges, start=a, stop=b, batch_size=16) for a, b in ((0, 100), (100, 290),
+                                                                                       (290, 300))]
+    merged = from_state("3", merge(parts))
+    assert merged.n == 300 and torch.equal(merged.histogram, whole.histogram)
+    assert torch.allclose(merged.mean, whole.mean, atol=1e-6) and torch.allclose(merged.std, whole.std, atol=1e-5)
+    assert torch.equal(merged.active, whole.active) and torch.equal(merged.dead, whole.dead)
+    with pytest.raises(InputError, match="edges"):
+        accumulate(net, x, "3", 12, start=5)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.batching import batches, resolve_batch_size
+from ..core.batching import resolve_batch_size
 from ..core.errors import InputError
-from ..core.hooks import capture
+from ..core.hooks import stream
 
 
 @dataclass
@@ -49,12 +49,107 @@ def _inputs(dataset: object) -> torch.Tensor:
     return images
 
 
-def _edges(first: torch.Tensor, bins: int) -> torch.Tensor:
-    lo, hi = float(first.min()), float(first.max())
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
+EDGE_SAMPLE = 256  # the histogram range comes from the first this-many inputs of the dataset
+
+
+def _responses(flat: torch.Tensor) -> torch.Tensor:
+    return flat.mean(2).float().cpu()
+
+
+def _flat(a: torch.Tensor) -> torch.Tensor:
+    a = a.double()
+    return a.flatten(2) if a.ndim > 2 else a[:, :, None]
+
+
+def _edges_from(first: torch.Tensor, bins: int) -> torch.Tensor:
+    lo, hi = min(float(first.min()), 0.0), max(float(first.max()), 0.0)
     span = max(hi - lo, 1e-6)
-    # a margin beyond the first batch's range, since later batches may go further
     return torch.linspace(lo - 0.25 * span * (lo < 0), hi + 0.25 * span, bins + 1)
+
+
+def histogram_edges(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
+                    batch_size: int | str | None = None) -> torch.Tensor:
+    """Histogram edges spanning the responses of the dataset's first ``EDGE_SAMPLE`` inputs, with a
+    25% margin: independent of batching and sharding, so every shard of a run bins alike."""
+    images = _inputs(dataset)[:EDGE_SAMPLE]
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    return _edges_from(torch.cat([_responses(_flat(acts[layer])) for _, acts in stream(model, layer, images, size)]),
+                       bins)
+
+
+@torch.no_grad()
+def accumulate(model: nn.Module, dataset: object, layer: str, edges: torch.Tensor | int, *, start: int = 0,
+               stop: int | None = None, batch_size: int | str | None = None,
+               progress: bool = False) -> dict[str, torch.Tensor]:
+    """Sums, sums of squares, counts, activity and histogram counts over ``dataset[start:stop]``.
+
+    ``edges`` are the histogram edges (see :func:`histogram_edges`), or a number of bins when
+    ``start == 0``: the edges then come from the first ``EDGE_SAMPLE`` responses of the pass
+    itself (held back until that many are seen), which saves the extra pass. States of disjoint
+    slices add up (:func:`merge`); :func:`from_state` turns one into :class:`LayerStatistics`.
+    """
+    images = _inputs(dataset)[start:stop]
+    if len(images) == 0:
+        raise InputError(f"start/stop: the slice {start}:{stop} is empty")
+    if isinstance(edges, int) and start != 0:
+        raise InputError("edges: a slice not starting at 0 needs explicit edges; use histogram_edges()")
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    state: dict[str, torch.Tensor] = {}
+    held: list[torch.Tensor] = []
+
+    def bin_(responses: torch.Tensor) -> None:
+        index = torch.bucketize(responses, state["edges"][1:-1].contiguous()).T  # [C, B]
+        state["histogram"].scatter_add_(1, index, torch.ones_like(index))
+
+    for _, acts in stream(model, layer, images, size, progress=progress, desc="statistics"):
+        flat = _flat(acts[layer])
+        if not state:
+            c = flat.shape[1]
+            bins = edges if isinstance(edges, int) else len(edges) - 1
+            state = {"sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
+                     "active": torch.zeros(c, dtype=torch.float64), "count": torch.zeros((), dtype=torch.float64),
+                     "n": torch.zeros((), dtype=torch.float64), "histogram": torch.zeros(c, bins, dtype=torch.long)}
+            if not isinstance(edges, int):
+                state["edges"] = edges.clone()
+        state["sum"] += flat.sum((0, 2)).cpu()
+        state["sum_sq"] += flat.pow(2).sum((0, 2)).cpu()
+        state["count"] += flat.shape[0] * flat.shape[2]
+        state["n"] += flat.shape[0]
+        state["active"] += (flat.amax(2) > 0).sum(0).double().cpu()
+        if "edges" in state:
+            bin_(_responses(flat))
+            continue
+        held.append(_responses(flat))
+        if int(state["n"]) >= EDGE_SAMPLE:
+            state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges))
+            bin_(torch.cat(held))
+            held.clear()
+    if held:
+        state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges))
+        bin_(torch.cat(held))
+    return state
+
+
+def merge(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The state of the union of disjoint slices (every slice binned with the same edges)."""
+    if not states:
+        raise InputError("states: nothing to merge")
+    out = {k: v.clone() for k, v in states[0].items()}
+    for st in states[1:]:
+        if not torch.equal(st["edges"], out["edges"]):
+            raise InputError("states: the slices were binned with different edges; use histogram_edges() for all")
+        for k in ("sum", "sum_sq", "active", "count", "n", "histogram"):
+            out[k] += st[k]
+    return out
+
+
+def from_state(layer: str, state: dict[str, torch.Tensor]) -> LayerStatistics:
+    """:class:`LayerStatistics` from an accumulated (possibly merged) state."""
+    mean = state["sum"] / state["count"]
+    std = (state["sum_sq"] / state["count"] - mean.pow(2)).clamp(min=0).sqrt()
+    frac = state["active"] / state["n"]
+    return LayerStatistics(layer, int(state["n"]), mean.float(), std.float(), frac.float(), frac == 0,
+                           state["edges"], state["histogram"])
 
 
 @torch.no_grad()
@@ -62,43 +157,16 @@ def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
                batch_size: int | str | None = None, progress: bool = False) -> LayerStatistics:
     """Mean, spread, activity, dead units and response histograms of every channel of ``layer``.
 
-    The dataset is streamed in batches (eval mode, no gradients): memory does not grow with its
-    size. Sums, sums of squares and counts accumulate in float64; histogram edges are fixed from
-    the first batch's responses with a 25% margin, and later values outside them are counted
-    in the end bins.
+    The dataset is streamed in batches (eval mode, no gradients; the forward pass stops after
+    ``layer`` when it can): memory does not grow with its size. Sums, sums of squares and counts
+    accumulate in float64; histogram edges span the responses of the first 256 inputs with a 25%
+    margin, and later values outside them are counted in the end bins.
 
     Example:
         >>> st = statistics(model, underhood.datasets.shapes(512), "features.10")   # doctest: +SKIP
         >>> int(st.dead.sum()), st.active.mean()                                      # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     images = _inputs(dataset)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise InputError(f"bins: expected a positive int, got {bins!r}")
-    device = next(model.parameters()).device
-    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
-    total = total_sq = count = active = hist = edges = None
-    with capture(model, layer, eval=True) as cap:
-        for part in tqdm(list(batches(len(images), size)), desc="statistics", disable=not progress, leave=False):
-            model(images[part].to(device))
-            if layer not in cap.activations:
-                raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
-            a = cap.activations[layer].double()
-            flat = a.flatten(2) if a.ndim > 2 else a[:, :, None]
-            response = flat.mean(2).float().cpu()
-            if total is None:
-                c = flat.shape[1]
-                total, total_sq, active = (torch.zeros(c, dtype=torch.float64) for _ in range(3))
-                count, edges, hist = 0, _edges(response, bins), torch.zeros(c, bins, dtype=torch.long)
-            total += flat.sum((0, 2)).cpu()
-            total_sq += flat.pow(2).sum((0, 2)).cpu()
-            count += flat.shape[0] * flat.shape[2]
-            active += (flat.amax(2) > 0).sum(0).double().cpu()
-            index = (torch.bucketize(response, edges[1:-1].contiguous())).T  # [C, B]
-            hist.scatter_add_(1, index, torch.ones_like(index))
-            cap.clear()
-    mean = total / count
-    std = (total_sq / count - mean.pow(2)).clamp(min=0).sqrt()
-    frac = active / len(images)
-    return LayerStatistics(layer, len(images), mean.float(), std.float(), frac.float(), frac == 0, edges, hist)
+    return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress))

@@ -145,3 +145,62 @@ def graph_from(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
         yield leaves
     finally:
         handle.remove()
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once every needed layer has run."""
+
+
+def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, batch_size: int, *,
+           progress: bool = False, desc: str = "batches") -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+    """Run ``images`` through ``model`` in batches (eval mode, no gradients) and yield each batch's
+    slice with the named layers' activations.
+
+    The first batch runs the whole network and counts the calls of each layer; when every named
+    layer runs exactly once, later batches stop the forward pass right after the last of them
+    (nothing after it is computed), so a dataset scan at an early layer costs a fraction of a
+    full forward pass. The model is left as it was found.
+    """
+    from tqdm.auto import tqdm
+
+    from .batching import batches
+
+    names = [layers] if isinstance(layers, str) else list(layers)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    state = {"stop": False}
+    modules = {name: resolve(model, name) for name in names}
+    seen: dict[str, int] = {}
+
+    def stopper(mod: nn.Module, inputs: object, output: object) -> None:
+        if state["stop"] and all(seen.get(n, 0) for n in names):
+            raise _Stop
+
+    def counter(name: str):
+        def hook(mod: nn.Module, inputs: object, output: object) -> None:
+            seen[name] = seen.get(name, 0) + 1
+        return hook
+
+    handles = []
+    with capture(model, names, eval=True) as cap, torch.no_grad():
+        try:
+            for name, module in modules.items():
+                handles.append(module.register_forward_hook(counter(name)))
+                handles.append(module.register_forward_hook(stopper))
+            for i, part in enumerate(tqdm(list(batches(len(images), batch_size)), desc=desc,
+                                          disable=not progress, leave=False)):
+                cap.clear()
+                seen.clear()
+                try:
+                    model(images[part].to(device))
+                except _Stop:
+                    pass
+                missing = [n for n in names if n not in cap.activations]
+                if missing:
+                    raise InputError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does "
+                                     "(see `underhood layers`)")
+                if i == 0:
+                    state["stop"] = all(seen.get(n) == 1 for n in names)
+                yield part, {n: cap.activations[n] for n in names}
+        finally:
+            for h in handles:
+                h.remove()

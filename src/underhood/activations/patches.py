@@ -1,0 +1,307 @@
+"""Top-activating images and patches of every channel of a layer (Zeiler & Fergus 2014, Fig. 2).
+
+A dataset is scanned once in batches: each channel keeps the ``k`` images on which its maximum
+over positions is highest, with that position (a streaming top-k: memory does not grow with the
+dataset). The exact receptive field of the winning unit then gives the image patch that can
+influence it, and a backward pass from that unit with the deconvnet or guided-backprop ReLU
+rule gives the pattern inside the patch that excites it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.batching import batches, resolve_batch_size
+from ..core.errors import InputError, LayerError
+from ..core.hooks import preserved, stream
+from ..core.layers import first_tensor, layers, resolve
+from ..core.rules import RULES, relu_rule
+
+PAD = 0.5  # grey, for the part of a receptive field that falls outside the image
+
+
+@dataclass
+class TopPatches:
+    """What :func:`top_patches` found for each scanned channel ``c = channels[i]``.
+
+    Attributes:
+        layer: the layer's name.
+        n: number of images scanned.
+        channels: ``[C]`` the channel ids (row ``i`` of every other tensor is channel ``channels[i]``).
+        values: ``[C, k]`` the channel's maximum over positions on each of its top images, descending.
+        index: ``[C, k]`` the dataset index of those images (ties: the lower index first).
+        position: ``[C, k, 2]`` ``(y, x)`` of the maximum in the layer's map (``(0, 0)`` for a layer
+            without spatial output).
+        box: ``[C, k, 4]`` ``(top, left, bottom, right)`` of the unit's receptive field in input
+            pixels, half-open; it may extend beyond the image (the part outside is padding).
+        field: ``(height, width)`` of the receptive field; ``None`` when a unit sees the whole input.
+        patches: ``[C, k, channels, fh, fw]`` the images cut to each box (grey outside the image),
+            or ``None`` when not requested.
+        patterns: ``[C, k, channels, fh, fw]`` the gradient of the unit w.r.t. the input under
+            ``rule``, cut to the same box (raw: signed, unnormalised), or ``None``.
+        rule: the ReLU rule of ``patterns`` (``"deconvnet"``, ``"guided"`` or ``"gradient"``).
+    """
+
+    layer: str
+    n: int
+    channels: torch.Tensor
+    values: torch.Tensor
+    index: torch.Tensor
+    position: torch.Tensor
+    box: torch.Tensor
+    field: tuple[int, int] | None
+    patches: torch.Tensor | None = None
+    patterns: torch.Tensor | None = None
+    rule: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Partial:
+    """A streaming top-k state over part of a dataset: mergeable with :func:`merge`."""
+
+    values: torch.Tensor    # [C, m] descending
+    index: torch.Tensor     # [C, m] dataset indices
+    position: torch.Tensor  # [C, m, 2]
+    channels: torch.Tensor  # [C] the channel ids of the rows
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values, "index": self.index, "position": self.position, "channels": self.channels}
+
+
+def _keep(values: torch.Tensor, index: torch.Tensor, position: torch.Tensor, k: int, channels: torch.Tensor) -> Partial:
+    """The ``k`` best of each row: value descending, ties broken by the lower dataset index."""
+    by_index = index.argsort(dim=1, stable=True)
+    values, index = values.gather(1, by_index), index.gather(1, by_index)
+    position = position.gather(1, by_index[..., None].expand(-1, -1, 2))
+    order = values.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return Partial(values.gather(1, order), index.gather(1, order),
+                   position.gather(1, order[..., None].expand(-1, -1, 2)), channels)
+
+
+def merge(parts: Sequence[Partial], k: int) -> Partial:
+    """Merge top-k states of disjoint parts of a dataset (the result does not depend on how it was split)."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        raise InputError("parts: nothing to merge")
+    return _keep(torch.cat([p.values for p in parts], 1), torch.cat([p.index for p in parts], 1),
+                 torch.cat([p.position for p in parts], 1), k, parts[0].channels)
+
+
+def _images(dataset: object) -> torch.Tensor:
+    images = getattr(dataset, "images", dataset)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
+                         f"{getattr(images, 'shape', type(dataset).__name__)}")
+    return images
+
+
+def _channels(channels: object, count: int) -> torch.Tensor:
+    if channels is None:
+        return torch.arange(count)
+    if isinstance(channels, int):
+        channels = [channels]
+    ids = torch.as_tensor(list(channels) if not isinstance(channels, torch.Tensor) else channels).long().flatten()
+    if len(ids) == 0 or int(ids.min()) < 0 or int(ids.max()) >= count:
+        raise InputError(f"channels: expected channel ids in 0..{count - 1}, got {channels!r}")
+    return ids
+
+
+def scan(model: nn.Module, dataset: object, layer: str, k: int = 9, *, channels: object = None,
+         batch_size: int | str | None = None, start: int = 0, stop: int | None = None,
+         progress: bool = False) -> Partial:
+    """The streaming top-k pass of :func:`top_patches` over ``dataset[start:stop]`` alone.
+
+    Dataset indices in the result are global (``start`` included), so the states of several
+    slices merge with :func:`merge` into the state of the whole.
+    """
+    images = _images(dataset)
+    stop = len(images) if stop is None else stop
+    part_images = images[start:stop]
+    if len(part_images) == 0:
+        raise InputError(f"start/stop: the slice {start}:{stop} of a {len(images)}-image dataset is empty")
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    state: Partial | None = None
+    ids = None
+    for part, acts in stream(model, layer, part_images, size, progress=progress, desc="top patches"):
+        a = acts[layer]
+        if a.ndim < 2:
+            raise LayerError(f"layer: {layer!r} gives {a.ndim}-D output; pick a layer with channels")
+        if ids is None:
+            ids = _channels(channels, a.shape[1])
+        a = a[:, ids.to(a.device)].float()
+        flat = a.flatten(2) if a.ndim > 2 else a[:, :, None]
+        best, where = flat.max(2)  # the first maximal position
+        width = a.shape[-1] if a.ndim == 4 else 1
+        pos = torch.stack([where // width, where % width], -1) if a.ndim == 4 else torch.zeros_like(where)[..., None]\
+            .expand(-1, -1, 2)
+        index = torch.arange(part.start, part.stop) + start
+        values, pos = best.T.cpu(), pos.transpose(0, 1).cpu().long()
+        index = index[None].expand(len(values), -1)
+        if state is not None:
+            values = torch.cat([state.values, values], 1)
+            index = torch.cat([state.index, index], 1)
+            pos = torch.cat([state.position, pos], 1)
+        state = _keep(values, index, pos, k, ids)
+    assert state is not None
+    return state
+
+
+def _field(model: nn.Module, layer: str, shape: tuple[int, ...]) -> tuple[tuple[float, float], tuple[float, float],
+                                                                         tuple[float, float]] | None:
+    rows = {r.name: r for r in layers(model, input_size=shape)}
+    row = rows.get(layer)
+    if row is None or row.rf is None:
+        return None
+    return row.rf, row.jump, row.start  # type: ignore[return-value]
+
+
+def boxes(model: nn.Module, layer: str, position: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor,
+                                                                                                 tuple[int, int] | None]:
+    """Receptive-field boxes ``(top, left, bottom, right)`` (half-open) of the units at ``position [..., 2]``.
+
+    The field is traced through every convolution, pooling (with stride, padding, dilation) and
+    the union of residual branches (see :func:`underhood.core.layers.layers`); a unit whose field
+    is the whole input (after global pooling or a linear layer) gets the whole image.
+    """
+    geometry = _field(model, layer, shape)
+    h, w = shape[-2:]
+    if geometry is None:
+        box = torch.tensor([0, 0, h, w]).expand(*position.shape[:-1], 4).clone()
+        return box, None
+    (rh, rw), (jh, jw), (ch, cw) = geometry
+    rh_i, rw_i = int(round(rh)), int(round(rw))
+    top = torch.floor(ch + position[..., 0].double() * jh - (rh - 1) / 2 + 0.5).long()
+    left = torch.floor(cw + position[..., 1].double() * jw - (rw - 1) / 2 + 0.5).long()
+    return torch.stack([top, left, top + rh_i, left + rw_i], -1), (rh_i, rw_i)
+
+
+def crop(image: torch.Tensor, box: Sequence[int], fill: float = PAD) -> torch.Tensor:
+    """``image [C, H, W]`` cut to ``box`` (top, left, bottom, right; half-open), ``fill`` outside the image."""
+    top, left, bottom, right = (int(v) for v in box)
+    c, h, w = image.shape
+    out = image.new_full((c, bottom - top, right - left), fill)
+    y0, y1, x0, x1 = max(top, 0), min(bottom, h), max(left, 0), min(right, w)
+    if y1 > y0 and x1 > x0:
+        out[:, y0 - top:y1 - top, x0 - left:x1 - left] = image[:, y0:y1, x0:x1]
+    return out
+
+
+def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor,
+                   position: torch.Tensor, *, rule: str = "guided", batch_size: int | str | None = None) -> torch.Tensor:
+    """Gradient of each unit ``layer[i, channels[i], y_i, x_i]`` w.r.t. its own image ``images[i]``,
+    under a ReLU backward rule (``"deconvnet"``, ``"guided"`` or the plain ``"gradient"``).
+
+    Returns ``[N, C, H, W]``; the model is in eval mode with parameters frozen during the call and
+    restored afterwards.
+    """
+    if rule not in RULES:
+        raise InputError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    module = resolve(model, layer)
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]), grad=True)
+    out = torch.empty_like(images)
+    picked: list[torch.Tensor] = []
+    current: dict[str, torch.Tensor] = {}
+
+    def hook(mod: nn.Module, inputs: object, output: object) -> None:
+        t = first_tensor(output)
+        c, pos = current["channels"], current["position"]
+        rows = torch.arange(len(c), device=t.device)
+        if t.ndim == 4:
+            value = t[rows, c, pos[:, 0], pos[:, 1]]
+        else:
+            value = t.reshape(len(c), t.shape[1], -1)[rows, c, 0]
+        picked.clear()
+        picked.append(value)  # the last call of a reused module wins, as in the scan
+
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        handle = module.register_forward_hook(hook)
+        try:
+            for part in batches(len(images), size):
+                x = images[part].to(device).requires_grad_(True)
+                current["channels"] = channels[part].to(device)
+                current["position"] = position[part].to(device)
+                with relu_rule(rule), torch.enable_grad():
+                    model(x)
+                    (grad,) = torch.autograd.grad(picked[0].sum(), x)
+                out[part] = grad.detach().to(out.device)
+                picked.clear()
+        finally:
+            handle.remove()
+    return out
+
+
+def top_patches(model: nn.Module, dataset: object, layer: str, k: int = 9, *, channels: object = None,
+                pattern: str | None = "guided", crops: bool = True, batch_size: int | str | None = None,
+                progress: bool = False, max_bytes: int = 2 << 30) -> TopPatches:
+    """For every channel of ``layer``, the ``k`` dataset images that excite it most, with the
+    receptive-field patch around the maximum and the unit's deconvnet / guided-backprop pattern.
+
+    A channel's score on an image is its maximum over positions. The dataset is streamed in
+    batches (eval mode, no gradients; the forward pass stops after ``layer`` when it can), and a
+    running top-k is kept per channel, so memory does not grow with the dataset. Ties go to the
+    lower dataset index, so the result does not depend on batching or sharding.
+
+    Args:
+        dataset: an :class:`~underhood.data.ImageSet` or an ``[N, C, H, W]`` tensor in ``[0, 1]``.
+        layer: any layer with ``[N, C, H, W]`` or ``[N, C]`` output.
+        k: images per channel (at most the dataset's size).
+        channels: channel ids to scan (default: all).
+        pattern: ``"guided"`` (Springenberg et al.), ``"deconvnet"`` (Zeiler & Fergus), ``"gradient"``
+            or ``None`` (no patterns).
+        crops: cut the patches (and patterns) to the receptive field; with ``False`` only the
+            indices, positions and boxes are returned.
+        max_bytes: refuse to build patches and patterns larger than this (pick fewer ``channels``).
+
+    Example:
+        >>> tp = top_patches(model, underhood.datasets.shapes(2000), "features.10", k=9)   # doctest: +SKIP
+        >>> tp.index[0]       # the 9 images that excite channel 0 most                      # doctest: +SKIP
+    """
+    images = _images(dataset)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k: expected a positive int, got {k!r}")
+    if k > len(images):
+        raise InputError(f"k: {k} images per channel asked, the dataset has only {len(images)}; pass k <= "
+                         f"{len(images)}")
+    if pattern is not None and pattern not in RULES:
+        raise InputError(f"pattern: expected one of {', '.join(RULES)} or None, got {pattern!r}")
+    state = scan(model, images, layer, k, channels=channels, batch_size=batch_size, progress=progress)
+    return finish(model, images, layer, state, pattern=pattern if crops else None, crops=crops,
+                  batch_size=batch_size, max_bytes=max_bytes)
+
+
+def finish(model: nn.Module, images: torch.Tensor, layer: str, state: Partial, *,
+           pattern: str | None = "guided", crops: bool = True, batch_size: int | str | None = None,
+           max_bytes: int = 2 << 30) -> TopPatches:
+    """Turn a (merged) top-k state into a :class:`TopPatches`: boxes, patches and patterns."""
+    shape = tuple(images.shape[1:])
+    box, rf = boxes(model, layer, state.position, shape)
+    channels = state.channels
+    result = TopPatches(layer, len(images), channels, state.values, state.index, state.position, box, rf)
+    if not crops:
+        return result
+    c, k = state.index.shape
+    fh, fw = (int(box[0, 0, 2] - box[0, 0, 0]), int(box[0, 0, 3] - box[0, 0, 1]))
+    need = c * k * shape[0] * fh * fw * 4 * (2 if pattern else 1)
+    if need > max_bytes:
+        raise InputError(f"channels: patches of {c} channels would take {need / 2**30:.1f} GiB; pass fewer channels "
+                         f"(e.g. channels=range({max(1, int(c * max_bytes / need))})) or crops=False")
+    flat_index = state.index.flatten()
+    chosen = images[flat_index]
+    result.patches = torch.stack([crop(img, b) for img, b in zip(chosen, box.flatten(0, 1))]).view(
+        c, k, shape[0], fh, fw)
+    if pattern is not None:
+        grads = unit_gradients(model, chosen, layer, channels.repeat_interleave(k),
+                               state.position.flatten(0, 1), rule=pattern, batch_size=batch_size)
+        result.patterns = torch.stack([crop(g, b, fill=0.0) for g, b in zip(grads, box.flatten(0, 1))]).view(
+            c, k, shape[0], fh, fw)
+        result.rule = pattern
+    return result
