@@ -127,6 +127,11 @@ EXAMPLES = {
 }
 
 
+from .commands import units as _units  # noqa: E402  (commands of the weights and activations families)
+
+EXAMPLES.update(_units.EXAMPLES)
+
+
 def _target(value: str, model) -> object:
     """``auto`` (the predicted class), a class index, or a class name of the model."""
     if value == "auto":
@@ -289,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
     p.add_argument("--no-progress", action="store_true")
+    _units.register(add)
     return parser
 
 

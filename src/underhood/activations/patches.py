@@ -160,8 +160,8 @@ def _field(model: nn.Module, layer: str, shape: tuple[int, ...]) -> tuple[tuple[
     return row.rf, row.jump, row.start  # type: ignore[return-value]
 
 
-def boxes(model: nn.Module, layer: str, position: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor,
-                                                                                                 tuple[int, int] | None]:
+def boxes(model: nn.Module, layer: str, position: torch.Tensor,
+          shape: tuple[int, ...]) -> tuple[torch.Tensor, tuple[int, int] | None]:
     """Receptive-field boxes ``(top, left, bottom, right)`` (half-open) of the units at ``position [..., 2]``.
 
     The field is traced through every convolution, pooling (with stride, padding, dilation) and
@@ -191,8 +191,8 @@ def crop(image: torch.Tensor, box: Sequence[int], fill: float = PAD) -> torch.Te
     return out
 
 
-def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor,
-                   position: torch.Tensor, *, rule: str = "guided", batch_size: int | str | None = None) -> torch.Tensor:
+def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor, position: torch.Tensor,
+                   *, rule: str = "guided", batch_size: int | str | None = None) -> torch.Tensor:
     """Gradient of each unit ``layer[i, channels[i], y_i, x_i]`` w.r.t. its own image ``images[i]``,
     under a ReLU backward rule (``"deconvnet"``, ``"guided"`` or the plain ``"gradient"``).
 

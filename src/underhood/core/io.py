@@ -61,3 +61,13 @@ def write_manifest(out: str | os.PathLike, command: str, files: list[str], **inf
         **info,
     }
     return write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def write_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, Any] | None = None) -> Path:
+    """Write named tensors to a ``.safetensors`` file atomically (metadata values are JSON-encoded)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={k: json.dumps(v, default=str) for k, v in (metadata or {}).items()})
+    return Path(path)

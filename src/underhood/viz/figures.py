@@ -88,12 +88,18 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
 
 
 def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch.Tensor | None = None, *,
-                        k: int = 8, cmap: str = "viridis"):
-    """Feature maps of one input: one row per stage, its ``k`` most active channels.
+                        k: int = 8, cmap: str = "viridis", select: str = "top", seed: int = 0):
+    """Feature maps of one input: one row per stage, ``k`` of its channels.
 
     ``stages`` is a list of ``(layer name, activation [C, H, W])``; each map is normalised
-    on its own. The input image, when given, opens the figure.
+    on its own. ``select="top"`` shows the ``k`` channels with the highest mean activation,
+    ``"random"`` ``k`` channels drawn with ``seed`` (in channel order). The input image, when
+    given, opens the figure.
     """
+    if select not in ("top", "random"):
+        from ..core.errors import InputError
+
+        raise InputError(f"select: expected 'top' or 'random', got {select!r}")
     plt = pyplot()
     rows = len(stages) + (image is not None)
     fig, axes = plt.subplots(rows, k, figsize=(k * 1.05, rows * 1.2), squeeze=False)
@@ -107,7 +113,11 @@ def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch
         r = 1
     for name, act in stages:
         act = act.detach().float().cpu()
-        order = act.flatten(1).mean(1).argsort(descending=True)[:k]
+        if select == "top":
+            order = act.flatten(1).mean(1).argsort(descending=True)[:k]
+        else:
+            g = torch.Generator().manual_seed(seed)
+            order = torch.randperm(len(act), generator=g)[:k].sort().values
         maps = normalize(act[order])
         for j, (c, m) in enumerate(zip(order.tolist(), maps)):
             axes[r, j].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")

@@ -1,0 +1,1 @@
+"""Command-line commands of each family, registered by :mod:`underhood.cli`."""
