@@ -7,6 +7,8 @@ the figure is pessimistic).
     python benchmarks/run.py            # all
     python benchmarks/run.py data imports
     python benchmarks/run.py attribution   # methods vs raw passes (benchmarks/attribution.py; minutes)
+    python benchmarks/run.py activations   # dataset scans vs raw forward (benchmarks/activations.py)
+    python benchmarks/run.py embed         # t-SNE vs scikit-learn at 5,000 and 20,000 points
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def bench_demo() -> None:
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
-    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution"}
+    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed"}
     print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus")
     reference = bench_model() if "model" in wanted else None
@@ -129,6 +131,14 @@ def main(argv: list[str]) -> None:
         from attribution import bench_attribution
 
         bench_attribution()
+    if "activations" in wanted:
+        from activations import bench_activations
+
+        bench_activations()
+    if "embed" in wanted:
+        from embedding import bench_embed
+
+        bench_embed(report, timed)
 
 
 if __name__ == "__main__":

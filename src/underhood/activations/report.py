@@ -1,30 +1,12 @@
-"""Report section of the activations family: feature maps of one image at every stage."""
+"""Report sections of the activations family: feature maps, embeddings, neighbours, top patches, ablation."""
 
 from __future__ import annotations
 
 from markupsafe import Markup
 
-from ..core.layers import named_layers
-from ..report import Context, figure, section
+from ..report import Context, figure, section, table
 from ..viz import feature_maps_figure, figure_to_png
-from .maps import maps
-
-
-def stages(model) -> list[str]:
-    """One layer per convolutional stage: the output of each pooling layer or residual block,
-    else every convolution's activation (the module after it when that is a ReLU)."""
-    from torch import nn
-
-    layers = named_layers(model)
-    names = list(layers)
-    pools = [n for n, m in layers.items() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
-    blocks = [n for n in names if n.count(".") == 1 and n.split(".")[0].startswith("layer")
-              and n.split(".")[1].isdigit()]
-    if blocks:
-        return blocks
-    if len(pools) >= 2:
-        return pools
-    return [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
+from .maps import embedding_layers, last_hidden, maps, stages
 
 
 @section("feature-maps", "Feature maps at every stage", order=40)
@@ -39,3 +21,92 @@ def feature_maps(ctx: Context) -> Markup:
                   f"One image (a {cls}) and, for each stage, the {k} channels with the highest mean activation, "
                   "each scaled to its own range (yellow = high). Early stages respond to edges and colours at "
                   "full resolution; later ones to parts of the shape, coarser and more selective.")
+
+
+def population(ctx: Context):
+    """The held-out images the dataset-scale sections share (1,000; 2,000 with ``--full``)."""
+    if "population" not in ctx.cache:
+        from ..models.training import test_set
+
+        dataset = (getattr(ctx.model, "meta", {}) or {}).get("dataset", "shapes")
+        try:
+            data = test_set(dataset)
+        except Exception:  # a model trained elsewhere: the report's own sample
+            data = ctx.data
+        ctx.cache["population"] = data[: 2000 if ctx.options.get("full") else 1000]
+    return ctx.cache["population"]
+
+
+@section("embeddings", "Layer by layer: how the classes come apart", order=42)
+def embeddings(ctx: Context) -> Markup:
+    from ..viz.embedding import embedding_figure
+    from .embed import embed
+
+    data = population(ctx)
+    n = len(data) if ctx.options.get("full") else min(len(data), 800)
+    data = data[:n]
+    layers = embedding_layers(ctx.model)
+    emb = embed(ctx.model, data, layers, method="tsne", seed=ctx.seed)
+    fig = embedding_figure(emb, classes=data.classes, images=data.images, thumbnails=0)
+    rows = [[n_, f"{emb.knn_accuracy[n_]:.1%}", f"{emb.trustworthiness[n_]:.3f}"] for n_ in layers]
+    return (figure(ctx, figure_to_png(fig, dpi=110), "embeddings",
+                   f"The same {n} held-out images embedded in 2-D with t-SNE (openTSNE, after PCA to 50 dimensions) "
+                   "from the pixels and from the activations of an early, a middle and the last hidden layer "
+                   "(maps averaged over positions), coloured by true class. In pixel space the classes are mixed; "
+                   "layer after layer the network pulls them into separate clusters.")
+            + table(["layer", "kNN accuracy in 2-D (k=10)", "trustworthiness (k=10)"], rows, numeric=(1, 2)))
+
+
+@section("neighbors", "Nearest neighbours: pixel space against feature space", order=43)
+def nearest(ctx: Context) -> Markup:
+    from ..viz.embedding import neighbors_figure
+    from .neighbors import neighbors
+
+    data = population(ctx)
+    layer = last_hidden(ctx.model)
+    queries = ctx.data.images[:4]
+    result = neighbors(ctx.model, queries, data, layer, k=5)
+    fig = neighbors_figure(queries, data.images, result, classes=data.classes, labels=data.labels)
+    return figure(ctx, figure_to_png(fig, dpi=110), "neighbors",
+                  f"For each query (left), its 5 nearest images among {len(data)} held-out ones by Euclidean "
+                  f"distance between pixels, then between the activations at {layer}. Pixel neighbours share "
+                  "colours and background; feature neighbours share the shape (class name green when it "
+                  "matches the query's).")
+
+
+@section("top-patches", "What excites a unit: top-9 patches", order=44)
+def patches(ctx: Context) -> Markup:
+    from ..viz.units import top_patches_figure
+    from .patches import top_patches
+
+    data = population(ctx)
+    names = stages(ctx.model)
+    picks = [names[len(names) // 2], names[-1]] if len(names) > 1 else names
+    body = Markup()
+    for layer in picks:
+        tp = top_patches(ctx.model, data, layer, k=9, channels=range(8), pattern="guided")
+        fig = top_patches_figure(tp, ncols=4)
+        body += figure(ctx, figure_to_png(fig, dpi=100), f"top-patches-{layer}",
+                       f"Channels 0-7 of {layer}: for each, the 9 of {len(data)} held-out images on which the "
+                       f"channel's maximum is highest, cut to the receptive field of the winning unit ({tp.field[0]}x"
+                       f"{tp.field[1]} pixels; grey beyond the image border) and, on the right, the unit's "
+                       "guided-backprop pattern in each patch (grey = 0)." if tp.field else
+                       f"Channels 0-7 of {layer} (units that see the whole image).")
+    return body
+
+
+@section("ablation", "Ablation: which units the decision needs", order=46)
+def ablation(ctx: Context) -> Markup:
+    from ..viz.ablation import ablation_figure
+    from .ablate import ablate
+
+    data = population(ctx)
+    data = data[: 1000 if ctx.options.get("full") else 400]
+    layer = stages(ctx.model)[-1]
+    result = ablate(ctx.model, data, layer, seed=ctx.seed)
+    fig = ablation_figure(result)
+    return figure(ctx, figure_to_png(fig, dpi=110), "ablation",
+                  f"Left: held-out accuracy on {len(data)} images as the channels of {layer} are set to zero one "
+                  "after another, in random order and by class selectivity (Morcos et al. 2018). Right: the "
+                  "accuracy lost when each channel alone is zeroed, against its class-selectivity index. "
+                  "Selective units are not the ones the network needs most: it spreads the decision over many.")

@@ -164,7 +164,7 @@ def cmd_toy2d(args: argparse.Namespace) -> None:
 
 def cmd_activations(args: argparse.Namespace) -> None:
     from ..activations import maps
-    from ..activations.report import stages
+    from ..activations.maps import stages
     from ..core.io import write_manifest, write_tensors
     from ..viz import feature_maps_figure, save_figure
 
@@ -289,6 +289,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     import torch
 
     from ..activations.embed import embed_features, features
+    from ..activations.maps import embedding_layers
     from ..core.distributed import session
     from ..core.io import write_manifest, write_tensors, write_text
     from ..viz import save_figure
@@ -297,7 +298,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     with session(_device(args)) as world:
         model = _model(args)
         data = _dataset(args, model)
-        layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else default_layers(model)
+        layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else embedding_layers(model)
         job = _job(args, "embed", model, data, {"layers": layers, "pool": args.pool})
         parts = _run(job, lambda part: features(model, data, layers, pool=args.pool, batch_size=args.batch_size,
                                                 start=part.start, stop=part.stop), world, args)
@@ -325,25 +326,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
         knn = f"2-D kNN accuracy {s['knn_accuracy']:.1%}" if s["knn_accuracy"] is not None else ""
         print(f"{n}: {tuple(feats[n].shape)} features; {knn}, trustworthiness {s['trustworthiness']:.3f}")
     print(f"embeddings written to {out.resolve()}")
-
-
-def default_layers(model) -> list[str]:
-    """The lectures' figure: the input, then an early, a middle and the last hidden stage."""
-    from ..activations.report import stages
-    from ..core.layers import named_layers
-
-    st = stages(model)
-    layers = named_layers(model)
-    from torch import nn
-
-    linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
-    hidden = linear[-2] if len(linear) >= 2 else (st[-1] if st else None)
-    picks = ["input"] + ([st[0], st[len(st) // 2]] if len(st) >= 2 else st[:1])
-    if hidden and hidden not in picks:
-        picks.append(hidden)
-    elif st and st[-1] not in picks:
-        picks.append(st[-1])
-    return picks
 
 
 def cmd_neighbors(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.device import threads
 from ..core.errors import InputError
 from ..viz.render import figure_to_png, pyplot
 
@@ -166,12 +167,13 @@ def toy2d(data: str = "moons", *, hidden: int = 20, steps: int = 5000, lr: float
         model = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     taken = [_snapshot(0, model, x, y)] if wanted and wanted[0] == 0 else []
-    for step in range(1, steps + 1):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if step in wanted:
-            taken.append(_snapshot(step, model, x, y))
+    with threads(1):  # a 400 x 2 problem: threads only add waiting
+        for step in range(1, steps + 1):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+            if step in wanted:
+                taken.append(_snapshot(step, model, x, y))
     model.eval()
     return Toy2D(x, y, model, taken, _snapshot(steps, model, x, y).accuracy)
 
