@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
         from activations import bench_activations
 
         bench_activations()
-    if "embed" in wanted:
+    if "embed" in wanted or "embedding" in wanted:
         from embedding import bench_embed
 
         bench_embed(report, timed)

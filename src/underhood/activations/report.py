@@ -43,7 +43,7 @@ def embeddings(ctx: Context) -> Markup:
     from .embed import embed
 
     data = population(ctx)
-    n = len(data) if ctx.options.get("full") else min(len(data), 800)
+    n = len(data) if ctx.options.get("full") else min(len(data), 600)
     data = data[:n]
     layers = embedding_layers(ctx.model)
     emb = embed(ctx.model, data, layers, method="tsne", seed=ctx.seed)
@@ -62,11 +62,13 @@ def nearest(ctx: Context) -> Markup:
     from ..viz.embedding import neighbors_figure
     from .neighbors import neighbors
 
-    data = population(ctx)
+    everyone = population(ctx)
+    picks = [len(everyone) - 1 - i for i in range(4)]
+    data, queries = everyone[: len(everyone) - 4], everyone[picks]  # the queries are not among the candidates
     layer = last_hidden(ctx.model)
-    queries = ctx.data.images[:4]
-    result = neighbors(ctx.model, queries, data, layer, k=5)
-    fig = neighbors_figure(queries, data.images, result, classes=data.classes, labels=data.labels)
+    result = neighbors(ctx.model, queries.images, data, layer, k=5)
+    fig = neighbors_figure(queries.images, data.images, result, classes=data.classes, labels=data.labels,
+                           query_labels=queries.labels)
     return figure(ctx, figure_to_png(fig, dpi=110), "neighbors",
                   f"For each query (left), its 5 nearest images among {len(data)} held-out ones by Euclidean "
                   f"distance between pixels, then between the activations at {layer}. Pixel neighbours share "
@@ -100,13 +102,23 @@ def ablation(ctx: Context) -> Markup:
     from ..viz.ablation import ablation_figure
     from .ablate import ablate
 
-    data = population(ctx)
-    data = data[: 1000 if ctx.options.get("full") else 400]
+    full = bool(ctx.options.get("full"))
+    data = population(ctx)[: 1000 if full else 160]
     layer = stages(ctx.model)[-1]
-    result = ablate(ctx.model, data, layer, seed=ctx.seed)
+    result = ablate(ctx.model, data, layer, seed=ctx.seed, points=None if full else 9)
     fig = ablation_figure(result)
+    area = {o: float(c.mean()) for o, c in result.curves.items()}
+    worst = min(area, key=area.get)
+    finding = {"selectivity": "Here the most class-selective units are the ones the network needs most: zeroing "
+                              "them first costs the most accuracy (Morcos et al. found the opposite on their "
+                              "networks, so this is a property of the model, not a law).",
+               "selectivity-low": "Here zeroing the least class-selective units first costs the most accuracy: the "
+                                  "network relies on its broadly tuned units, as Morcos et al. found.",
+               "random": "Here neither selectivity order hurts more than a random one: selectivity does not tell "
+                         "which units the network needs."}.get(worst, "")
     return figure(ctx, figure_to_png(fig, dpi=110), "ablation",
-                  f"Left: held-out accuracy on {len(data)} images as the channels of {layer} are set to zero one "
-                  "after another, in random order and by class selectivity (Morcos et al. 2018). Right: the "
-                  "accuracy lost when each channel alone is zeroed, against its class-selectivity index. "
-                  "Selective units are not the ones the network needs most: it spreads the decision over many.")
+                  f"Left: held-out accuracy on {len(data)} images as the {len(result.units)} channels of {layer} are "
+                  "set to zero one after another, in random order and by class selectivity (Morcos et al. 2018)"
+                  + ("" if result.counts is None or len(result.counts) == len(result.units) + 1 else
+                     f", measured at {len(result.counts)} counts") + ". Right: the accuracy lost when each channel "
+                  "alone is zeroed, against its class-selectivity index. " + finding)

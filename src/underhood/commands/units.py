@@ -89,9 +89,17 @@ def _positive(name: str, value: int) -> None:
         raise InputError(f"{name}: expected a positive number, got {value}")
 
 
-def _job(args: argparse.Namespace, name: str, model, data, config: dict):
-    """The sharded job of a command: its shards live under ``--out``, keyed by everything the result depends on."""
+def _job(args: argparse.Namespace, name: str, model, data, config: dict, layers: list[str]):
+    """The sharded job of a command: its shards live under ``--out``, keyed by everything the result depends on.
+
+    The layers are checked first, so a typo fails before any shard is planned.
+    """
     from ..core.distributed import ShardedJob, model_digest
+    from ..core.layers import resolve
+
+    for layer in layers:
+        if layer != "input":
+            resolve(model, layer)
 
     _positive("--shard-size", args.shard_size)
     return ShardedJob(_out(args, name), name, {"model": args.model, "weights": model_digest(model), "data": args.data,
@@ -200,7 +208,7 @@ def cmd_statistics(args: argparse.Namespace) -> None:
         model = _model(args)
         data = _dataset(args, model)
         # the histogram edges are fixed once per run (by rank 0) and kept with the shards
-        job = _job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins})
+        job = _job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins}, [args.layer])
         job.prepare(world)
         edges_file = job.folder / "edges.safetensors"
         edges = None
@@ -251,7 +259,8 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         if args.k > len(data):
             raise InputError(f"--k: {args.k} images per channel asked, the dataset has only {len(data)}; "
                              f"pass --k {len(data)} or less")
-        job = _job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels})
+        job = _job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels},
+                   [args.layer])
         parts = _run(job, lambda part: scan(model, data, args.layer, args.k, channels=channels,
                                             batch_size=args.batch_size, start=part.start, stop=part.stop).tensors(),
                      world, args)
@@ -299,7 +308,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         model = _model(args)
         data = _dataset(args, model)
         layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else embedding_layers(model)
-        job = _job(args, "embed", model, data, {"layers": layers, "pool": args.pool})
+        job = _job(args, "embed", model, data, {"layers": layers, "pool": args.pool}, layers)
         parts = _run(job, lambda part: features(model, data, layers, pool=args.pool, batch_size=args.batch_size,
                                                 start=part.start, stop=part.stop), world, args)
         if parts is None:

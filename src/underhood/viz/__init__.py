@@ -3,6 +3,7 @@
 matplotlib is imported on first use (``import underhood`` stays light) with the Agg backend.
 """
 
+from .ablation import ablation_figure
 from .attribution import (
            LABELS,
            STYLES,
@@ -12,10 +13,13 @@ from .attribution import (
            render_map,
            strips_figure,
 )
+from .embedding import embedding_figure, neighbors_figure
 from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
 from .render import figure_to_png, normalize, save_figure, to_numpy_image, to_png
+from .units import statistics_figure, top_patches_figure
 
 __all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "image_grid",
            "filters_figure", "feature_maps_figure", "predictions_figure",
            "render_map", "attribution_figure", "strips_figure", "metric_table_figure",
-           "curves_figure", "STYLES", "LABELS"]
+           "curves_figure", "STYLES", "LABELS", "top_patches_figure", "statistics_figure", "embedding_figure",
+           "neighbors_figure", "ablation_figure"]

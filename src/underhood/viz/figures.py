@@ -76,11 +76,37 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
         for i, k in enumerate(shown):
             axes[i].imshow(to_numpy_image(k), interpolation="nearest")
     else:
+        import numpy as np
+
         rows, cols = min(w.shape[0], 20), min(w.shape[1], max_channels)
-        shown = normalize(w[:rows, :cols].reshape(rows * cols, 1, *w.shape[2:]))
-        fig, axes = _grid_axes(rows * cols, cols, 0.45)
-        for i, k in enumerate(shown):
-            axes[i].imshow(k[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        kh, kw = w.shape[2:]
+        scale = max(1, 24 // max(kh, kw))  # each kernel drawn about 24 px wide
+        gap = max(2, scale // 3)
+        shown = normalize(w[:rows, :cols].reshape(rows * cols, 1, kh, kw)).view(rows, cols, kh, kw)
+        cell_h, cell_w = kh * scale + gap, kw * scale + gap
+        # kernels span black to white, so they are separated by coloured lines
+        mosaic = np.empty((rows * cell_h - gap, cols * cell_w - gap, 3))
+        mosaic[:] = (0.45, 0.62, 0.85)
+        for r in range(rows):
+            for c in range(cols):
+                tile = np.kron(shown[r, c].numpy(), np.ones((scale, scale)))
+                mosaic[r * cell_h:r * cell_h + kh * scale, c * cell_w:c * cell_w + kw * scale] = tile[..., None]
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(0.42 * cols + 0.8, 0.42 * rows + 1.0))
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_xticks([c * cell_w + (kw * scale - 1) / 2 for c in range(cols)], [str(c) for c in range(cols)],
+                      fontsize=6)
+        ax.set_yticks([r * cell_h + (kh * scale - 1) / 2 for r in range(rows)], [str(r) for r in range(rows)],
+                      fontsize=6)
+        ax.tick_params(length=0)
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_xlabel("input channel", fontsize=8)
+        ax.set_ylabel("filter", fontsize=8)
+        if title:
+            ax.set_title(title, fontsize=9)
+        fig.tight_layout(pad=0.3)
+        return fig
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(pad=0.15)

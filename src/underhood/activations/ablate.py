@@ -1,0 +1,306 @@
+"""Unit ablation and class selectivity (Morcos et al. 2018, "On the importance of single
+directions for generalization").
+
+A channel of a layer is *ablated* by replacing its output with 0 at every position. The
+accuracy of the model is measured with each unit ablated alone and with units ablated
+cumulatively in several orders: at random, most class-selective first, least first. Morcos
+et al. found that class-selective units are no more important to the network than others.
+
+Every ablated evaluation is exact and general (any model, any layer): each dataset batch is
+moved to the device once and repeated ``M`` times along the batch dimension, and a forward
+hook multiplies the layer's output by a per-copy ``0/1`` channel mask, so one forward pass
+evaluates ``M`` masks. Eval mode makes the copies independent (batch norm uses its running
+statistics), so the result equals evaluating one mask at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..core.batching import batches, resolve_batch_size
+from ..core.device import model_device
+from ..core.errors import InputError, LayerError
+from ..core.hooks import capture, preserved
+from ..core.layers import resolve
+from ..core.seeding import generator
+
+ORDERS = ("random", "selectivity", "selectivity-low")
+
+
+@dataclass
+class Ablation:
+    """What :func:`ablate` measured on ``n`` labelled inputs at ``layer``.
+
+    Accuracies are fractions of the ``n`` inputs whose argmax logit is their label.
+
+    Attributes:
+        layer: the layer's name.
+        n: number of inputs.
+        n_classes: number of the model's outputs (chance accuracy is ``1 / n_classes``).
+        units: ``[U]`` the channels that were ablated (all ``C`` channels unless restricted).
+        baseline: accuracy of the intact model.
+        single: ``[U]`` accuracy with only channel ``units[i]`` zeroed.
+        selectivity: ``[C]`` class selectivity index of every channel (see :func:`class_selectivity`).
+        curves: order -> accuracy after zeroing the first ``counts[j]`` units of that order
+            (``curves[o][0] == baseline``).
+        counts: ``[P]`` the numbers of units zeroed at which the curves are measured (``0..U`` unless
+            ``points`` was given).
+        order_units: order -> ``[U]`` the channels in the order they were zeroed (a permutation
+            of ``units``).
+    """
+
+    layer: str
+    n: int
+    n_classes: int
+    units: torch.Tensor
+    baseline: float
+    single: torch.Tensor
+    selectivity: torch.Tensor
+    curves: dict[str, torch.Tensor]
+    order_units: dict[str, torch.Tensor]
+    counts: torch.Tensor | None = None
+
+
+def _labelled(dataset: object) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        got = tuple(dataset.shape) if isinstance(dataset, torch.Tensor) else type(dataset).__name__
+        raise InputError(f"dataset: expected a labelled ImageSet (images and labels), got {got}; "
+                         "wrap images and labels in underhood.ImageSet(images, labels, classes)")
+    if images.ndim != 4 or len(images) == 0 or labels.shape != (len(images),) or labels.is_floating_point():
+        raise InputError(f"dataset: expected non-empty [N, C, H, W] images with [N] integer labels, got "
+                         f"images {tuple(images.shape)} and labels {tuple(labels.shape)} {labels.dtype}")
+    return images, labels.long().cpu()
+
+
+@torch.no_grad()
+def _class_means(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str, size: int,
+                 progress: bool) -> torch.Tensor:
+    """``[K, C]`` float64 mean response (activation averaged over positions) of each present class."""
+    from tqdm.auto import tqdm
+
+    present, index = torch.unique(labels, return_inverse=True)
+    device, sums = model_device(model), None
+    with capture(model, layer, eval=True) as cap:
+        for part in tqdm(list(batches(len(images), size)), desc="selectivity", disable=not progress, leave=False):
+            model(images[part].to(device))
+            if layer not in cap.activations:
+                raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
+            a = cap.activations[layer]
+            if a.ndim < 2:
+                raise LayerError(f"layer: {layer!r} outputs shape {tuple(a.shape)}; pick a layer with channels")
+            response = a.double().flatten(2).mean(2).cpu() if a.ndim > 2 else a.double().cpu()
+            sums = torch.zeros(len(present), response.shape[1], dtype=torch.float64) if sums is None else sums
+            sums.index_add_(0, index[part], response)
+            cap.clear()
+    counts = torch.bincount(index, minlength=len(present)).double()
+    return sums / counts[:, None]
+
+
+def class_selectivity(model: nn.Module, dataset: object, layer: str, *,
+                      batch_size: int | str | None = None, progress: bool = False) -> torch.Tensor:
+    """The class selectivity index of every channel of ``layer`` (Morcos et al. 2018), ``[C]``.
+
+    A channel's response to an input is its activation averaged over positions (the value itself
+    for a ``[N, C]`` layer). With ``mu_k`` its mean response over the inputs of class ``k``,
+    ``mu_max = max_k mu_k`` and ``mu_-max`` the mean of the other classes' ``mu_k``::
+
+        SI = (mu_max - mu_-max) / (mu_max + mu_-max)
+
+    0 when the channel responds equally to every class, 1 when it responds to one class only.
+    Only classes present in ``dataset.labels`` count (at least two are needed). A channel whose
+    denominator is 0 (a dead unit) gets 0. The index assumes non-negative responses, as the paper's
+    ReLU units are; it is computed on whatever ``layer`` outputs, with no ReLU applied for you
+    (a hidden rectification would change which layer is measured). Name the ReLU's output
+    (``"features.16"`` rather than the convolution ``"features.14"``): on a layer with negative
+    class means the index leaves ``[0, 1]`` and a ``UserWarning`` says so.
+
+    Example:
+        >>> si = class_selectivity(model, underhood.datasets.shapes(512), "features.16")  # doctest: +SKIP
+        >>> si.argsort(descending=True)[:5]                                                # doctest: +SKIP
+    """
+    images, labels = _labelled(dataset)
+    resolve(model, layer)
+    if len(torch.unique(labels)) < 2:
+        raise InputError("dataset: labels hold a single class; class selectivity needs inputs of two or more classes")
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    mu = _class_means(model, images, labels, layer, size, progress)
+    return _selectivity(mu, layer)
+
+
+def _selectivity(mu: torch.Tensor, layer: str) -> torch.Tensor:
+    if bool((mu < 0).any()):
+        warnings.warn(f"layer {layer!r} has negative mean responses, so class selectivity leaves [0, 1]; "
+                      "Morcos et al. measure it after a ReLU: name the ReLU's output", UserWarning, stacklevel=3)
+    top = mu.max(0).values
+    rest = (mu.sum(0) - top) / (len(mu) - 1)
+    denominator = top + rest
+    safe = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, torch.zeros_like(top), (top - rest) / safe).float()
+
+
+@contextlib.contextmanager
+def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
+    """Eval mode and a forward hook multiplying ``layer``'s output by ``state["mask"]`` (``[rows, C]``)."""
+    module = resolve(model, layer)
+    state: dict = {"mask": None, "ran": False}
+
+    def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
+        mask = state["mask"]
+        if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim < 2:
+            raise LayerError(f"layer: {layer!r} returns {type(output).__name__}, not a float tensor with "
+                             "channels; pick a layer whose output is a feature map")
+        if tuple(output.shape[:2]) != tuple(mask.shape):
+            raise LayerError(f"layer: {layer!r} output {tuple(output.shape)} does not match {mask.shape[0]} "
+                             f"inputs x {mask.shape[1]} channels; pick a layer that keeps the batch dimension")
+        state["ran"] = True
+        return output * mask.to(output.dtype).view(*mask.shape, *([1] * (output.ndim - 2)))
+
+    with preserved(model):
+        model.eval()
+        handle = module.register_forward_hook(hook)
+        try:
+            yield state
+        finally:
+            handle.remove()
+
+
+@torch.no_grad()
+def _masked_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str,
+                     keep: torch.Tensor, size: int, progress: bool = False) -> tuple[torch.Tensor, int]:
+    """``[P]`` number of inputs classified correctly with ``layer``'s output multiplied by each row
+    of ``keep`` (``[P, C]``, 1 keeps a channel, 0 zeroes it).
+
+    ``size`` inputs per forward pass: a batch of ``B = min(n, size)`` inputs is repeated for
+    ``M = size // B`` masks at once. Also returns the number of classes (logits per input).
+    """
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    b = min(len(images), size)
+    m = max(1, size // b)
+    parts = list(batches(len(images), b))
+    chunks = list(batches(len(keep), m))
+    correct, classes = torch.zeros(len(keep), dtype=torch.long), 0
+    keep = keep.to(device)
+    bar = tqdm(total=len(parts) * len(chunks), desc="ablate", disable=not progress, leave=False)
+    with _masked(model, layer) as state, bar:
+        for part in parts:
+            x, y = images[part].to(device), labels[part].to(device)
+            rows = len(x)
+            stacked = x.repeat(min(m, len(keep)), *([1] * (x.ndim - 1)))
+            for chunk in chunks:
+                k = keep[chunk]
+                state["mask"] = k.repeat_interleave(rows, 0)
+                logits = model(stacked[: len(k) * rows])
+                if not state["ran"]:
+                    raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
+                if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(k) * rows:
+                    raise InputError(f"model: expected [N, classes] logits, got "
+                                     f"{getattr(logits, 'shape', type(logits).__name__)}; ablation measures accuracy")
+                classes = logits.shape[1]
+                if int(labels.max()) >= classes or int(labels.min()) < 0:
+                    raise InputError(f"dataset: labels range over {int(labels.min())}..{int(labels.max())} but the "
+                                     f"model has {classes} outputs; give labels in 0..{classes - 1}")
+                hits = logits.view(len(k), rows, -1).argmax(2) == y
+                correct[chunk] += hits.sum(1).cpu()
+                bar.update()
+    return correct, classes
+
+
+def _units(units: Sequence[int] | torch.Tensor | None, channels: int) -> torch.Tensor:
+    if units is None:
+        return torch.arange(channels)
+    u = torch.as_tensor(units)
+    if u.ndim != 1 or len(u) == 0 or u.is_floating_point() or u.dtype == torch.bool:
+        raise InputError(f"units: expected a non-empty sequence of channel indices, got {units!r}")
+    if int(u.min()) < 0 or int(u.max()) >= channels or len(torch.unique(u)) != len(u):
+        raise InputError(f"units: expected distinct channels in 0..{channels - 1}, got {u.tolist()}")
+    return u.long()
+
+
+def _order(order: str, units: torch.Tensor, selectivity: torch.Tensor, seed: int) -> torch.Tensor:
+    if order == "random":
+        return units[torch.randperm(len(units), generator=generator(seed))]
+    s = selectivity[units]
+    return units[torch.argsort(s, descending=order == "selectivity", stable=True)]
+
+
+def ablate(model: nn.Module, dataset: object, layer: str, *, orders: Sequence[str] = ORDERS, seed: int = 0,
+           units: Sequence[int] | torch.Tensor | None = None, points: int | None = None,
+           batch_size: int | str | None = None, progress: bool = False) -> Ablation:
+    """Accuracy of ``model`` on ``dataset`` as channels of ``layer`` are zeroed (Morcos et al. 2018).
+
+    Each unit is zeroed alone (``single``), and units are zeroed cumulatively in each of
+    ``orders`` (``curves``): ``"random"`` (a permutation seeded by ``seed``), ``"selectivity"``
+    (most class-selective first) and ``"selectivity-low"`` (least first), ties kept in channel
+    order. Zeroing replaces the channel's output by 0 at every position (at every call, for a
+    module called several times) in eval mode. ``units`` restricts which channels are ablated
+    (say the first 64 of a wide layer); the others stay intact throughout. ``points`` measures the
+    cumulative curves at that many evenly spaced counts (0 and ``U`` included) instead of every
+    count, which divides their cost by about ``U / points``.
+
+    The cost is one pass for the selectivity and one per distinct mask: ``U + len(orders)(U + 1)``
+    less shared masks (the intact and the all-zeroed one). ``batch_size`` counts inputs per forward
+    pass, mask copies included; the automatic one is measured per model (see
+    :mod:`underhood.core.batching`), and a dataset smaller than it is repeated to evaluate several
+    masks per pass.
+
+    Args:
+        dataset: a labelled ImageSet (``images`` ``[N, C, H, W]`` in ``[0, 1]``, ``labels`` ``[N]``).
+        layer: dotted layer name whose output has channels on dim 1 (``[N, C, ...]``).
+
+    Example:
+        >>> ab = ablate(model, underhood.datasets.shapes(512), "features.16")   # doctest: +SKIP
+        >>> ab.baseline, ab.curves["selectivity"][10], ab.curves["random"][10]    # doctest: +SKIP
+    """
+    images, labels = _labelled(dataset)
+    resolve(model, layer)
+    if isinstance(orders, str):
+        orders = (orders,)
+    bad = [o for o in orders if o not in ORDERS]
+    if bad or not orders:
+        raise InputError(f"orders: expected some of {', '.join(ORDERS)}, got {list(orders)!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed: expected an int, got {seed!r}")
+    if len(torch.unique(labels)) < 2:
+        raise InputError("dataset: labels hold a single class; ablation needs inputs of two or more classes")
+    size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    selectivity = _selectivity(_class_means(model, images, labels, layer, size, progress), layer)
+    channels = len(selectivity)
+    chosen = _units(units, channels)
+    order_units = {o: _order(o, chosen, selectivity, seed) for o in dict.fromkeys(orders)}
+    if points is None:
+        counts = torch.arange(len(chosen) + 1)
+    elif isinstance(points, bool) or not isinstance(points, int) or points < 2:
+        raise InputError(f"points: expected an int >= 2 (or None for every count), got {points!r}")
+    else:
+        counts = torch.unique(torch.linspace(0, len(chosen), min(points, len(chosen) + 1)).round().long())
+
+    # rows: intact, each unit alone, then each order's first 0..U units zeroed; shared rows run once
+    masks = [torch.ones(1, channels)]
+    alone = torch.ones(len(chosen), channels)
+    alone[torch.arange(len(chosen)), chosen] = 0
+    masks.append(alone)
+    for perm in order_units.values():
+        cumulative = torch.ones(len(counts), channels)
+        # row j keeps the units from position counts[j] on: the first counts[j] are zeroed
+        cumulative[:, perm] = (counts[:, None] <= torch.arange(len(chosen))[None, :]).float()
+        masks.append(cumulative)
+    keep = torch.cat(masks)
+    distinct, inverse = torch.unique(keep, dim=0, return_inverse=True)
+    correct, n_classes = _masked_accuracy(model, images, labels, layer, distinct, size, progress)
+    accuracy = (correct.double() / len(images)).float()[inverse]
+    start, curves = 1 + len(chosen), {}
+    for o in order_units:
+        curves[o] = accuracy[start:start + len(counts)]
+        start += len(counts)
+    return Ablation(layer, len(images), n_classes, chosen, float(accuracy[0]), accuracy[1:1 + len(chosen)],
+                    selectivity, curves, order_units, counts)
+

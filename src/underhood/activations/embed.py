@@ -1,0 +1,341 @@
+"""Layer embeddings: each layer's features of a population of images, laid out in 2-D.
+
+The same images embedded at the pixels, an early, a middle and the last layer show the
+classes untangling with depth (the t-SNE figures of the CNN lectures; van der Maaten &
+Hinton 2008). Two numbers go with each picture: the leave-one-out k-NN accuracy in the 2-D
+layout (how well the classes separate where the eye looks) and its trustworthiness (Venna &
+Kaski 2001: whether points close in 2-D are close in the layer's own features too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.batching import batches, resolve_batch_size
+from ..core.errors import InputError
+from ..core.hooks import capture
+from ..core.layers import resolve
+
+INPUT = "input"
+POOLS = ("avg", "max", "flatten")
+METHODS = ("pca", "tsne", "umap")
+INPUT_BATCH = 1024  # images per copy when only the pixels are asked for (no model call)
+TRUST_ROWS = 10_000  # trustworthiness sums over at most this many points (a seeded sample beyond)
+# openTSNE runs its 750 gradient steps on torch.get_num_threads() threads from this many points on,
+# on one below. On a quiet 2-core machine two threads gain ~1.2x at 100-500 points (0.35 -> 0.29 s)
+# and ~1.8x at 5,000 (22 -> 12 s); on one shared with other work, waking threads for steps this
+# small costs 20-50 ms each (100 points: 0.5 s on one thread, 16 s on two).
+THREADED_FROM = 1000
+
+
+@dataclass
+class Embedding:
+    """What :func:`embed` computed: a 2-D layout of the same ``N`` images at each layer.
+
+    Attributes:
+        coords: layer -> ``[N, 2]`` float32 coordinates.
+        labels: ``[N]`` long class indices, or ``None``.
+        method: ``"pca"``, ``"tsne"`` or ``"umap"``.
+        layers: the layers, in the order asked.
+        knn_accuracy: layer -> leave-one-out ``k``-NN accuracy in the 2-D layout (when labels are known).
+        trustworthiness: layer -> trustworthiness of the 2-D layout w.r.t. the layer's features.
+        k: the neighbourhood size of both scores.
+        seed: the seed of the layout.
+    """
+
+    coords: dict[str, torch.Tensor]
+    labels: torch.Tensor | None
+    method: str
+    layers: list[str]
+    knn_accuracy: dict[str, float] = field(default_factory=dict)
+    trustworthiness: dict[str, float] = field(default_factory=dict)
+    k: int = 10
+    seed: int = 0
+
+
+def dataset_images(dataset: object) -> torch.Tensor:
+    images = getattr(dataset, "images", dataset)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
+                         f"{getattr(images, 'shape', type(dataset).__name__)}")
+    return images
+
+
+def _names(layers: str | Sequence[str]) -> list[str]:
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f"layers: expected a layer name or a list of them, got {layers!r}")
+    return list(dict.fromkeys(names))  # duplicates once, order kept
+
+
+def _pooled(a: torch.Tensor, pool: str) -> torch.Tensor:
+    """``[B, C, ...]`` -> ``[B, D]``: pooled over every axis after the channel axis, or flattened."""
+    if a.ndim <= 2 or pool == "flatten":
+        return a.flatten(1)
+    return a.flatten(2).mean(2) if pool == "avg" else a.flatten(2).amax(2)
+
+
+@torch.no_grad()
+def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, pool: str = "avg",
+             batch_size: int | str | None = None, progress: bool = False, start: int = 0,
+             stop: int | None = None) -> dict[str, torch.Tensor]:
+    """One ``[N, D]`` float32 CPU feature matrix per layer, the dataset streamed in batches.
+
+    A feature vector is the layer's output for one image: for a ``[C, H, W]`` map, its
+    channel means (``pool="avg"``, D = C), channel maxima (``"max"``) or every value
+    (``"flatten"``, D = C*H*W); a ``[D]`` output is kept as it is. The layer name ``"input"``
+    stands for the pixels themselves, always flattened (D = C*H*W, whatever ``pool``).
+    The model runs in eval mode without gradients; it is restored on return.
+
+    Args:
+        dataset: an ImageSet or a ``[N, C, H, W]`` tensor in ``[0, 1]``.
+        layers: one name or several (dotted paths, or ``"input"``).
+        start, stop: take the images ``start:stop`` only (to shard a dataset over processes;
+            the shards' features concatenate to the whole's).
+
+    Example:
+        >>> f = features(model, underhood.datasets.digits(), ["input", "fc2"])   # doctest: +SKIP
+        >>> f["fc2"].shape                                                      # doctest: +SKIP
+        torch.Size([360, 84])
+    """
+    from tqdm.auto import tqdm
+
+    images = dataset_images(dataset)
+    names = _names(layers)
+    if pool not in POOLS:
+        raise InputError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    n = len(images)
+    stop = n if stop is None else stop
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
+        raise InputError(f"start, stop: expected 0 <= start < stop <= {n}, got {start!r}, {stop!r}")
+    hooked = [name for name in names if name != INPUT]
+    for name in hooked:
+        resolve(model, name)  # an unknown name fails here, with close matches
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    if hooked:
+        size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    else:
+        size = INPUT_BATCH if batch_size is None or batch_size == "auto" else \
+            resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    out: dict[str, torch.Tensor] = {}
+    scope = capture(model, hooked, eval=True) if hooked else nullcontext()
+    with scope as cap:
+        for part in tqdm(list(batches(stop - start, size)), desc="features", disable=not progress, leave=False):
+            x = images[start + part.start:start + part.stop]
+            if hooked:
+                model(x.to(device))
+            for name in names:
+                if name == INPUT:
+                    f = x.flatten(1)
+                elif name in cap.activations:
+                    f = _pooled(cap.activations[name], pool)
+                else:
+                    raise InputError(f"layers: {name!r} did not run in forward; pick a layer that does")
+                if name not in out:  # allocated once: memory is the result's, not twice it
+                    out[name] = torch.empty(stop - start, f.shape[1], dtype=torch.float32)
+                out[name][part] = f.float().cpu()
+            if hooked:
+                cap.clear()
+    return {name: out[name] for name in names}
+
+
+def knn_accuracy(points: torch.Tensor, labels: torch.Tensor, k: int = 10, *, chunk: int = 2048) -> float:
+    """Leave-one-out ``k``-NN accuracy: each point takes the majority label of its ``k`` nearest
+    other points (Euclidean); ties go to the smallest class index (as scikit-learn's
+    ``KNeighborsClassifier``). ``k`` is clipped to ``N - 1``."""
+    points, labels = points.double(), labels.long().cpu()
+    n = len(points)
+    k = min(k, n - 1)
+    n_classes = int(labels.max()) + 1
+    correct = 0
+    for rows in batches(n, chunk):
+        d = torch.cdist(points[rows], points)
+        d[torch.arange(d.shape[0]), torch.arange(rows.start, rows.stop)] = float("inf")  # not itself
+        index = d.topk(k, largest=False).indices
+        votes = torch.nn.functional.one_hot(labels[index], n_classes).sum(1)
+        correct += int((votes.argmax(1) == labels[rows]).sum())
+    return correct / n
+
+
+def trustworthiness(features: torch.Tensor, points: torch.Tensor, k: int = 10, *, max_rows: int | None = TRUST_ROWS,
+                    seed: int = 0, chunk: int = 512) -> float:
+    """Trustworthiness of a low-dimensional layout ``points`` of ``features`` (Venna & Kaski 2001).
+
+    ``T(k) = 1 - 2 / (n k (2n - 3k - 1)) * sum_i sum_{j in U_k(i)} (r(i, j) - k)``, where
+    ``U_k(i)`` are the points among the ``k`` nearest of ``i`` in the layout but not in the
+    features and ``r(i, j)`` is the rank of ``j`` among ``i``'s neighbours in the features
+    (1 = nearest); the definition of ``sklearn.manifold.trustworthiness``. 1 means every
+    layout neighbourhood is a true one. With more than ``max_rows`` points, the sum runs
+    over a seeded random sample of ``max_rows`` points ``i`` (neighbours among all) and is
+    scaled up: an unbiased estimate at O(max_rows * n) cost instead of O(n^2).
+    """
+    x, y = features.double(), points.double()
+    n = len(x)
+    if not 0 < k < n / 2:
+        raise InputError(f"k: trustworthiness needs 0 < k < n/2 = {n / 2:g}; pass a smaller k or more images")
+    rows = torch.arange(n)
+    if max_rows is not None and n > max_rows:
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_rows].sort().values
+    total = 0.0
+    for part in batches(len(rows), chunk):
+        i = rows[part]
+        near = torch.cdist(y[i], y)
+        near[torch.arange(len(i)), i] = float("inf")
+        embedded = near.topk(k, largest=False).indices      # [B, k] neighbours in the layout
+        d = torch.cdist(x[i], x)
+        d[torch.arange(len(i)), i] = float("inf")
+        ranks = torch.searchsorted(d.sort(1).values, d.gather(1, embedded)) + 1  # rank among the others
+        total += float((ranks - k).clamp(min=0).sum())
+    total *= n / len(rows)
+    return 1.0 - 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)) * total
+
+
+def _reduce(x: torch.Tensor, dims: int | None, seed: int):
+    """PCA of ``x`` to ``min(dims, D, N)`` components (a numpy array); ``dims=None`` keeps ``x``."""
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    n, d = x.shape
+    if dims is None:
+        return x.numpy().astype(np.float32)
+    q = min(dims, d, n)
+    if d <= 1000 and n >= 10 * d:
+        solver = "covariance_eigh"  # D x D eigenproblem: fastest for many points of few features
+    elif q < 0.8 * min(n, d):
+        solver = "randomized"
+    else:
+        solver = "full"
+    return PCA(q, svd_solver=solver, random_state=seed).fit_transform(x.numpy()).astype(np.float32)
+
+
+def _threads(n: int, n_jobs: int | None) -> int:
+    if n_jobs is not None:
+        return n_jobs
+    return (torch.get_num_threads() or os.cpu_count() or 1) if n >= THREADED_FROM else 1
+
+
+def _umap():
+    try:
+        import umap
+    except ImportError as exc:
+        raise InputError("method: 'umap' needs umap-learn; pip install underhood[umap], or pick 'tsne' or 'pca'") \
+            from exc
+    return umap
+
+
+def _layout(z, method: str, perplexity: float, seed: int, n_jobs: int | None = None):
+    """2-D layout of the (PCA-reduced) rows ``z``."""
+    import numpy as np
+
+    n = len(z)
+    if method == "pca":
+        out = z[:, :2]
+    elif method == "tsne":
+        import openTSNE
+
+        p = min(float(perplexity), (n - 1) / 3)  # openTSNE needs 3 * perplexity < n
+        out = openTSNE.TSNE(n_components=2, perplexity=p, random_state=seed, n_jobs=_threads(n, n_jobs),
+                            initialization="pca", verbose=False).fit(z)
+    else:
+        neighbours = int(min(15, n - 1))
+        out = _umap().UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(z)
+    out = np.asarray(out, dtype=np.float32)
+    if out.shape[1] < 2:  # one feature: lay it out on a line
+        out = np.concatenate([out, np.zeros((n, 2 - out.shape[1]), np.float32)], 1)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labels: torch.Tensor | None = None,
+                   pca_dims: int | None = 50, perplexity: float = 30.0, seed: int = 0, k: int = 10,
+                   scores: bool = True, n_jobs: int | None = None) -> Embedding:
+    """The 2-D part of :func:`embed`, on features already computed (e.g. by a distributed pass).
+
+    Per layer: PCA to ``min(pca_dims, D, N)`` dimensions (no standardisation; ``pca_dims=None``
+    skips it), then ``method``: ``"pca"`` keeps the first two principal components,
+    ``"tsne"`` runs openTSNE (PCA initialisation, perplexity clipped to ``(N - 1) / 3``),
+    ``"umap"`` runs umap-learn (the ``umap`` extra). With ``scores``, the layout is scored
+    with the leave-one-out ``k``-NN accuracy (when ``labels`` are given) and the
+    trustworthiness w.r.t. the layer's full features (see :func:`trustworthiness`).
+
+    Args:
+        feats: layer -> ``[N, D]`` features, the same ``N`` images for every layer.
+        labels: ``[N]`` class indices, or ``None``.
+        seed: seeds PCA and the layout; the same seed gives the same coordinates (whatever ``n_jobs``).
+        n_jobs: t-SNE threads; ``None``: ``torch.get_num_threads()`` from :data:`THREADED_FROM`
+            points on, one below (threads cost more than they give on small layouts).
+
+    Returns:
+        An :class:`Embedding`.
+    """
+    if method not in METHODS:
+        raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(feats, dict) or not feats:
+        raise InputError("feats: expected a dict layer -> [N, D] features with at least one layer")
+    sizes = {len(f) for f in feats.values()}
+    if len(sizes) != 1 or any(f.ndim != 2 for f in feats.values()):
+        raise InputError(f"feats: expected [N, D] tensors with the same N, got shapes "
+                         f"{[tuple(f.shape) for f in feats.values()]}")
+    n = sizes.pop()
+    if n < 4:
+        raise InputError(f"feats: {n} images is too few to embed; give at least 4")
+    if pca_dims is not None and (isinstance(pca_dims, bool) or not isinstance(pca_dims, int) or pca_dims < 2):
+        raise InputError(f"pca_dims: expected an int >= 2 or None, got {pca_dims!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k: expected a positive int, got {k!r}")
+    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or perplexity <= 0:
+        raise InputError(f"perplexity: expected a positive number (5 to 50 is usual), got {perplexity!r}")
+    if labels is not None:
+        labels = torch.as_tensor(labels).long().cpu()
+        if labels.shape != (n,):
+            raise InputError(f"labels: expected [{n}] class indices, got shape {tuple(labels.shape)}")
+    if method == "umap":
+        _umap()  # missing: say so before any work
+    result = Embedding({}, labels, method, list(feats), k=k, seed=seed)
+    for name, f in feats.items():
+        f = f.detach().float().cpu()
+        coords = _layout(_reduce(f, pca_dims, seed), method, perplexity, seed, n_jobs)
+        result.coords[name] = coords
+        if scores:
+            kk = min(k, (n - 1) // 2)
+            result.trustworthiness[name] = trustworthiness(f, coords, kk, seed=seed)
+            if labels is not None:
+                result.knn_accuracy[name] = knn_accuracy(coords, labels, k)
+    return result
+
+
+def embed(model: nn.Module, dataset: object, layers: str | Sequence[str], method: str = "tsne", *,
+          pool: str = "avg", pca_dims: int | None = 50, perplexity: float = 30.0, seed: int = 0,
+          labels: torch.Tensor | None = None, batch_size: int | str | None = None, progress: bool = False,
+          k: int = 10, n_jobs: int | None = None) -> Embedding:
+    """The same images laid out in 2-D at each layer: :func:`features`, then :func:`embed_features`.
+
+    Args:
+        dataset: an ImageSet (its labels colour the points unless ``labels`` is given) or a
+            ``[N, C, H, W]`` tensor.
+        layers: dotted layer names; ``"input"`` is the pixels.
+        method: ``"tsne"`` (default), ``"pca"`` or ``"umap"``.
+        pool: how a ``[C, H, W]`` map becomes a vector (see :func:`features`).
+
+    Example:
+        >>> e = embed(load_model("digits"), underhood.datasets.digits(), ["input", "fc2"])  # doctest: +SKIP
+        >>> e.coords["fc2"].shape, e.knn_accuracy["fc2"] > e.knn_accuracy["input"]          # doctest: +SKIP
+        (torch.Size([360, 2]), True)
+    """
+    if method not in METHODS:  # before the forward pass, not after it
+        raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    if method == "umap":
+        _umap()
+    if labels is None:
+        labels = getattr(dataset, "labels", None)
+    feats = features(model, dataset, layers, pool=pool, batch_size=batch_size, progress=progress)
+    return embed_features(feats, method, labels=labels, pca_dims=pca_dims, perplexity=perplexity, seed=seed, k=k,
+                          n_jobs=n_jobs)
+
+
+__all__ = ["Embedding", "features", "embed", "embed_features", "knn_accuracy", "trustworthiness", "INPUT"]
