@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.batching import batches, resolve_batch_size
 from ..core.errors import InputError, LayerError
-from ..core.hooks import preserved, stream
+from ..core.hooks import StopForward, preserved, stream
 from ..core.layers import first_tensor, layers, resolve
 from ..core.rules import RULES, relu_rule
 
@@ -206,9 +206,10 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]), grad=True)
     out = torch.empty_like(images)
     picked: list[torch.Tensor] = []
-    current: dict[str, torch.Tensor] = {}
+    current: dict = {"calls": 0, "stop": False}
 
     def hook(mod: nn.Module, inputs: object, output: object) -> None:
+        current["calls"] += 1
         t = first_tensor(output)
         c, pos = current["channels"], current["position"]
         rows = torch.arange(len(c), device=t.device)
@@ -218,6 +219,8 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
             value = t.reshape(len(c), t.shape[1], -1)[rows, c, 0]
         picked.clear()
         picked.append(value)  # the last call of a reused module wins, as in the scan
+        if current["stop"]:
+            raise StopForward  # nothing after the layer matters to the gradient
 
     with preserved(model):
         model.eval()
@@ -225,13 +228,19 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
             p.requires_grad_(False)
         handle = module.register_forward_hook(hook)
         try:
-            for part in batches(len(images), size):
+            for i, part in enumerate(batches(len(images), size)):
                 x = images[part].to(device).requires_grad_(True)
                 current["channels"] = channels[part].to(device)
                 current["position"] = position[part].to(device)
+                current["calls"] = 0
                 with relu_rule(rule), torch.enable_grad():
-                    model(x)
+                    try:
+                        model(x)
+                    except StopForward:
+                        pass
                     (grad,) = torch.autograd.grad(picked[0].sum(), x)
+                if i == 0:  # the layer runs once per forward: later batches stop right after it
+                    current["stop"] = current["calls"] == 1
                 out[part] = grad.detach().to(out.device)
                 picked.clear()
         finally:

@@ -147,7 +147,7 @@ def graph_from(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a hook to end a forward pass once every needed layer has run."""
 
 
@@ -173,7 +173,7 @@ def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, 
 
     def stopper(mod: nn.Module, inputs: object, output: object) -> None:
         if state["stop"] and all(seen.get(n, 0) for n in names):
-            raise _Stop
+            raise StopForward
 
     def counter(name: str):
         def hook(mod: nn.Module, inputs: object, output: object) -> None:
@@ -192,7 +192,7 @@ def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, 
                 seen.clear()
                 try:
                     model(images[part].to(device))
-                except _Stop:
+                except StopForward:
                     pass
                 missing = [n for n in names if n not in cap.activations]
                 if missing:
