@@ -20,6 +20,7 @@ from torch import nn
 from ..core.batching import batches, resolve_batch_size
 from ..core.errors import InputError
 from ..core.hooks import capture
+from ..core.inputs import dataset_images
 from ..core.layers import resolve
 
 INPUT = "input"
@@ -57,14 +58,6 @@ class Embedding:
     trustworthiness: dict[str, float] = field(default_factory=dict)
     k: int = 10
     seed: int = 0
-
-
-def dataset_images(dataset: object) -> torch.Tensor:
-    images = getattr(dataset, "images", dataset)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
-        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
-                         f"{getattr(images, 'shape', type(dataset).__name__)}")
-    return images
 
 
 def _names(layers: str | Sequence[str]) -> list[str]:

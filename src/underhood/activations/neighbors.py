@@ -14,7 +14,8 @@ from torch import nn
 
 from ..core.batching import batches
 from ..core.errors import InputError
-from .embed import INPUT, dataset_images, features
+from ..core.inputs import dataset_images
+from .embed import INPUT, features
 
 METRICS = ("euclidean", "cosine")
 CHUNK = 4096  # dataset rows per distance block

@@ -18,6 +18,7 @@ from torch import nn
 from ..core.batching import batches, resolve_batch_size
 from ..core.errors import InputError, LayerError
 from ..core.hooks import StopForward, preserved, stream
+from ..core.inputs import dataset_images
 from ..core.layers import first_tensor, layers, resolve
 from ..core.rules import RULES, relu_rule
 
@@ -92,14 +93,6 @@ def merge(parts: Sequence[Partial], k: int) -> Partial:
                  torch.cat([p.position for p in parts], 1), k, parts[0].channels)
 
 
-def _images(dataset: object) -> torch.Tensor:
-    images = getattr(dataset, "images", dataset)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
-        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
-                         f"{getattr(images, 'shape', type(dataset).__name__)}")
-    return images
-
-
 def _channels(channels: object, count: int) -> torch.Tensor:
     if channels is None:
         return torch.arange(count)
@@ -119,7 +112,7 @@ def scan(model: nn.Module, dataset: object, layer: str, k: int = 9, *, channels:
     Dataset indices in the result are global (``start`` included), so the states of several
     slices merge with :func:`merge` into the state of the whole.
     """
-    images = _images(dataset)
+    images = dataset_images(dataset)
     stop = len(images) if stop is None else stop
     part_images = images[start:stop]
     if len(part_images) == 0:
@@ -274,7 +267,7 @@ def top_patches(model: nn.Module, dataset: object, layer: str, k: int = 9, *, ch
         >>> tp = top_patches(model, underhood.datasets.shapes(2000), "features.10", k=9)   # doctest: +SKIP
         >>> tp.index[0]       # the 9 images that excite channel 0 most                      # doctest: +SKIP
     """
-    images = _images(dataset)
+    images = dataset_images(dataset)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k: expected a positive int, got {k!r}")
     if k > len(images):

@@ -10,6 +10,7 @@ from torch import nn
 from ..core.batching import resolve_batch_size
 from ..core.errors import InputError
 from ..core.hooks import stream
+from ..core.inputs import dataset_images
 
 
 @dataclass
@@ -41,14 +42,6 @@ class LayerStatistics:
     histogram: torch.Tensor
 
 
-def _inputs(dataset: object) -> torch.Tensor:
-    images = getattr(dataset, "images", dataset)
-    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
-        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
-                         f"{getattr(images, 'shape', type(dataset).__name__)}")
-    return images
-
-
 EDGE_SAMPLE = 256  # the histogram range comes from the first this-many inputs of the dataset
 
 
@@ -71,7 +64,7 @@ def histogram_edges(model: nn.Module, dataset: object, layer: str, *, bins: int 
                     batch_size: int | str | None = None) -> torch.Tensor:
     """Histogram edges spanning the responses of the dataset's first ``EDGE_SAMPLE`` inputs, with a
     25% margin: independent of batching and sharding, so every shard of a run bins alike."""
-    images = _inputs(dataset)[:EDGE_SAMPLE]
+    images = dataset_images(dataset)[:EDGE_SAMPLE]
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
     return _edges_from(torch.cat([_responses(_flat(acts[layer])) for _, acts in stream(model, layer, images, size)]),
                        bins)
@@ -88,7 +81,7 @@ def accumulate(model: nn.Module, dataset: object, layer: str, edges: torch.Tenso
     itself (held back until that many are seen), which saves the extra pass. States of disjoint
     slices add up (:func:`merge`); :func:`from_state` turns one into :class:`LayerStatistics`.
     """
-    images = _inputs(dataset)[start:stop]
+    images = dataset_images(dataset)[start:stop]
     if len(images) == 0:
         raise InputError(f"start/stop: the slice {start}:{stop} is empty")
     if isinstance(edges, int) and start != 0:
@@ -166,7 +159,7 @@ def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
         >>> st = statistics(model, underhood.datasets.shapes(512), "features.10")   # doctest: +SKIP
         >>> int(st.dead.sum()), st.active.mean()                                      # doctest: +SKIP
     """
-    images = _inputs(dataset)
+    images = dataset_images(dataset)
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise InputError(f"bins: expected a positive int, got {bins!r}")
     return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress))

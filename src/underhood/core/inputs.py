@@ -42,3 +42,12 @@ def expected_channels(model: nn.Module) -> int | None:
         if isinstance(m, nn.Conv2d):
             return m.in_channels
     return None
+
+
+def dataset_images(dataset: object) -> torch.Tensor:
+    """The ``[N, C, H, W]`` images of an ImageSet (its ``images``) or of a tensor, checked non-empty."""
+    images = getattr(dataset, "images", dataset)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
+        raise InputError(f"dataset: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
+                         f"{getattr(images, 'shape', type(dataset).__name__)}")
+    return images
