@@ -97,6 +97,13 @@ def test_two_gloo_processes_give_the_same_result_as_one(tmp_path):
     two = _cli("statistics", "--layer", "features.13", *common, "--out", str(tmp_path / "s2"), launcher=TORCHRUN)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     _same(tmp_path / "s1" / "statistics.safetensors", tmp_path / "s2" / "statistics.safetensors")
+    common = ["embed", "--model", "digits", "--data", "digits", "--layers", "input,pool2,fc2", "--method", "pca",
+              "--shard-size", "50", "--batch-size", "50", "--no-progress"]
+    one = _cli(*common, "--out", str(tmp_path / "e1"))
+    two = _cli(*common, "--out", str(tmp_path / "e2"), launcher=TORCHRUN)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    _same(tmp_path / "e1" / "features.safetensors", tmp_path / "e2" / "features.safetensors")
+    _same(tmp_path / "e1" / "embedding.safetensors", tmp_path / "e2" / "embedding.safetensors")
 
 
 def test_a_run_killed_midway_resumes_and_matches(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +18,7 @@ from torch import nn
 
 from ..core.batching import batches, resolve_batch_size
 from ..core.errors import InputError
-from ..core.hooks import capture
+from ..core.hooks import stream
 from ..core.inputs import dataset_images
 from ..core.layers import resolve
 
@@ -84,7 +83,8 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
     channel means (``pool="avg"``, D = C), channel maxima (``"max"``) or every value
     (``"flatten"``, D = C*H*W); a ``[D]`` output is kept as it is. The layer name ``"input"``
     stands for the pixels themselves, always flattened (D = C*H*W, whatever ``pool``).
-    The model runs in eval mode without gradients; it is restored on return.
+    The model runs in eval mode without gradients, and its forward pass stops after the deepest
+    layer asked for when it can; it is restored on return.
 
     Args:
         dataset: an ImageSet or a ``[N, C, H, W]`` tensor in ``[0, 1]``.
@@ -110,31 +110,24 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
     hooked = [name for name in names if name != INPUT]
     for name in hooked:
         resolve(model, name)  # an unknown name fails here, with close matches
-    device = next(iter(model.parameters()), torch.empty(0)).device
     if hooked:
         size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
     else:
         size = INPUT_BATCH if batch_size is None or batch_size == "auto" else \
             resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
     out: dict[str, torch.Tensor] = {}
-    scope = capture(model, hooked, eval=True) if hooked else nullcontext()
-    with scope as cap:
-        for part in tqdm(list(batches(stop - start, size)), desc="features", disable=not progress, leave=False):
-            x = images[start + part.start:start + part.stop]
-            if hooked:
-                model(x.to(device))
-            for name in names:
-                if name == INPUT:
-                    f = x.flatten(1)
-                elif name in cap.activations:
-                    f = _pooled(cap.activations[name], pool)
-                else:
-                    raise InputError(f"layers: {name!r} did not run in forward; pick a layer that does")
-                if name not in out:  # allocated once: memory is the result's, not twice it
-                    out[name] = torch.empty(stop - start, f.shape[1], dtype=torch.float32)
-                out[name][part] = f.float().cpu()
-            if hooked:
-                cap.clear()
+    part_images = images[start:stop]
+    if hooked:  # the forward pass stops after the deepest layer asked for (see core.hooks.stream)
+        passes = stream(model, hooked, part_images, size, progress=progress, desc="features")
+    else:
+        passes = ((part, {}) for part in tqdm(list(batches(stop - start, size)), desc="features",
+                                              disable=not progress, leave=False))
+    for part, acts in passes:
+        for name in names:
+            f = part_images[part].flatten(1) if name == INPUT else _pooled(acts[name], pool)
+            if name not in out:  # allocated once: memory is the result's, not twice it
+                out[name] = torch.empty(stop - start, f.shape[1], dtype=torch.float32)
+            out[name][part] = f.float().cpu()
     return {name: out[name] for name in names}
 
 
