@@ -49,11 +49,17 @@ def embeddings(ctx: Context) -> Markup:
     emb = embed(ctx.model, data, layers, method="tsne", seed=ctx.seed)
     fig = embedding_figure(emb, classes=data.classes, images=data.images, thumbnails=0)
     rows = [[n_, f"{emb.knn_accuracy[n_]:.1%}", f"{emb.trustworthiness[n_]:.3f}"] for n_ in layers]
+    first, last = emb.knn_accuracy[layers[0]], emb.knn_accuracy[layers[-1]]
+    trend = (f"Where the eye looks, the classes separate as depth grows: a point's 10 nearest 2-D neighbours share "
+             f"its class {first:.0%} of the time in pixel space and {last:.0%} at {layers[-1]}."
+             if last > first else
+             f"Here the 2-D neighbourhoods are no purer at {layers[-1]} ({last:.0%}) than in pixel space "
+             f"({first:.0%}).")
     return (figure(ctx, figure_to_png(fig, dpi=110), "embeddings",
                    f"The same {n} held-out images embedded in 2-D with t-SNE (openTSNE, after PCA to 50 dimensions) "
                    "from the pixels and from the activations of an early, a middle and the last hidden layer "
-                   "(maps averaged over positions), coloured by true class. In pixel space the classes are mixed; "
-                   "layer after layer the network pulls them into separate clusters.")
+                   "(maps averaged over positions), coloured by true class. " + trend + " Trustworthiness near 1 "
+                   "means points close in 2-D are close in the layer's own features too.")
             + table(["layer", "kNN accuracy in 2-D (k=10)", "trustworthiness (k=10)"], rows, numeric=(1, 2)))
 
 
@@ -69,11 +75,16 @@ def nearest(ctx: Context) -> Markup:
     result = neighbors(ctx.model, queries.images, data, layer, k=5)
     fig = neighbors_figure(queries.images, data.images, result, classes=data.classes, labels=data.labels,
                            query_labels=queries.labels)
+    same = [int((data.labels[index] == queries.labels[:, None]).sum()) for index in (result.pixel_index,
+                                                                                     result.feature_index)]
+    total = result.pixel_index.numel()
     return figure(ctx, figure_to_png(fig, dpi=110), "neighbors",
                   f"For each query (left), its 5 nearest images among {len(data)} held-out ones by Euclidean "
-                  f"distance between pixels, then between the activations at {layer}. Pixel neighbours share "
-                  "colours and background; feature neighbours share the shape (class name green when it "
-                  "matches the query's).")
+                  f"distance between pixels, then between the activations at {layer} (class name green when it "
+                  f"matches the query's, distance below). {same[0]} of the {total} pixel-space neighbours share "
+                  f"their query's class, {same[1]} of the {total} feature-space ones: pixel neighbours look alike "
+                  "pixel by pixel (colours, background, position), feature neighbours are what the network "
+                  "treats alike.")
 
 
 @section("top-patches", "What excites a unit: top-9 patches", order=44)
@@ -83,7 +94,7 @@ def patches(ctx: Context) -> Markup:
 
     data = population(ctx)
     names = stages(ctx.model)
-    picks = [names[len(names) // 2], names[-1]] if len(names) > 1 else names
+    picks = list(dict.fromkeys([names[len(names) // 2], names[-1]]))
     body = Markup()
     for layer in picks:
         tp = top_patches(ctx.model, data, layer, k=9, channels=range(8), pattern="guided")
@@ -103,7 +114,7 @@ def ablation(ctx: Context) -> Markup:
     from .ablate import ablate
 
     full = bool(ctx.options.get("full"))
-    data = population(ctx)[: 1000 if full else 160]
+    data = population(ctx)[: 400 if full else 160]
     layer = stages(ctx.model)[-1]
     result = ablate(ctx.model, data, layer, seed=ctx.seed, points=None if full else 9)
     fig = ablation_figure(result)
