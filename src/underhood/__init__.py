@@ -28,6 +28,7 @@ _LAZY = {
     "datasets": ("underhood.data", None),
     "weights": ("underhood.weights", None),
     "activations": ("underhood.activations", None),
+    "synthesis": ("underhood.synthesis", None),
     "viz": ("underhood.viz", None),
     "report": ("underhood.report", None),
     "core": ("underhood.core", None),

@@ -1,0 +1,317 @@
+"""Activation maximisation, Deep Dream, inversion and caricatures: images optimised through the model."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..core.device import model_device
+from ..core.errors import InputError, LayerError
+from ..core.hooks import StopForward, preserved
+from ..core.layers import first_tensor, resolve
+from .objectives import Objective, batch
+from .param import TRANSFORMS, Image, transform
+
+
+@dataclass
+class RenderResult:
+    """``images [N, C, H, W]`` in ``[0, 1]``; ``trace [steps, N]`` the objective at every step
+    (on the transformed image the step optimised); ``start``/``final`` its value on the untransformed
+    image at the random start and at the end."""
+
+    images: torch.Tensor
+    trace: torch.Tensor
+    start: torch.Tensor
+    final: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+class _Probe:
+    """Hooks that keep differentiable copies of the named layers' outputs and may end the forward
+    pass once all of them have run (when the logits are not needed and each layer runs once)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], need_logits: bool) -> None:
+        self.model, self.layers, self.need_logits = model, list(layers), need_logits
+        self.acts: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+        self.stop = False
+        self.handles: list = []
+        for name in self.layers:
+            self.handles.append(resolve(model, name).register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def hook(mod, inputs, output):
+            out = first_tensor(output)
+            if out is None or not out.is_floating_point():
+                raise LayerError(f"layer: {name!r} gives no float tensor; pick a layer with a feature map")
+            self.acts[name] = out.clone()  # later in-place ops (an in-place ReLU) do not touch the copy
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.stop and len(self.acts) == len(self.layers):
+                raise StopForward
+        return hook
+
+    def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        self.acts, self.calls = {}, {}
+        logits = None
+        try:
+            logits = self.model(x)
+        except StopForward:
+            pass
+        missing = [n for n in self.layers if n not in self.acts]
+        if missing:
+            raise LayerError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does")
+        if not self.need_logits and not self.stop:
+            self.stop = all(self.calls[n] == 1 for n in self.layers)
+        return self.acts, logits
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> Iterator[_Probe]:
+    """Eval mode, frozen parameters and hooks on ``layers`` for the block; all restored on exit."""
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        pr = _Probe(model, layers, need_logits)
+        try:
+            yield pr
+        finally:
+            pr.remove()
+
+
+def _input_shape(model: nn.Module, size: int | tuple[int, int] | None, channels: int | None) -> tuple[int, int, int]:
+    known = getattr(model, "input_size", None)
+    c = channels or (known[0] if known else 3)
+    if size is None:
+        if not known:
+            raise InputError("size: the model has no input_size; pass size=(H, W)")
+        return c, known[1], known[2]
+    h, w = (size, size) if isinstance(size, int) else size
+    return c, int(h), int(w)
+
+
+def _transforms(spec: str | dict | None) -> dict:
+    if spec is None or spec == "none":
+        return {}
+    if spec == "standard":
+        return dict(TRANSFORMS)
+    if isinstance(spec, dict):
+        bad = set(spec) - set(TRANSFORMS)
+        if bad:
+            raise InputError(f"transforms: unknown {sorted(bad)}; use {', '.join(TRANSFORMS)}")
+        return spec
+    raise InputError(f"transforms: expected 'standard', 'none' or a dict, got {spec!r}")
+
+
+def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: int | None = None,
+           param: str = "fourier", size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05,
+           transforms: str | dict | None = "standard", priors=None, seed: int = 0, progress: bool = False,
+           decorrelate: bool = True, sd: float = 0.1) -> RenderResult:
+    """Optimise images so that they maximise ``objective`` (Erhan et al. 2009; Olah et al. 2017).
+
+    Args:
+        objective: one objective for ``n`` images (default 1), or a list: image ``i`` maximises
+            ``objective[i]`` (every channel of a layer in one batch).
+        param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum; Olah et al.) or ``"pixels"``.
+        size: ``(H, W)`` (default: the model's ``input_size``).
+        steps, lr: Adam on the parameters.
+        transforms: ``"standard"`` (pad, jitter, scale, rotate, jitter, as in Lucid), ``"none"``, or a
+            dict of :data:`underhood.synthesis.param.TRANSFORMS` keys.
+        priors: an :class:`underhood.synthesis.priors.Priors` (penalties on the image, and Yosinski
+            et al.'s blur and clipping between steps), or ``None``.
+        seed: seeds the start and the transforms (the global RNG is not touched).
+
+    Returns:
+        A :class:`RenderResult` with images in ``[0, 1]`` and the objective's trace.
+
+    Example:
+        >>> from underhood.synthesis import objectives as O                           # doctest: +SKIP
+        >>> r = render(model, [O.channel("features.10", c) for c in range(16)])        # doctest: +SKIP
+    """
+    objs = list(objective) if isinstance(objective, (list, tuple)) else None
+    obj = batch(objs) if objs is not None else objective
+    if not isinstance(obj, Objective):
+        raise InputError(f"objective: expected an Objective or a list of them, got {type(objective).__name__}")
+    count = len(objs) if objs is not None else (n or 1)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps: expected a positive int, got {steps!r}")
+    tf = _transforms(transforms)
+    operations = priors is not None and priors.has_operations
+    if operations and param != "pixels":
+        raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
+    c, h, w = _input_shape(model, size, None)
+    device = model_device(model)
+    image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd).to(device)
+    opt = torch.optim.Adam(image.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    trace = []
+    from tqdm.auto import trange
+
+    with probe(model, obj.hooked, obj.needs_logits) as pr, torch.enable_grad():
+        with torch.no_grad():
+            start = obj(*pr(image()))
+        for step in trange(steps, desc="render", disable=not progress, leave=False):
+            x = image()
+            if operations:
+                x.retain_grad()
+            value = obj(*pr(transform(x, g, **tf) if tf else x))
+            loss = -value.sum()
+            if priors is not None:
+                loss = loss + priors.penalty(x).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if operations:  # Yosinski et al.'s blur and clipping, on the pixels between steps
+                with torch.no_grad():
+                    new = priors.apply(image(), grad=-x.grad, step=step)
+                    image.raw.copy_(torch.logit(new.clamp(1e-4, 1 - 1e-4)))
+            trace.append(value.detach().cpu())
+        with torch.no_grad():
+            final_image = image()
+            final = obj(*pr(final_image))
+    return RenderResult(final_image.detach().cpu(), torch.stack(trace), start.cpu(), final.cpu(),
+                        {"param": param, "steps": steps, "lr": lr, "seed": seed, "objective": obj.name})
+
+
+def _features(pr: _Probe, x: torch.Tensor, layer: str) -> torch.Tensor:
+    return pr(x)[0][layer]
+
+
+def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: int = 3, octave_scale: float = 1.4,
+               steps: int = 20, lr: float = 0.02, jitter: int = 4, seed: int = 0, progress: bool = False
+               ) -> torch.Tensor:
+    """Deep Dream (Mordvintsev et al. 2015): gradient ascent on the mean squared activation of ``layer``
+    starting from ``image`` ``[N, C, H, W]``, over ``octaves`` scales (smallest first, each
+    ``octave_scale`` times larger); each step moves by ``lr`` times the gradient divided by its mean
+    absolute value, under a random jitter. Returns the dreamed images in ``[0, 1]``, the input's size."""
+    from tqdm.auto import tqdm
+
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise InputError(f"image: expected [N, C, H, W] or [C, H, W], got {tuple(image.shape)}")
+    if octaves < 1 or steps < 1:
+        raise InputError(f"octaves, steps: expected positive ints, got {octaves}, {steps}")
+    device = model_device(model)
+    h, w = image.shape[-2:]
+    sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
+             for k in range(octaves - 1, -1, -1)]
+    g = torch.Generator().manual_seed(seed)
+    x = image.to(device).float()
+    detail = torch.zeros_like(x)
+    with probe(model, [layer], need_logits=False) as pr, torch.enable_grad():
+        for size in tqdm(sizes, desc="octaves", disable=not progress, leave=False):
+            base = nn.functional.interpolate(image.to(device).float(), size=size, mode="bilinear", align_corners=False)
+            d = nn.functional.interpolate(detail, size=size, mode="bilinear", align_corners=False)
+            x = (base + d).clamp(0, 1)
+            for _ in range(steps):
+                dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
+                shifted = torch.roll(x, (dy, dx), (2, 3)).detach().requires_grad_(True)
+                value = _features(pr, shifted, layer).pow(2).reshape(len(x), -1).mean(1).sum()
+                (grad,) = torch.autograd.grad(value, shifted)
+                grad = torch.roll(grad, (-dy, -dx), (2, 3))
+                grad = grad / grad.abs().reshape(len(x), -1).mean(1).clamp(min=1e-12).view(-1, 1, 1, 1)
+                x = (x + lr * grad).clamp(0, 1).detach()
+            detail = x - base
+    return nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).cpu()
+
+
+@dataclass
+class Inversion:
+    """Pre-images of ``layer``'s representation: ``images [S, N, C, H, W]`` from ``S`` random starts;
+    ``distance_start``/``distance_end`` ``[S, N]`` the relative feature distance
+    ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2`` before and after; ``psnr [S, N]`` to the original (dB)."""
+
+    layer: str
+    images: torch.Tensor
+    distance_start: torch.Tensor
+    distance_end: torch.Tensor
+    psnr: torch.Tensor
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio (dB) per image of images in ``[0, 1]``."""
+    mse = (a - b).pow(2).reshape(len(a), -1).mean(1).clamp(min=1e-12)
+    return 10 * torch.log10(1.0 / mse)
+
+
+def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
+           lr: float = 0.05, tv: float = 1e-3, alpha: float = 0.0, param: str = "pixels", priors=None,
+           progress: bool = False) -> Inversion:
+    """Invert a representation (Mahendran & Vedaldi 2015): from random starts, minimise
+    ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + tv * TV(x) + alpha * alpha-norm(x)`` over images ``x``
+    (``phi``: ``layer``'s output, ``x0``: ``image``). Each seed gives one reconstruction of every image:
+    what the representation keeps, they share; what it discards, they differ in.
+
+    ``tv`` and ``alpha`` weigh :func:`~underhood.synthesis.priors.total_variation` (beta 2) and the
+    alpha-norm (alpha 6) per pixel; ``priors`` replaces both when given.
+    """
+    from . import priors as P
+
+    if image.ndim == 3:
+        image = image[None]
+    if steps < 1 or not seeds:
+        raise InputError("steps, seeds: need at least one step and one seed")
+    device = model_device(model)
+    x0 = image.to(device).float()
+    n, c, h, w = x0.shape
+    rule = priors or P.Priors(tv=tv / (h * w), alpha=alpha / (h * w))
+    out, d0, d1 = [], [], []
+    with probe(model, [layer], need_logits=False) as pr, torch.enable_grad():
+        with torch.no_grad():
+            target = _features(pr, x0, layer).detach()
+        norm = target.pow(2).reshape(n, -1).sum(1).clamp(min=1e-12)
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            return (_features(pr, x, layer) - target).pow(2).reshape(n, -1).sum(1) / norm
+
+        for seed in seeds:
+            im = Image((n, c, h, w), param, seed=seed, sd=1.0 if param == "pixels" else 0.01).to(device)
+            opt = torch.optim.Adam(im.parameters(), lr=lr)
+            with torch.no_grad():
+                d0.append(distance(im()).cpu())
+            for _ in range(steps):
+                x = im()
+                loss = (distance(x) + rule.penalty(x)).sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                x = im()
+                d1.append(distance(x).cpu())
+                out.append(x.cpu())
+    images = torch.stack(out)
+    return Inversion(layer, images, torch.stack(d0), torch.stack(d1),
+                     torch.stack([psnr(r, image.cpu().float()) for r in images]))
+
+
+def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int = 200, lr: float = 0.05,
+               power: float = 2.0, seed: int = 0, transforms: str | dict | None = "standard",
+               progress: bool = False) -> torch.Tensor:
+    """A caricature (Olah et al.'s Lucid recipe): from a random start, maximise
+    ``<phi(x), phi(x0)> * cos(phi(x), phi(x0))^power`` at ``layer``: an image that shows, exaggerated,
+    what the representation of ``image`` already detects. Returns ``[N, C, H, W]`` in ``[0, 1]``."""
+    if image.ndim == 3:
+        image = image[None]
+    device = model_device(model)
+    x0 = image.to(device).float()
+    with probe(model, [layer], need_logits=False) as pr, torch.no_grad():
+        target = _features(pr, x0, layer).reshape(len(x0), -1)
+
+    def fn(acts, logits):
+        a = acts[layer].reshape(len(target), -1)
+        dot = (a * target).sum(1) / target.norm(dim=1).clamp(min=1e-12)
+        cos = torch.nn.functional.cosine_similarity(a, target, dim=1).clamp(min=1e-6)
+        return dot * cos ** power
+
+    result = render(model, Objective(fn, frozenset({layer}), f"caricature({layer})"), n=len(x0), steps=steps, lr=lr,
+                    size=tuple(x0.shape[-2:]), seed=seed, transforms=transforms, progress=progress)
+    return result.images
