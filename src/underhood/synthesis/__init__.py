@@ -5,7 +5,9 @@ from .objectives import Objective, batch, channel, class_logit, direction, diver
 from .param import Image, transform
 from .priors import PENALTIES, Priors, alpha_norm, edge_energy, gaussian_blur, l2, total_variation
 from .render import Inversion, RenderResult, caricature, deep_dream, invert, psnr, render
+from .style import StyleResult, content_loss, gram, style_loss, style_transfer
 
 __all__ = ["objectives", "Objective", "batch", "channel", "class_logit", "direction", "diversity", "layer", "unit",
            "Image", "transform", "PENALTIES", "Priors", "alpha_norm", "edge_energy", "gaussian_blur", "l2",
-           "total_variation", "Inversion", "RenderResult", "caricature", "deep_dream", "invert", "psnr", "render"]
+           "total_variation", "Inversion", "RenderResult", "caricature", "deep_dream", "invert", "psnr", "render",
+           "StyleResult", "content_loss", "gram", "style_loss", "style_transfer"]
