@@ -120,7 +120,7 @@ def test_the_model_is_left_as_found_also_when_the_objective_raises(shapes_model)
 @pytest.mark.slow
 def test_class_images_are_classified_as_their_class(shapes_model):
     k = len(shapes_model.classes)
-    r = render(shapes_model, [O.class_logit(c) for c in range(k)], steps=512, lr=0.05, seed=0)
+    r = render(shapes_model, [O.class_logit(c) for c in range(k)], steps=512, lr=0.05, sd=0.01, seed=0)
     with torch.no_grad():
         p = shapes_model(r.images).softmax(1)
     hits = [bool(p[c].argmax() == c and p[c, c] >= 0.9) for c in range(k)]
