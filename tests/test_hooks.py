@@ -108,3 +108,26 @@ def test_capture_on_loaded_model_is_clean(shapes_model):
     with underhood.capture(shapes_model, "features.3") as cap:
         shapes_model(torch.rand(1, 3, 64, 64))
     assert cap.activations["features.3"].shape == (1, 16, 32, 32)
+
+
+def test_differentiable_keeps_graph_copies_and_stops_after_the_layer():
+    from underhood.core.hooks import differentiable
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3)).eval()
+    calls = []
+    handle = net[2].register_forward_hook(lambda m, i, o: calls.append(1))
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    with differentiable(net, ["0"]) as run:
+        first, out1 = run(x)
+        acts, out2 = run(x)
+    handle.remove()
+    assert out1 is not None and out2 is None and len(calls) == 1  # the second pass stopped after "0"
+    expected = net[0](x)
+    assert torch.allclose(acts["0"], expected)  # the copy precedes the in-place ReLU
+    (g,) = torch.autograd.grad(acts["0"].sum(), x)
+    (ref,) = torch.autograd.grad(expected.sum(), x)
+    assert torch.allclose(g, ref)
+    with differentiable(net, ["0"], stop=False) as run:
+        assert run(x)[1] is not None
+    assert model_problems(net.modules()) == []

@@ -8,13 +8,13 @@ restored too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, LayerError
 from .layers import first_tensor, resolve
 
 
@@ -204,3 +204,58 @@ def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, 
         finally:
             for h in handles:
                 h.remove()
+
+
+@contextlib.contextmanager
+def differentiable(model: nn.Module, layers: Sequence[str], *, stop: bool = True,
+                   counts: dict[str, int] | None = None) -> Iterator[Callable[[torch.Tensor], tuple[
+                       dict[str, torch.Tensor], torch.Tensor | None]]]:
+    """Hook ``layers`` and yield ``run(x) -> ({layer: output}, model output or None)`` for optimisation loops.
+
+    Each output is a copy of the layer's last output still in the autograd graph (a later in-place
+    op, such as an in-place ReLU, cannot change it). With ``stop``, the forward pass ends once every
+    layer has run ``counts[layer]`` times (by default as often as in the first call, which runs the
+    whole model), so nothing after the deepest layer is computed; the model output is then ``None``.
+    Hooks are removed on exit; modes and flags are the caller's (see :func:`preserved`).
+    """
+    names = list(layers)
+    modules = {name: resolve(model, name) for name in names}
+    feats: dict[str, torch.Tensor] = {}
+    seen: dict[str, int] = {}
+    state = {"counts": dict(counts) if counts is not None else None}
+
+    def make_hook(name: str):
+        def hook(mod: nn.Module, inputs: object, output: object) -> None:
+            out = first_tensor(output)
+            if out is None or not out.is_floating_point():
+                raise LayerError(f"layer: {name!r} gives no float tensor; pick a layer with a feature map")
+            feats[name] = out.clone()
+            seen[name] = seen.get(name, 0) + 1
+            target = state["counts"]
+            if stop and target is not None and all(seen.get(n, 0) >= target[n] for n in names):
+                raise StopForward
+        return hook
+
+    def run(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        feats.clear()
+        seen.clear()
+        output = None
+        try:
+            output = model(x)
+        except StopForward:
+            pass
+        missing = [n for n in names if n not in feats]
+        if missing:
+            raise LayerError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does")
+        if state["counts"] is None:
+            state["counts"] = dict(seen)
+        return dict(feats), output
+
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        yield run
+    finally:
+        for h in handles:
+            h.remove()

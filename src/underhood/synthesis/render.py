@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..core.device import model_device
-from ..core.errors import InputError, LayerError
-from ..core.hooks import StopForward, preserved
-from ..core.layers import first_tensor, resolve
+from ..core.errors import InputError
+from ..core.hooks import differentiable, preserved
 from .objectives import Objective, batch
 from .param import TRANSFORMS, Image, transform
 
@@ -30,61 +29,17 @@ class RenderResult:
     info: dict = field(default_factory=dict)
 
 
-class _Probe:
-    """Hooks that keep differentiable copies of the named layers' outputs and may end the forward
-    pass once all of them have run (when the logits are not needed and each layer runs once)."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], need_logits: bool) -> None:
-        self.model, self.layers, self.need_logits = model, list(layers), need_logits
-        self.acts: dict[str, torch.Tensor] = {}
-        self.calls: dict[str, int] = {}
-        self.stop = False
-        self.handles: list = []
-        for name in self.layers:
-            self.handles.append(resolve(model, name).register_forward_hook(self._hook(name)))
-
-    def _hook(self, name: str):
-        def hook(mod, inputs, output):
-            out = first_tensor(output)
-            if out is None or not out.is_floating_point():
-                raise LayerError(f"layer: {name!r} gives no float tensor; pick a layer with a feature map")
-            self.acts[name] = out.clone()  # later in-place ops (an in-place ReLU) do not touch the copy
-            self.calls[name] = self.calls.get(name, 0) + 1
-            if self.stop and len(self.acts) == len(self.layers):
-                raise StopForward
-        return hook
-
-    def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        self.acts, self.calls = {}, {}
-        logits = None
-        try:
-            logits = self.model(x)
-        except StopForward:
-            pass
-        missing = [n for n in self.layers if n not in self.acts]
-        if missing:
-            raise LayerError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does")
-        if not self.need_logits and not self.stop:
-            self.stop = all(self.calls[n] == 1 for n in self.layers)
-        return self.acts, logits
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 @contextlib.contextmanager
-def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> Iterator[_Probe]:
-    """Eval mode, frozen parameters and hooks on ``layers`` for the block; all restored on exit."""
+def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> Iterator[Callable]:
+    """Eval mode, frozen parameters and differentiable hooks on ``layers`` for the block (see
+    :func:`underhood.core.hooks.differentiable`; the forward pass stops after the deepest layer unless
+    the logits are needed); all restored on exit. Yields ``run(x) -> (activations, logits)``."""
     with preserved(model):
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        pr = _Probe(model, layers, need_logits)
-        try:
-            yield pr
-        finally:
-            pr.remove()
+        with differentiable(model, layers, stop=not need_logits) as run:
+            yield run
 
 
 def _input_shape(model: nn.Module, size: int | tuple[int, int] | None, channels: int | None) -> tuple[int, int, int]:
@@ -181,7 +136,7 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
                         {"param": param, "steps": steps, "lr": lr, "seed": seed, "objective": obj.name})
 
 
-def _features(pr: _Probe, x: torch.Tensor, layer: str) -> torch.Tensor:
+def _features(pr: Callable, x: torch.Tensor, layer: str) -> torch.Tensor:
     return pr(x)[0][layer]
 
 

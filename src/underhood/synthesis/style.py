@@ -27,9 +27,9 @@ from torch import nn
 
 from ..core.device import threads
 from ..core.errors import InputError, LayerError
-from ..core.hooks import StopForward, preserved
+from ..core.hooks import differentiable, preserved
 from ..core.inputs import check_inputs
-from ..core.layers import conv_layers, first_tensor, named_layers, resolve
+from ..core.layers import conv_layers, named_layers, resolve
 from ..core.seeding import generator
 from .priors import total_variation
 
@@ -153,42 +153,18 @@ def _as_batch(x: object) -> object:
 
 @contextlib.contextmanager
 def _features(model: nn.Module, layers: Sequence[str], counts: dict[str, int]) -> Iterator[Callable]:
-    """Hook ``layers`` and yield ``run(x) -> {layer: output}``: one forward pass that keeps a copy of
-    each layer's last output (still in the autograd graph) and stops once every layer has run
-    ``counts[layer]`` times, so nothing after the deepest needed layer is computed."""
-    feats: dict[str, torch.Tensor] = {}
-    seen: dict[str, int] = {}
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            out = first_tensor(output)
-            if out is None or out.ndim != 4 or not out.is_floating_point():
-                raise LayerError(f"layers: {name!r} returns {getattr(out, 'shape', type(output).__name__)}, not "
-                                 "[N, C, H, W] float feature maps; pick a convolutional layer")
-            # a copy, so an in-place op later in forward (conv -> ReLU(inplace)) cannot change it
-            feats[name] = out.clone()
-            seen[name] = seen.get(name, 0) + 1
-            if all(seen.get(n, 0) >= counts[n] for n in layers):
-                raise StopForward
-        return hook
-
-    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        feats.clear()
-        seen.clear()
-        try:
-            model(x)
-        except StopForward:
-            pass
-        return dict(feats)
-
-    handles = []
-    try:
-        for name in layers:
-            handles.append(resolve(model, name).register_forward_hook(make_hook(name)))
+    """Yield ``run(x) -> {layer: output}`` through :func:`underhood.core.hooks.differentiable`: one
+    forward pass that stops once every layer has run ``counts[layer]`` times, each output checked
+    to be a ``[N, C, H, W]`` feature map."""
+    with differentiable(model, layers, counts=counts) as forward:
+        def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            feats, _ = forward(x)
+            for name, out in feats.items():
+                if out.ndim != 4:
+                    raise LayerError(f"layers: {name!r} returns {tuple(out.shape)}, not [N, C, H, W] feature "
+                                     "maps; pick a convolutional layer")
+            return feats
         yield run
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def style_transfer(model: nn.Module, content: torch.Tensor, style: torch.Tensor, *,
