@@ -127,9 +127,11 @@ EXAMPLES = {
 }
 
 
+from .commands import synthesis as _synthesis  # noqa: E402  (commands of the synthesis family)
 from .commands import units as _units  # noqa: E402  (commands of the weights and activations families)
 
 EXAMPLES.update(_units.EXAMPLES)
+EXAMPLES.update(_synthesis.EXAMPLES)
 
 
 def _target(value: str, model) -> object:
@@ -295,6 +297,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
     p.add_argument("--no-progress", action="store_true")
     _units.register(add)
+    _synthesis.register(add)
     return parser
 
 

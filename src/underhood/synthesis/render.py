@@ -141,12 +141,14 @@ def _features(pr: Callable, x: torch.Tensor, layer: str) -> torch.Tensor:
 
 
 def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: int = 3, octave_scale: float = 1.4,
-               steps: int = 20, lr: float = 0.02, jitter: int = 4, seed: int = 0, progress: bool = False
-               ) -> torch.Tensor:
+               steps: int = 20, lr: float = 0.02, jitter: int = 4, seed: int = 0, priors=None,
+               progress: bool = False) -> torch.Tensor:
     """Deep Dream (Mordvintsev et al. 2015): gradient ascent on the mean squared activation of ``layer``
     starting from ``image`` ``[N, C, H, W]``, over ``octaves`` scales (smallest first, each
     ``octave_scale`` times larger); each step moves by ``lr`` times the gradient divided by its mean
-    absolute value, under a random jitter. Returns the dreamed images in ``[0, 1]``, the input's size."""
+    absolute value, under a random jitter. ``priors`` (a :class:`~underhood.synthesis.priors.Priors`):
+    its penalties are subtracted from the objective and its blur / clipping applied after each step.
+    Returns the dreamed images in ``[0, 1]``, the input's size."""
     from tqdm.auto import tqdm
 
     if image.ndim == 3:
@@ -167,14 +169,18 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: in
             base = nn.functional.interpolate(image.to(device).float(), size=size, mode="bilinear", align_corners=False)
             d = nn.functional.interpolate(detail, size=size, mode="bilinear", align_corners=False)
             x = (base + d).clamp(0, 1)
-            for _ in range(steps):
+            for step in range(steps):
                 dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
                 shifted = torch.roll(x, (dy, dx), (2, 3)).detach().requires_grad_(True)
                 value = _features(pr, shifted, layer).pow(2).reshape(len(x), -1).mean(1).sum()
+                if priors is not None:
+                    value = value - priors.penalty(shifted).sum()
                 (grad,) = torch.autograd.grad(value, shifted)
                 grad = torch.roll(grad, (-dy, -dx), (2, 3))
                 grad = grad / grad.abs().reshape(len(x), -1).mean(1).clamp(min=1e-12).view(-1, 1, 1, 1)
                 x = (x + lr * grad).clamp(0, 1).detach()
+                if priors is not None and priors.has_operations:
+                    x = priors.apply(x, grad=grad, step=step).clamp(0, 1)
             detail = x - base
     return nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).cpu()
 
@@ -209,6 +215,8 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
     ``tv`` and ``alpha`` weigh :func:`~underhood.synthesis.priors.total_variation` (beta 2) and the
     alpha-norm (alpha 6) per pixel; ``priors`` replaces both when given.
     """
+    from tqdm.auto import trange
+
     from . import priors as P
 
     if image.ndim == 3:
@@ -233,7 +241,7 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
             opt = torch.optim.Adam(im.parameters(), lr=lr)
             with torch.no_grad():
                 d0.append(distance(im()).cpu())
-            for _ in range(steps):
+            for _ in trange(steps, desc=f"invert {layer} seed {seed}", disable=not progress, leave=False):
                 x = im()
                 loss = (distance(x) + rule.penalty(x)).sum()
                 opt.zero_grad()
@@ -250,10 +258,11 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
 
 def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int = 200, lr: float = 0.05,
                power: float = 2.0, seed: int = 0, transforms: str | dict | None = "standard",
-               progress: bool = False) -> torch.Tensor:
+               param: str = "fourier", priors=None, progress: bool = False) -> torch.Tensor:
     """A caricature (Olah et al.'s Lucid recipe): from a random start, maximise
     ``<phi(x), phi(x0)> * cos(phi(x), phi(x0))^power`` at ``layer``: an image that shows, exaggerated,
-    what the representation of ``image`` already detects. Returns ``[N, C, H, W]`` in ``[0, 1]``."""
+    what the representation of ``image`` already detects. ``param``, ``transforms`` and ``priors`` as
+    in :func:`render`. Returns ``[N, C, H, W]`` in ``[0, 1]``."""
     if image.ndim == 3:
         image = image[None]
     device = model_device(model)
@@ -268,5 +277,6 @@ def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int 
         return dot * cos ** power
 
     result = render(model, Objective(fn, frozenset({layer}), f"caricature({layer})"), n=len(x0), steps=steps, lr=lr,
-                    size=tuple(x0.shape[-2:]), seed=seed, transforms=transforms, progress=progress)
+                    size=tuple(x0.shape[-2:]), seed=seed, transforms=transforms, param=param, priors=priors,
+                    progress=progress)
     return result.images

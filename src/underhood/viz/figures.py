@@ -33,9 +33,9 @@ def image_grid(images: torch.Tensor, *, titles: Sequence[str] | None = None, nco
         if titles is not None:
             color = title_colors[i] if title_colors is not None else "black"
             axes[i].set_title(titles[i], color=color, **TITLE_KW)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(pad=0.3)
+    if suptitle:  # above the axes (the saved figure's tight bounding box takes it in)
+        fig.suptitle(suptitle, fontsize=10, y=1.0, va="bottom")
     return fig
 
 

@@ -1,0 +1,392 @@
+"""Commands of the synthesis family: ``render``, ``dream``, ``invert``, ``caricature``, ``style``.
+
+Each writes its images as PNG files plus one figure, the raw tensors as safetensors and a
+``manifest.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+
+from ..core.errors import InputError
+from .units import _channels, _model, _out, _positive
+
+EXAMPLES = {
+    "render": "underhood render --model shapes --layer features.9 --channels 0:16   # what 16 channels look for\n"
+              "  underhood render --model shapes --class all --steps 512            # one image per class\n"
+              "  underhood render --layer features.16 --channels 5 --facets 4 --diversity 10\n"
+              "  underhood render --layer features.9 --channels 0:8 --param pixels --priors tv=1e-3,blur=0.5",
+    "dream": "underhood dream photo.png --model shapes --layer features.9 --octaves 4 --size 192",
+    "invert": "underhood invert star.png --model shapes --layer features.2,features.9,features.16 --seeds 3\n"
+              "  underhood invert star.png --layer features.16 --priors tv=1e-2,alpha=1e-5 --steps 500",
+    "caricature": "underhood caricature star.png --model shapes --layer features.9 --steps 256",
+    "style": "underhood style content.png style.png --model shapes --steps 300 --style-weight 100\n"
+             "  underhood style content.png style.png --model vgg19.pt --trust --size 256 --optimizer lbfgs",
+}
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _priors(args: argparse.Namespace):
+    from ..synthesis import Priors
+
+    return Priors.parse(getattr(args, "priors", None))
+
+
+def _load(paths: list[str], model, size: int | None, what: str = "images"):
+    """Image files at ``--size`` (a side in pixels) or the model's input size; channels as the model."""
+    import torch
+
+    from ..data.io import load_image
+
+    known = getattr(model, "input_size", None)
+    if size is not None:
+        _positive("--size", size)
+        shape = (size, size)
+    elif known:
+        shape = tuple(known[1:])
+    else:
+        raise InputError(f"--size: the model has no input size; give --size (e.g. --size 224) for the {what}")
+    return torch.cat([load_image(p, size=shape, channels=known[0] if known else 3) for p in paths])
+
+
+def _layer(model, name: str) -> str:
+    from ..core.layers import resolve
+
+    resolve(model, name)
+    return name
+
+
+def _default_layer(model) -> str:
+    """The middle stage: mid-level features, the classic choice for dreams and caricatures."""
+    from ..activations.maps import stages
+
+    names = stages(model)
+    if not names:
+        raise InputError("--layer: the model has no stages to choose from; name a layer (underhood layers MODEL)")
+    return names[len(names) // 2]
+
+
+def _save_images(out, images, prefix: str) -> list[str]:
+    from ..core.io import write_bytes
+    from ..viz import to_png
+
+    files = []
+    scale = max(1, 256 // max(images.shape[-2:]))
+    for i, image in enumerate(images):
+        name = f"images/{prefix}-{i:03d}.png"
+        write_bytes(out / name, to_png(image, scale=scale))
+        files.append(name)
+    return files
+
+
+def _classes(value: str, model) -> list[int]:
+    """``all``, indices and class names, comma-separated."""
+    names = list(getattr(model, "classes", []) or [])
+    if value == "all":
+        if not names:
+            raise InputError("--class: the model has no class names; give indices, e.g. --class 0,1,2")
+        return list(range(len(names)))
+    ids = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        if item.isdigit():
+            ids.append(int(item))
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise InputError(f"--class: {item!r} is neither an index nor a class name"
+                             + (f" ({', '.join(names)})" if names else "") + "; or give 'all'")
+    if not ids:
+        raise InputError("--class: name at least one class, e.g. --class 0 or --class all")
+    if names and max(ids) >= len(names):
+        raise InputError(f"--class: the model has {len(names)} classes (0..{len(names) - 1}), got {max(ids)}")
+    return ids
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..core.io import write_manifest, write_tensors
+    from ..synthesis import objectives as O
+    from ..synthesis import render
+    from ..viz import save_figure
+    from ..viz.synthesis import class_images_figure, gallery_figure, trace_figure
+
+    if (args.layer is None) == (args.cls is None):
+        raise InputError("--layer / --class: give one of them: --layer L [--channels 0:16] for units, "
+                         "or --class K (index, name or 'all') for classes")
+    _positive("--steps", args.steps)
+    _positive("--facets", args.facets)
+    priors = _priors(args)
+    model = _model(args)
+    classes = list(getattr(model, "classes", []) or [])
+    if args.cls is not None:
+        ids = _classes(args.cls, model)
+        objs = [O.class_logit(k) for k in ids]
+        titles = [classes[k] if classes else f"class {k}" for k in ids]
+        what = "classes"
+    else:
+        _layer(model, args.layer)
+        if args.objective == "layer":
+            ids, objs, titles = [0], [O.layer(args.layer)], [f"{args.layer} (whole layer)"]
+        else:
+            ids = _channels(args.channels) or list(range(16))
+            make = O.unit if args.objective == "unit" else O.channel
+            objs = [make(args.layer, c) for c in ids]
+            titles = [f"{args.layer}:{c}" for c in ids]
+        what = args.objective
+    common = dict(param=args.param, steps=args.steps, lr=args.lr, transforms=args.transforms, priors=priors,
+                  progress=not args.no_progress, size=(args.size, args.size) if args.size else None)
+    if args.facets > 1:  # several facets of each objective, pushed apart by the diversity term
+        div_layer = args.layer if args.layer else None
+        parts = []
+        for j, o in enumerate(objs):
+            obj = o + args.diversity * O.diversity(div_layer) if div_layer else o
+            parts.append(render(model, obj, n=args.facets, seed=args.seed + j, **common))
+        images = torch.cat([r.images for r in parts])
+        trace = torch.cat([r.trace for r in parts], 1)
+        start, final = torch.cat([r.start for r in parts]), torch.cat([r.final for r in parts])
+        titles = [f"{t} #{f}" for t in titles for f in range(args.facets)]
+    else:
+        r = render(model, objs, seed=args.seed, **common)
+        images, trace, start, final = r.images, r.trace, r.start, r.final
+    out = _out(args, "render")
+    files = _save_images(out, images, "class" if args.cls is not None else "unit")
+    ncols = min(8, len(images)) if args.facets == 1 else args.facets
+    device = next(model.parameters()).device
+    probs = None
+    if args.cls is not None and args.facets == 1:
+        with torch.no_grad():
+            logits = model(images.to(device))
+        probs = logits.softmax(1).cpu() if logits.ndim == 2 else None
+    if probs is not None and classes:
+        fig = class_images_figure(images, probs, classes, ids=ids, ncols=ncols,
+                                  title=f"{args.model}: images maximising a class logit (title: the model's "
+                                        f"probability of that class)")
+    else:
+        fig = gallery_figure(images, titles, ncols=ncols, title=f"{args.model}: images maximising {what}")
+    save_figure(fig, out / "render.png", dpi=130)
+    save_figure(trace_figure(trace, labels=titles, title="objective during optimisation"), out / "trace.png",
+                dpi=110)
+    tensors = {"images": images, "trace": trace, "start": start, "final": final}
+    if probs is not None:
+        tensors["probabilities"] = probs
+    write_tensors(out / "render.safetensors", tensors, {"titles": titles})
+    write_manifest(out, "render", ["render.png", "trace.png", "render.safetensors", *files], model=args.model,
+                   layer=args.layer, classes=args.cls, ids=ids, objective=what, param=args.param, steps=args.steps,
+                   lr=args.lr, seed=args.seed, transforms=args.transforms, priors=str(priors), facets=args.facets,
+                   diversity=args.diversity if args.facets > 1 else None)
+    rise = (final - start).mean().item()
+    print(f"{len(images)} images rendered ({what}); objective rose by {rise:.3g} on average from the random start; "
+          f"written to {out.resolve()}")
+
+
+def cmd_dream(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_tensors
+    from ..synthesis import deep_dream
+    from ..viz import save_figure
+    from ..viz.synthesis import pairs_figure
+
+    _positive("--steps", args.steps)
+    _positive("--octaves", args.octaves)
+    if args.octave_scale <= 1:
+        raise InputError(f"--octave-scale: expected a number above 1 (e.g. 1.4), got {args.octave_scale}")
+    model = _model(args)
+    layer = _layer(model, args.layer) if args.layer else _default_layer(model)
+    images = _load(args.images, model, args.size)
+    dreams = deep_dream(model, images.to(next(model.parameters()).device), layer, octaves=args.octaves,
+                        octave_scale=args.octave_scale, steps=args.steps, lr=args.lr, seed=args.seed,
+                        priors=_priors(args), progress=not args.no_progress)
+    out = _out(args, "dream")
+    files = _save_images(out, dreams, "dream")
+    save_figure(pairs_figure([(a, b) for a, b in zip(images, dreams)], ["original", f"dreamed at {layer}"],
+                             row_titles=[str(p) for p in args.images] if len(images) > 1 else None, cell=2.6),
+                out / "dream.png", dpi=120)
+    write_tensors(out / "dream.safetensors", {"images": images, "dreams": dreams}, {"layer": layer})
+    write_manifest(out, "dream", ["dream.png", "dream.safetensors", *files], model=args.model, layer=layer,
+                   images=[str(p) for p in args.images], octaves=args.octaves, octave_scale=args.octave_scale,
+                   steps=args.steps, lr=args.lr, seed=args.seed, priors=str(_priors(args)))
+    print(f"{len(images)} images dreamed at {layer}; written to {out.resolve()}")
+
+
+def cmd_invert(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_tensors, write_text
+    from ..synthesis import invert
+    from ..viz import save_figure
+    from ..viz.synthesis import inversion_figure
+
+    _positive("--steps", args.steps)
+    _positive("--seeds", args.seeds)
+    model = _model(args)
+    if args.layer:
+        layers = [_layer(model, n.strip()) for n in args.layer.split(",") if n.strip()]
+    else:
+        from ..activations.maps import stages
+
+        layers = stages(model)
+    if not layers:
+        raise InputError("--layer: name at least one layer, e.g. --layer features.9")
+    images = _load(args.images, model, args.size)
+    priors = _priors(args) if args.priors else None
+    results = [invert(model, images.to(next(model.parameters()).device), layer, seeds=range(args.seeds),
+                      steps=args.steps, lr=args.lr, tv=args.tv, alpha=args.alpha, param=args.param, priors=priors,
+                      progress=not args.no_progress) for layer in layers]
+    out = _out(args, "invert")
+    files = []
+    for i, path in enumerate(args.images):
+        name = f"invert-{i}.png" if len(images) > 1 else "invert.png"
+        save_figure(inversion_figure(images, results, index=i, title=f"{path}: what each layer keeps "
+                                     f"({args.seeds} random starts)"), out / name, dpi=120)
+        files.append(name)
+    for inv in results:
+        files += _save_images(out, inv.images.flatten(0, 1), f"{inv.layer}")
+    write_tensors(out / "invert.safetensors",
+                  {f"{inv.layer}.{k}": getattr(inv, k) for inv in results
+                   for k in ("images", "distance_start", "distance_end", "psnr")} | {"original": images},
+                  {"layers": layers})
+    summary = {inv.layer: {"psnr_db": inv.psnr.mean().item(),
+                           "feature_distance_reduction": (1 - inv.distance_end / inv.distance_start).mean().item()}
+               for inv in results}
+    write_text(out / "invert.json", json.dumps(summary, indent=1) + "\n")
+    write_manifest(out, "invert", [*files, "invert.safetensors", "invert.json"], model=args.model, layers=layers,
+                   images=[str(p) for p in args.images], seeds=args.seeds, steps=args.steps, lr=args.lr,
+                   tv=args.tv, alpha=args.alpha, param=args.param, priors=str(priors) if priors else None)
+    for layer, s in summary.items():
+        print(f"{layer}: feature distance reduced by {s['feature_distance_reduction']:.1%}, "
+              f"PSNR to the original {s['psnr_db']:.1f} dB")
+    print(f"pre-images written to {out.resolve()}")
+
+
+def cmd_caricature(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_tensors
+    from ..synthesis import caricature
+    from ..viz import save_figure
+    from ..viz.synthesis import pairs_figure
+
+    _positive("--steps", args.steps)
+    model = _model(args)
+    layer = _layer(model, args.layer) if args.layer else _default_layer(model)
+    images = _load(args.images, model, args.size)
+    result = caricature(model, images.to(next(model.parameters()).device), layer, steps=args.steps, lr=args.lr,
+                        power=args.power, seed=args.seed, param=args.param, priors=_priors(args),
+                        progress=not args.no_progress)
+    out = _out(args, "caricature")
+    files = _save_images(out, result, "caricature")
+    save_figure(pairs_figure([(a, b) for a, b in zip(images, result)], ["original", f"caricature at {layer}"],
+                             cell=2.6), out / "caricature.png", dpi=120)
+    write_tensors(out / "caricature.safetensors", {"images": images, "caricatures": result}, {"layer": layer})
+    write_manifest(out, "caricature", ["caricature.png", "caricature.safetensors", *files], model=args.model,
+                   layer=layer, images=[str(p) for p in args.images], steps=args.steps, lr=args.lr,
+                   power=args.power, seed=args.seed, priors=str(_priors(args)))
+    print(f"{len(images)} caricatures at {layer}; written to {out.resolve()}")
+
+
+def cmd_style(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_tensors
+    from ..synthesis import style_transfer
+    from ..viz import save_figure
+    from ..viz.synthesis import pairs_figure, trace_figure
+
+    _positive("--steps", args.steps)
+    model = _model(args)
+    content = _load([args.content], model, args.size, "content image")
+    style = _load([args.style], model, args.size, "style image")
+
+    def names(value):
+        return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
+    device = next(model.parameters()).device
+    result = style_transfer(model, content.to(device), style.to(device), content_layers=names(args.content_layers),
+                            style_layers=names(args.style_layers), content_weight=args.content_weight,
+                            style_weight=args.style_weight, tv_weight=args.tv_weight, steps=args.steps, lr=args.lr,
+                            optimizer=args.optimizer, init=args.init, seed=args.seed, progress=not args.no_progress)
+    out = _out(args, "style")
+    files = _save_images(out, result.image, "stylised")
+    save_figure(pairs_figure([(content[0], style[0], result.image[0])], ["content", "style", "result"], cell=2.6),
+                out / "style.png", dpi=120)
+    save_figure(trace_figure(result.trace["total"], title="total loss", ylabel="loss"), out / "trace.png", dpi=110)
+    write_tensors(out / "style.safetensors", {"image": result.image, **{f"trace.{k}": v for k, v in
+                                                                          result.trace.items()}}, result.layers)
+    write_manifest(out, "style", ["style.png", "trace.png", "style.safetensors", *files], model=args.model,
+                   content=str(args.content), style=str(args.style), layers=result.layers, steps=args.steps,
+                   content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+                   optimizer=args.optimizer, init=args.init, seed=args.seed)
+    print(f"stylised with content layers {', '.join(result.layers['content'])} and style layers "
+          f"{', '.join(result.layers['style'])}; written to {out.resolve()}")
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :func:`underhood.cli._parser`)."""
+
+    def common(p: argparse.ArgumentParser, steps: int, lr: float | None, priors: bool = True,
+               size: bool = True) -> None:
+        p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
+        p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
+        p.add_argument("--lr", type=float, default=lr, help=f"step size (default {lr})" if lr is not None else
+                       "step size (default 0.1 with adam, 1.0 with lbfgs)")
+        p.add_argument("--seed", type=int, default=0)
+        if priors:
+            p.add_argument("--priors", help="image priors as name=value pairs: l2, tv, alpha, edges (weights), blur "
+                                            "(sigma), blur_every, clip_pixels, clip_contribution (percentiles), "
+                                            "e.g. tv=1e-3,blur=0.5 (blur and clipping need --param pixels)")
+        if size:
+            p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
+        p.add_argument("--no-progress", action="store_true")
+
+    p = add("render", cmd_render, "synthetic images that excite channels, units or classes (activation maximisation)")
+    common(p, 256, 0.05)
+    p.add_argument("--layer", help="layer whose channels to render")
+    p.add_argument("--channels", help="channels, A:B or a list (default 0:16)")
+    p.add_argument("--class", dest="cls", help="class index, name, comma list or 'all' (instead of --layer)")
+    p.add_argument("--objective", default="channel", choices=["channel", "unit", "layer"],
+                   help="per channel: mean over positions, the centre unit, or the whole layer (Deep Dream)")
+    p.add_argument("--param", default="fourier", choices=["fourier", "pixels"],
+                   help="parametrisation: decorrelated Fourier (default) or plain pixels")
+    p.add_argument("--transforms", default="standard", choices=["standard", "none"],
+                   help="random pad, jitter, scale and rotation at each step (default standard)")
+    p.add_argument("--facets", type=int, default=1, help="images per objective, kept apart by --diversity")
+    p.add_argument("--diversity", type=float, default=10.0, help="weight of the diversity term with --facets")
+
+    p = add("dream", cmd_dream, "Deep Dream: amplify what a layer sees in an image, over octaves")
+    p.add_argument("images", nargs="+", help="image files")
+    common(p, 20, 0.02)
+    p.add_argument("--layer", help="layer to amplify (default: the middle stage)")
+    p.add_argument("--octaves", type=int, default=3)
+    p.add_argument("--octave-scale", type=float, default=1.4)
+
+    p = add("invert", cmd_invert, "pre-images: images whose representation at a layer matches the original's")
+    p.add_argument("images", nargs="+", help="image files")
+    common(p, 300, 0.05)
+    p.add_argument("--layer", help="comma-separated layers (default: one per stage)")
+    p.add_argument("--seeds", type=int, default=3, help="random starts per layer (default 3)")
+    p.add_argument("--tv", type=float, default=1e-3, help="total-variation weight per pixel (default 1e-3)")
+    p.add_argument("--alpha", type=float, default=0.0, help="alpha-norm weight per pixel (default 0)")
+    p.add_argument("--param", default="pixels", choices=["pixels", "fourier"])
+
+    p = add("caricature", cmd_caricature, "exaggerate what a layer's representation of an image detects")
+    p.add_argument("images", nargs="+", help="image files")
+    common(p, 200, 0.05)
+    p.add_argument("--layer", help="layer (default: the middle stage)")
+    p.add_argument("--power", type=float, default=2.0, help="weight of the cosine term (default 2)")
+    p.add_argument("--param", default="fourier", choices=["fourier", "pixels"])
+
+    p = add("style", cmd_style, "neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE")
+    p.add_argument("content", help="content image file")
+    p.add_argument("style", help="style image file")
+    common(p, 300, None, priors=False)
+    p.add_argument("--content-layers", help="comma-separated (default: a middle layer)")
+    p.add_argument("--style-layers", help="comma-separated (default: one per stage)")
+    p.add_argument("--content-weight", type=float, default=1.0)
+    p.add_argument("--style-weight", type=float, default=100.0)
+    p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation prior weight (default 0)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
+    p.add_argument("--init", default="content", choices=["content", "noise", "style"])

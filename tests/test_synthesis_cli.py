@@ -1,0 +1,142 @@
+"""Commands of the synthesis family: outputs equal the library's, errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import underhood
+from underhood.cli import EXAMPLES, main
+from underhood.synthesis import Priors, caricature, deep_dream, invert, render, style_transfer
+from underhood.synthesis import objectives as O
+from underhood.viz.render import to_png
+
+COMMANDS = ("render", "dream", "invert", "caricature", "style")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return underhood.load_model("shapes", device="cpu")
+
+
+@pytest.fixture
+def images(tmp_path):
+    data = underhood.datasets.shapes(2, seed=9).images
+    paths = []
+    for i, x in enumerate(data):
+        path = tmp_path / f"shape{i}.png"
+        path.write_bytes(to_png(x))
+        paths.append(str(path))
+    return paths
+
+
+def _loaded(path):
+    from underhood.data.io import load_image
+
+    return load_image(path, size=(64, 64))
+
+
+def _manifest(out) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+def test_every_command_has_an_example_and_help(capsys):
+    for name in COMMANDS:
+        assert EXAMPLES[name].startswith("underhood " + name)
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert "example:" in text and "--out" in text and "--seed" in text and "--steps" in text
+
+
+def test_render_channels_equals_the_library(tmp_path, model):
+    out = tmp_path / "r"
+    assert main(["render", "--layer", "features.9", "--channels", "0:3", "--steps", "3", "--no-progress",
+                 "--out", str(out)]) == 0
+    saved = load_file(str(out / "render.safetensors"))
+    ref = render(model, [O.channel("features.9", c) for c in range(3)], steps=3, seed=0)
+    assert torch.allclose(saved["images"], ref.images, atol=1e-6)
+    assert saved["trace"].shape == (3, 3)
+    m = _manifest(out)
+    assert m["ids"] == [0, 1, 2] and m["objective"] == "channel"
+    assert all((out / f).exists() for f in m["files"]) and len([f for f in m["files"] if f.startswith("images/")]) == 3
+
+
+def test_render_classes_by_name_with_priors_on_pixels(tmp_path, model):
+    out = tmp_path / "c"
+    assert main(["render", "--class", "star,circle", "--steps", "2", "--param", "pixels", "--priors",
+                 "tv=1e-3,blur=0.5", "--no-progress", "--out", str(out)]) == 0
+    saved = load_file(str(out / "render.safetensors"))
+    ids = [model.classes.index("star"), model.classes.index("circle")]
+    ref = render(model, [O.class_logit(k) for k in ids], steps=2, param="pixels",
+                 priors=Priors.parse("tv=1e-3,blur=0.5"))
+    assert torch.allclose(saved["images"], ref.images, atol=1e-6)
+    assert saved["probabilities"].shape == (2, len(model.classes))
+    assert _manifest(out)["priors"] == str(Priors.parse("tv=1e-3,blur=0.5"))
+
+
+def test_render_facets_are_different_images(tmp_path):
+    out = tmp_path / "f"
+    assert main(["render", "--layer", "features.16", "--channels", "2", "--facets", "2", "--steps", "3",
+                 "--no-progress", "--out", str(out)]) == 0
+    images = load_file(str(out / "render.safetensors"))["images"]
+    assert images.shape[0] == 2 and not torch.allclose(images[0], images[1])
+
+
+def test_dream_invert_caricature_equal_the_library(tmp_path, model, images):
+    x = torch.cat([_loaded(p) for p in images])
+    out = tmp_path / "d"
+    assert main(["dream", *images, "--layer", "features.6", "--steps", "2", "--octaves", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    dreams = load_file(str(out / "dream.safetensors"))["dreams"]
+    assert torch.allclose(dreams, deep_dream(model, x, "features.6", octaves=2, steps=2), atol=1e-6)
+
+    out = tmp_path / "i"
+    assert main(["invert", images[0], "--layer", "features.2,features.6", "--steps", "3", "--seeds", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    saved = load_file(str(out / "invert.safetensors"))
+    ref = invert(model, x[:1], "features.6", seeds=(0, 1), steps=3)
+    assert torch.allclose(saved["features.6.images"], ref.images, atol=1e-6)
+    summary = json.loads((out / "invert.json").read_text())
+    assert set(summary) == {"features.2", "features.6"}
+    assert (out / "invert.png").exists()
+
+    out = tmp_path / "k"
+    assert main(["caricature", images[1], "--layer", "features.6", "--steps", "2", "--no-progress",
+                 "--out", str(out)]) == 0
+    saved = load_file(str(out / "caricature.safetensors"))["caricatures"]
+    assert torch.allclose(saved, caricature(model, x[1:], "features.6", steps=2), atol=1e-6)
+
+
+def test_style_equals_the_library(tmp_path, model, images):
+    out = tmp_path / "s"
+    assert main(["style", images[0], images[1], "--steps", "2", "--no-progress", "--out", str(out)]) == 0
+    saved = load_file(str(out / "style.safetensors"))
+    ref = style_transfer(model, _loaded(images[0]), _loaded(images[1]), steps=2)
+    assert torch.allclose(saved["image"], ref.image, atol=1e-6)
+    assert _manifest(out)["layers"] == ref.layers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["render"], "--layer / --class"),
+    (["render", "--layer", "features.9", "--class", "0"], "--layer / --class"),
+    (["render", "--class", "hexagon"], "--class"),
+    (["render", "--class", "99"], "--class"),
+    (["render", "--layer", "features.99"], "features.99"),
+    (["render", "--layer", "features.9", "--channels", "9:2"], "--channels"),
+    (["render", "--layer", "features.9", "--priors", "tvv=1"], "priors"),
+    (["render", "--layer", "features.9", "--priors", "blur=0.5"], "priors"),
+    (["render", "--layer", "features.9", "--steps", "0"], "--steps"),
+    (["dream", "missing.png"], "missing.png"),
+    (["dream", "IMG", "--octave-scale", "1"], "--octave-scale"),
+    (["invert", "IMG", "--layer", "nope"], "nope"),
+    (["style", "IMG", "IMG", "--content-layers", "nope", "--steps", "1"], "nope"),
+])
+def test_bad_input_is_one_line(argv, message, images, capsys):
+    argv = [images[0] if a == "IMG" else a for a in argv]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
