@@ -137,3 +137,12 @@ def test_errors():
         render(net, O.channel("0", 0), steps=1, size=8, param="wavelet")
     with pytest.raises(InputError, match="transforms"):
         render(net, O.channel("0", 0), steps=1, size=8, transforms={"shear": 2})
+
+
+def test_inversion_seeds_run_as_one_batch_but_each_equals_its_own_run(shapes_model):
+    image = underhood.datasets.shapes(2, seed=4).images
+    both = invert(shapes_model, image, "features.6", seeds=(3, 5), steps=10)
+    alone = invert(shapes_model, image, "features.6", seeds=(5,), steps=10)
+    assert both.images.shape == (2, 2, 3, 64, 64) and both.psnr.shape == (2, 2)
+    assert torch.allclose(both.images[1], alone.images[0], atol=1e-4)
+    assert torch.allclose(both.distance_end[1], alone.distance_end[0], rtol=1e-3)

@@ -368,9 +368,10 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     common(p, 300, 0.05)
     p.add_argument("--layer", help="comma-separated layers (default: one per stage)")
     p.add_argument("--seeds", type=int, default=3, help="random starts per layer (default 3)")
-    p.add_argument("--tv", type=float, default=1e-3, help="total-variation weight per pixel (default 1e-3)")
+    p.add_argument("--tv", type=float, default=0.1, help="total-variation weight per pixel (default 0.1)")
     p.add_argument("--alpha", type=float, default=0.0, help="alpha-norm weight per pixel (default 0)")
-    p.add_argument("--param", default="pixels", choices=["pixels", "fourier"])
+    p.add_argument("--param", default="fourier", choices=["fourier", "pixels"],
+                   help="Fourier (default; recognisable deep pre-images) or pixels (as in Mahendran & Vedaldi)")
 
     p = add("caricature", cmd_caricature, "exaggerate what a layer's representation of an image detects")
     p.add_argument("images", nargs="+", help="image files")

