@@ -61,7 +61,7 @@ def unit_gallery(ctx: Context) -> Markup:
     names = _stages(ctx)
     if len(names) < 2:
         return paragraph("The model has fewer than two convolutional stages to render.")
-    layers = [names[len(names) // 2 - (1 if len(names) > 3 else 0)], names[-1]]
+    layers = [names[(len(names) - 1) // 2], names[-1]]
     k = 16 if full else 12
     steps = 256 if full else 128
     layers = [_pre_activation(ctx, n) for n in layers]
