@@ -1,0 +1,63 @@
+"""Adversarial examples: small perturbations that fool a model, their controls, and robustness curves.
+
+Every attack is ``attack(model, inputs, labels=None, *, eps=..., target=None, seed=0, **options)``
+and returns an :class:`AttackResult` (adversarial inputs, per-sample success, predictions,
+confidences, perturbation norms). Attacks work in pixel space inside the ``[0, 1]`` box, on
+logits, batched; ``labels`` default to the model's predictions; the model runs in eval mode and
+is left as it was found.
+
+Budgeted: :func:`gradient_ascent` (the EE-559 lecture's), :func:`fgsm`, :func:`pgd`, and the
+:func:`noise` baseline. Minimal-norm: :func:`deepfool`, :func:`cw`, :func:`lbfgs`. Controls:
+:func:`random_control`, :func:`linear_demo`, :func:`lecture_example`, :func:`robustness_curve`,
+:func:`transfer_matrix`.
+
+Example:
+    >>> from underhood import adversarial as adv                 # doctest: +SKIP
+    >>> r = adv.pgd(model, x, y, eps=8/255, steps=20)             # doctest: +SKIP
+    >>> r.accuracy, adv.random_control(model, x, r).share          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..core.errors import InputError
+from .base import AttackResult, GradientMaskingWarning, parse_eps
+from .control import (
+    ControlResult,
+    LinearDemo,
+    RobustnessCurve,
+    TransferMatrix,
+    lecture_example,
+    linear_demo,
+    noise,
+    random_control,
+    robustness_curve,
+    transfer_matrix,
+)
+from .gradient import fgsm, gradient_ascent, pgd
+from .minimal import cw, deepfool, lbfgs
+
+ATTACKS: dict[str, Callable[..., AttackResult]] = {
+    "gradient_ascent": gradient_ascent, "fgsm": fgsm, "pgd": pgd, "noise": noise,
+    "deepfool": deepfool, "cw": cw, "lbfgs": lbfgs,
+}
+MINIMAL = ("deepfool", "cw", "lbfgs")  # attacks without a budget: they return minimal perturbations
+
+
+def get(name: str | Callable[..., AttackResult]) -> Callable[..., AttackResult]:
+    """The attack called ``name`` (see :data:`ATTACKS`); a callable is returned as it is."""
+    if callable(name):
+        return name
+    if name not in ATTACKS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(ATTACKS), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise InputError(f"attack: unknown attack {name!r}; {hint}choose from {', '.join(ATTACKS)}")
+    return ATTACKS[name]
+
+
+__all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "GradientMaskingWarning", "LinearDemo",
+           "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm", "gradient_ascent", "lbfgs", "lecture_example",
+           "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix"]
