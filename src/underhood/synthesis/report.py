@@ -74,8 +74,8 @@ def unit_gallery(ctx: Context) -> Markup:
                              title=f"{layer}: {len(channels)} of its most active channels")
         body += figure(ctx, figure_to_png(fig, dpi=110), f"units-{layer}",
                        f"Each image is optimised from noise to maximise the mean activation of one channel of "
-                       f"{layer}, before its ReLU ({steps} Adam steps on a decorrelated Fourier parametrisation, with random "
-                       f"jitter, scale and rotation at every step, as in Olah et al. 2017). The median channel's "
+                       f"{layer}, before its ReLU ({steps} Adam steps on a decorrelated Fourier parametrisation, "
+                       f"with random jitter, scale and rotation at every step, as in Olah et al. 2017). The median channel's "
                        f"mean activation goes from {start:.2g} at the random start to {final:.3g}. "
                        + ("Middle layers respond to textures and colour patterns repeated over the image."
                           if layer == layers[0] else
