@@ -75,8 +75,8 @@ def unit_gallery(ctx: Context) -> Markup:
         body += figure(ctx, figure_to_png(fig, dpi=110), f"units-{layer}",
                        f"Each image is optimised from noise to maximise the mean activation of one channel of "
                        f"{layer}, before its ReLU ({steps} Adam steps on a decorrelated Fourier parametrisation, "
-                       f"with random jitter, scale and rotation at every step, as in Olah et al. 2017). The median channel's "
-                       f"mean activation goes from {start:.2g} at the random start to {final:.3g}. "
+                       f"with random jitter, scale and rotation at every step, as in Olah et al. 2017). The "
+                       f"median channel's mean activation goes from {start:.2g} at the random start to {final:.3g}. "
                        + ("Middle layers respond to textures and colour patterns repeated over the image."
                           if layer == layers[0] else
                           "The last stage's units respond to larger parts: corners, arcs, bars, their colours."),
