@@ -9,6 +9,7 @@ the figure is pessimistic).
     python benchmarks/run.py attribution   # methods vs raw passes (benchmarks/attribution.py; minutes)
     python benchmarks/run.py activations   # dataset scans vs raw forward (benchmarks/activations.py)
     python benchmarks/run.py embed         # t-SNE vs scikit-learn at 5,000 and 20,000 points
+    python benchmarks/run.py synthesis     # render steps vs raw forward+backward; inversion quality
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def bench_demo() -> None:
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
-    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed"}
+    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed", "synthesis"}
     print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus")
     reference = bench_model() if "model" in wanted else None
@@ -139,6 +140,10 @@ def main(argv: list[str]) -> None:
         from embedding import bench_embed
 
         bench_embed(report, timed)
+    if "synthesis" in wanted:
+        from synthesis import bench_synthesis
+
+        bench_synthesis()
 
 
 if __name__ == "__main__":

@@ -343,7 +343,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
         p.add_argument("--no-progress", action="store_true")
 
     p = add("render", cmd_render, "synthetic images that excite channels, units or classes (activation maximisation)")
-    common(p, 256, 0.05)
+    common(p, 256, 0.1)
     p.add_argument("--layer", help="layer whose channels to render")
     p.add_argument("--channels", help="channels, A:B or a list (default 0:16)")
     p.add_argument("--class", dest="cls", help="class index, name, comma list or 'all' (instead of --layer)")
@@ -351,8 +351,9 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="per channel: mean over positions, the centre unit, or the whole layer (Deep Dream)")
     p.add_argument("--param", default="fourier", choices=["fourier", "pixels"],
                    help="parametrisation: decorrelated Fourier (default) or plain pixels")
-    p.add_argument("--transforms", default="standard", choices=["standard", "none"],
-                   help="random pad, jitter, scale and rotation at each step (default standard)")
+    p.add_argument("--transforms", default="standard", choices=["standard", "lucid", "small", "none"],
+                   help="random pad, jitter, scale and rotation at each step: standard (default; Lucid's from "
+                        "128 px up, milder below), lucid, small or none")
     p.add_argument("--facets", type=int, default=1, help="images per objective, kept apart by --diversity")
     p.add_argument("--diversity", type=float, default=10.0, help="weight of the diversity term with --facets")
 

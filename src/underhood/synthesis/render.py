@@ -13,7 +13,7 @@ from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import differentiable, preserved
 from .objectives import Objective, batch
-from .param import TRANSFORMS, Image, transform
+from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
 
 
 @dataclass
@@ -53,21 +53,28 @@ def _input_shape(model: nn.Module, size: int | tuple[int, int] | None, channels:
     return c, int(h), int(w)
 
 
-def _transforms(spec: str | dict | None) -> dict:
+PRESETS = ("standard", "lucid", "small", "none")
+
+
+def _transforms(spec: str | dict | None, size: tuple[int, int]) -> dict:
     if spec is None or spec == "none":
         return {}
     if spec == "standard":
+        return standard_transforms(size)
+    if spec == "lucid":
         return dict(TRANSFORMS)
+    if spec == "small":
+        return dict(SMALL_TRANSFORMS)
     if isinstance(spec, dict):
         bad = set(spec) - set(TRANSFORMS)
         if bad:
             raise InputError(f"transforms: unknown {sorted(bad)}; use {', '.join(TRANSFORMS)}")
         return spec
-    raise InputError(f"transforms: expected 'standard', 'none' or a dict, got {spec!r}")
+    raise InputError(f"transforms: expected one of {', '.join(PRESETS)} or a dict, got {spec!r}")
 
 
 def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: int | None = None,
-           param: str = "fourier", size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.05,
+           param: str = "fourier", size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.1,
            transforms: str | dict | None = "standard", priors=None, seed: int = 0, progress: bool = False,
            decorrelate: bool = True, sd: float = 0.1) -> RenderResult:
     """Optimise images so that they maximise ``objective`` (Erhan et al. 2009; Olah et al. 2017).
@@ -78,8 +85,10 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
         param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum; Olah et al.) or ``"pixels"``.
         size: ``(H, W)`` (default: the model's ``input_size``).
         steps, lr: Adam on the parameters.
-        transforms: ``"standard"`` (pad, jitter, scale, rotate, jitter, as in Lucid), ``"none"``, or a
-            dict of :data:`underhood.synthesis.param.TRANSFORMS` keys.
+        transforms: ``"standard"`` (pad, jitter, scale, rotate, jitter, as in Lucid: Lucid's sizes
+            from 128 pixels up, milder ones below, see :func:`~underhood.synthesis.param.standard_transforms`),
+            ``"lucid"`` or ``"small"`` (either set whatever the size), ``"none"``, or a dict of
+            :data:`underhood.synthesis.param.TRANSFORMS` keys.
         priors: an :class:`underhood.synthesis.priors.Priors` (penalties on the image, and Yosinski
             et al.'s blur and clipping between steps), or ``None``.
         seed: seeds the start and the transforms (the global RNG is not touched).
@@ -98,11 +107,11 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
     count = len(objs) if objs is not None else (n or 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps: expected a positive int, got {steps!r}")
-    tf = _transforms(transforms)
     operations = priors is not None and priors.has_operations
     if operations and param != "pixels":
         raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
     c, h, w = _input_shape(model, size, None)
+    tf = _transforms(transforms, (h, w))
     device = model_device(model)
     image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd).to(device)
     opt = torch.optim.Adam(image.parameters(), lr=lr)
