@@ -15,6 +15,7 @@ import underhood
 import underhood.adversarial as adv
 from underhood.core.errors import InputError
 
+from .adversarial_models import Flaky, Quantized, one_thread  # noqa: F401  (an autouse fixture)
 from .conftest import model_problems
 
 
@@ -28,15 +29,6 @@ def interior(n: int = 6, dims: int = 16, seed: int = 1) -> torch.Tensor:
     """Inputs away from the box's faces, so budgets up to 0.2 never clip."""
     g = torch.Generator().manual_seed(seed)
     return 0.3 + 0.4 * torch.rand(n, 1, 4, 4, generator=g)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches gain nothing from a second thread, and on a busy 2-core machine lose up to 40x waiting for it."""
-    from underhood.core.device import threads
-
-    with threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -307,22 +299,6 @@ def test_transfer_matrix_diagonal_is_white_box_and_a_copy_is_fooled_alike():
 # ---------------------------------------------------------------------------- lifecycle and errors
 
 
-class Flaky(nn.Module):
-    """A small conv net with dropout and BatchNorm whose forward raises on call ``fail_at``."""
-
-    def __init__(self, fail_at: int = 0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                                 nn.Flatten(), nn.Linear(16, 3))
-        self.fail_at, self.calls = fail_at, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise RuntimeError("boom")
-        return self.net(x)
-
-
 @pytest.mark.parametrize("attack", ["fgsm", "pgd", "gradient_ascent", "noise"])
 @pytest.mark.parametrize("fail_at", [0, 2])
 def test_the_model_is_left_as_found_also_when_the_attack_raises(attack, fail_at):
@@ -344,17 +320,6 @@ def test_the_model_is_left_as_found_also_when_the_attack_raises(attack, fail_at)
     assert model.training and model.net[1].training and not model.net[0].weight.requires_grad
     assert model.net[0].bias.requires_grad and model.net[5].weight.grad is None
     assert model_problems([model, *model.modules()]) == []
-
-
-class Quantized(nn.Module):
-    """A linear model on rounded pixels: its input gradient is zero everywhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x * 4).round().flatten(1) / 4)
 
 
 @pytest.mark.parametrize("attack", ["fgsm", "pgd", "gradient_ascent"])

@@ -12,16 +12,8 @@ import underhood.adversarial as adv
 from underhood.adversarial.minimal import minimize_lbfgs
 from underhood.core.errors import InputError
 
+from .adversarial_models import Flaky, Quantized, one_thread  # noqa: F401  (an autouse fixture)
 from .conftest import model_problems
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches gain nothing from a second thread, and on a busy 2-core machine lose up to 40x waiting for it."""
-    from underhood.core.device import threads
-
-    with threads(1):
-        yield
 
 
 def affine(classes: int = 2, seed: int = 0, scale: float = 4.0) -> nn.Module:
@@ -178,22 +170,6 @@ def test_cw_and_deepfool_against_the_smallest_l2_at_which_pgd_succeeds(shapes_mo
 # ---------------------------------------------------------------------------- lifecycle, hygiene, errors
 
 
-class Flaky(nn.Module):
-    """A small conv net with dropout and BatchNorm whose forward raises on call ``fail_at``."""
-
-    def __init__(self, fail_at: int = 0) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                                 nn.Flatten(), nn.Linear(16, 3))
-        self.fail_at, self.calls = fail_at, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.fail_at:
-            raise RuntimeError("boom")
-        return self.net(x)
-
-
 @pytest.mark.parametrize("attack", [adv.deepfool, adv.cw, adv.lbfgs])
 @pytest.mark.parametrize("fail_at", [0, 3])
 def test_the_model_is_left_as_found_also_when_the_attack_raises(attack, fail_at):
@@ -209,17 +185,6 @@ def test_the_model_is_left_as_found_also_when_the_attack_raises(attack, fail_at)
     assert model.training and model.net[3].training and not model.net[0].weight.requires_grad
     assert model.net[0].bias.requires_grad and model.net[5].weight.grad is None
     assert model_problems([model, *model.modules()]) == []
-
-
-class Quantized(nn.Module):
-    """A linear model on rounded pixels: its input gradient is zero everywhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear((x * 4).round().flatten(1) / 4)
 
 
 @pytest.mark.parametrize("attack", [adv.deepfool, adv.cw, adv.lbfgs])

@@ -20,7 +20,6 @@ from underhood.synthesis import objectives as O
 from underhood.synthesis import render
 
 
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shapes", "shapes-resnet", "digits"])
 def test_class_images_are_classified_as_their_class_on_every_builtin_model(name):
