@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core.errors import InputError
+from ..core.errors import lookup
 from .base import AttackResult, GradientMaskingWarning, parse_eps
 from .control import (
     ControlResult,
@@ -47,15 +47,7 @@ MINIMAL = ("deepfool", "cw", "lbfgs")  # attacks without a budget: they return m
 
 def get(name: str | Callable[..., AttackResult]) -> Callable[..., AttackResult]:
     """The attack called ``name`` (see :data:`ATTACKS`); a callable is returned as it is."""
-    if callable(name):
-        return name
-    if name not in ATTACKS:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(ATTACKS), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise InputError(f"attack: unknown attack {name!r}; {hint}choose from {', '.join(ATTACKS)}")
-    return ATTACKS[name]
+    return lookup(name, ATTACKS, "attack", "attack")
 
 
 __all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "GradientMaskingWarning", "LinearDemo",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..core.errors import InputError
+from ..core.errors import lookup
 from . import metrics
 from .cam import cam, gradcam, gradcam_pp, guided_gradcam, scorecam
 from .explain import explain
@@ -31,15 +31,7 @@ PIXEL_METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradi
 
 def get(name: str) -> Callable:
     """The method called ``name`` (see :data:`METHODS`); an unknown name lists the known ones."""
-    if callable(name):
-        return name
-    if name not in METHODS:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(METHODS), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise InputError(f"method: unknown attribution method {name!r}; {hint}choose from {', '.join(METHODS)}")
-    return METHODS[name]
+    return lookup(name, METHODS, "method", "attribution method")
 
 
 __all__ = ["METHODS", "PIXEL_METHODS", "get", "explain", "metrics", *METHODS]

@@ -31,3 +31,17 @@ def check(condition: bool, message: str, kind: type[UnderhoodError] = InputError
     """Raise ``kind(message)`` unless ``condition`` holds."""
     if not condition:
         raise kind(message)
+
+
+def lookup(name, table: dict, argument: str, kind: str):
+    """``table[name]`` (a callable ``name`` is returned as it is); an unknown name raises a one-line
+    :class:`InputError` naming ``argument``, the closest known names and all of them."""
+    if callable(name):
+        return name
+    if name not in table:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(table), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise InputError(f"{argument}: unknown {kind} {name!r}; {hint}choose from {', '.join(table)}")
+    return table[name]
