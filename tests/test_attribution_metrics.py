@@ -14,7 +14,6 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 from underhood.attribution import metrics
-from underhood.attribution.base import frozen
 from underhood.attribution.metrics import (
     RandomizationResult,
     data_randomization,
@@ -29,6 +28,7 @@ from underhood.attribution.metrics import (
     ssim,
 )
 from underhood.core.errors import InputError, LayerError
+from underhood.core.hooks import frozen
 from underhood.models.architectures import ShapesVGG
 
 

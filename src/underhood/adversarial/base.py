@@ -14,10 +14,9 @@ Conventions (every attack in :mod:`underhood.adversarial`):
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InputError
-from ..core.hooks import preserved
+from ..core.hooks import frozen
 from ..core.inputs import check_inputs
 
 NORMS = ("linf", "l2")
@@ -245,18 +244,10 @@ def setup(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, target:
     return Problem(x, y, t, k, logits.float() if full else None)
 
 
-@contextlib.contextmanager
-def attacking(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and frozen parameters for the block; ``training``/``requires_grad`` restored after.
-
-    Attacks differentiate w.r.t. the inputs only; eval mode fixes BatchNorm statistics and
-    turns dropout off, so the attacked function is the deployed one.
-    """
-    with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
+def attacking(model: nn.Module):
+    """Eval mode and frozen parameters for the block, restored after (:func:`underhood.core.hooks.frozen`):
+    attacks differentiate w.r.t. the inputs only, on the deployed function."""
+    return frozen(model)
 
 
 # ---------------------------------------------------------------------------- losses on logits

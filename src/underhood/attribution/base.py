@@ -3,29 +3,14 @@ and batched scoring of many perturbed copies of the inputs."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..core.batching import batches, resolve_batch_size
-from ..core.hooks import preserved
 from ..core.inputs import check_inputs
 from ..core.targets import Target, fix, is_class_target, scores, select
-
-
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after.
-
-    Gradients are taken w.r.t. inputs (or a layer's output) only, so parameters need none.
-    """
-    with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
 
 
 def prepare(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -34,7 +19,7 @@ def prepare(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def input_gradient(model: nn.Module, inputs: torch.Tensor, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(d score / d inputs, scores)`` for a batch; the caller holds :func:`frozen`."""
+    """``(d score / d inputs, scores)`` for a batch; the caller holds :func:`~underhood.core.hooks.frozen`."""
     x = inputs.detach().requires_grad_(True)
     s, _ = scores(model, x, target)
     (grad,) = torch.autograd.grad(s.sum(), x)

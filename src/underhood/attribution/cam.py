@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InputError, LayerError
-from ..core.hooks import graph_from
+from ..core.hooks import frozen, graph_from
 from ..core.layers import last_conv, named_layers, resolve
 from ..core.targets import Target, class_indices, fix, is_class_target, scores
-from .base import fixed_target, frozen, prepare, score_copies
+from .base import fixed_target, prepare, score_copies
 
 
 def _spatial(layer: str, a: torch.Tensor) -> None:

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
+from ..core.hooks import frozen
 from ..data.imageset import ImageSet
 from . import METHODS
 from . import metrics as M
-from .base import fixed_target, frozen
+from .base import fixed_target
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
            "model_ssim": "down", "data_rand": "down", "data_ssim": "down", "marker": "up", "object": "down"}

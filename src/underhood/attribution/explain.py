@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
+from ..core.hooks import frozen
 from ..core.targets import Target
-from .base import fixed_target, frozen, prepare
+from .base import fixed_target, prepare
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "gradcam")
 SHARED_OPTIONS = ("layer", "batch_size", "seed", "progress")

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
+from ..core.hooks import frozen
 from ..core.seeding import generator
 from ..core.targets import Target
-from .base import accumulate_gradients, fixed_target, frozen, input_gradient, prepare
+from .base import accumulate_gradients, fixed_target, input_gradient, prepare
 
 
 def saliency(model: nn.Module, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InputError
+from ..core.hooks import frozen
 from ..core.layers import named_layers, resolve
 from ..core.targets import Target
-from .base import fixed_target, frozen, prepare, score_copies
+from .base import fixed_target, prepare, score_copies
 
 Method = Callable[..., torch.Tensor]
 

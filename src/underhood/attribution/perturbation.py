@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
+from ..core.hooks import frozen
 from ..core.seeding import generator
 from ..core.targets import Target
-from .base import fixed_target, frozen, prepare, score_copies
+from .base import fixed_target, prepare, score_copies
 
 
 def _rows(t: torch.Tensor, index: torch.Tensor, part: slice, per: int) -> torch.Tensor:

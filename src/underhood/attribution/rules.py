@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from ..core.errors import ModelError
+from ..core.hooks import frozen
 from ..core.rules import relu_rule
 from ..core.targets import Target
-from .base import frozen, input_gradient, prepare
+from .base import input_gradient, prepare
 
 
 def _ruled_gradient(model: nn.Module, inputs: torch.Tensor, target: Target, rule: str, name: str) -> torch.Tensor:

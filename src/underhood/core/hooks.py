@@ -32,6 +32,19 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(requires_grad)
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after
+    (inside :func:`preserved`). For methods that differentiate w.r.t. inputs or activations only:
+    attribution, synthesis, attacks. Eval mode fixes BatchNorm statistics and turns dropout off,
+    so the function studied is the deployed one."""
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
+
+
 @dataclass
 class Capture:
     """What :func:`capture` recorded.

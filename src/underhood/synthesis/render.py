@@ -11,7 +11,7 @@ from torch import nn
 
 from ..core.device import model_device
 from ..core.errors import InputError
-from ..core.hooks import differentiable, preserved
+from ..core.hooks import differentiable, frozen
 from .objectives import Objective, batch
 from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
 
@@ -34,12 +34,8 @@ def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> 
     """Eval mode, frozen parameters and differentiable hooks on ``layers`` for the block (see
     :func:`underhood.core.hooks.differentiable`; the forward pass stops after the deepest layer unless
     the logits are needed); all restored on exit. Yields ``run(x) -> (activations, logits)``."""
-    with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        with differentiable(model, layers, stop=not need_logits) as run:
-            yield run
+    with frozen(model), differentiable(model, layers, stop=not need_logits) as run:
+        yield run
 
 
 def _input_shape(model: nn.Module, size: int | tuple[int, int] | None, channels: int | None) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..core.device import threads
 from ..core.errors import InputError, LayerError
-from ..core.hooks import differentiable, preserved
+from ..core.hooks import differentiable, frozen
 from ..core.inputs import check_inputs
 from ..core.layers import conv_layers, named_layers, resolve
 from ..core.seeding import generator
@@ -230,10 +230,7 @@ def style_transfer(model: nn.Module, content: torch.Tensor, style: torch.Tensor,
     lr = (0.1 if optimizer == "adam" else 1.0) if lr is None else float(lr)
     weights = {"content": float(content_weight), "style": float(style_weight), "tv": float(tv_weight)}
     small = content.device.type == "cpu" and content[:, 0].numel() <= SMALL
-    with preserved(model), threads(1) if small else contextlib.nullcontext():
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with frozen(model), threads(1) if small else contextlib.nullcontext():
         c_layers, s_layers, counts = _layers(model, content, content_layers, style_layers)
         use = {"content": c_layers if content_weight else [], "style": s_layers if style_weight else []}
         with _features(model, list(dict.fromkeys(use["content"] + use["style"])), counts) as run:
