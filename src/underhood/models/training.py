@@ -134,6 +134,26 @@ def shortcut_accuracies(model: torch.nn.Module, n: int = 1000, seed: int = SHORT
             "n": n, "seed": seed}
 
 
+ROBUST_EVAL = {"attack": "pgd", "eps": 8 / 255, "norm": "linf", "steps": 20, "n": 500}
+
+
+def robust_accuracy(model: torch.nn.Module, data: ImageSet, *, eps: float = 8 / 255, steps: int = 20,
+                    n: int = 500, batch_size: int = 250, seed: int = 0) -> float:
+    """Accuracy under L-inf PGD (``steps`` steps, radius ``eps``) on the first ``n`` images of ``data``.
+
+    The attack uses the true labels, so a clean mistake counts as a robust mistake.
+    """
+    from ..adversarial import pgd
+
+    device = next(model.parameters()).device
+    correct = 0
+    n = min(n, len(data))
+    for i in range(0, n, batch_size):
+        x, y = data.images[i:min(n, i + batch_size)].to(device), data.labels[i:min(n, i + batch_size)].to(device)
+        correct += int((pgd(model, x, y, eps=eps, steps=steps, seed=seed + i).predicted == y).sum())
+    return correct / max(1, n)
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and 90-degree turns (the shape classes are rotation-invariant)."""
     flip = torch.rand(len(x), generator=g) < 0.5
@@ -143,7 +163,8 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed: int = 0, batch_size: int = 64,
           lr: float = 3e-3, n_train: int = 16_000, out: str | os.PathLike | None = None, device: str = "auto",
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, adversarial: str | None = None, adversarial_eps: float | str | None = None,
+          adversarial_steps: int = 7) -> TrainResult:
     """Train a built-in architecture and (optionally) write safetensors weights with metadata.
 
     Args:
@@ -154,11 +175,26 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         n_train: images per epoch for the procedural datasets (fresh images every epoch; the
             size of the one fixed set for "shapes-random-labels").
         out: the ``.safetensors`` file to write, or None.
+        adversarial: None for standard training, or ``"fgsm"`` (fast FGSM with a random start,
+            Wong et al. 2020), ``"pgd"`` (Madry et al. 2018, ``adversarial_steps`` steps) or
+            ``"vat"`` (virtual adversarial training, Miyato et al. 2018); see
+            :mod:`underhood.adversarial.training`.
+        adversarial_eps: the radius (default 8/255 in L-inf for fgsm and pgd, 2.0 in L2 for vat;
+            strings such as ``"8/255"`` are accepted).
 
     The metadata records the held-out accuracy, the accuracy on the training set when it is
     fixed (``train_accuracy``; not for fresh procedural images) and, for "shapes-spurious",
     :func:`shortcut_accuracies` (``shortcut``).
     """
+    if adversarial is not None:
+        from ..adversarial.base import parse_eps
+        from ..adversarial.training import DEFAULT_EPS
+        from ..adversarial.training import loss as adversarial_loss
+
+        adv_eps = DEFAULT_EPS.get(adversarial) if adversarial_eps is None else parse_eps(adversarial_eps,
+                                                                                         "adversarial_eps")
+        robust_loss = adversarial_loss(adversarial, eps=adv_eps, steps=adversarial_steps,
+                                       generator=torch.Generator().manual_seed(seed + 1))
     if arch not in ARCHITECTURES:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
@@ -196,7 +232,11 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
             x = dataset.images[idx]
             if augment:
                 x = _augment(x, g)
-            loss = F.cross_entropy(model(x.to(dev)), dataset.labels[idx].to(dev), label_smoothing=0.05)
+            x, y = x.to(dev), dataset.labels[idx].to(dev)
+            if adversarial is None:
+                loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+            else:
+                loss = robust_loss(model, x, y, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -231,6 +271,15 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
     })
     if not fresh:
         model.meta["train_accuracy"] = history[-1]["train_accuracy"]
+    if adversarial is not None:
+        model.meta["adversarial"] = {"method": adversarial, "eps": adv_eps,
+                                     **({"steps": adversarial_steps} if adversarial == "pgd" else {})}
+        model.meta["command"] += f" --adversarial {adversarial} --adversarial-eps {adv_eps:.6g}" + (
+            f" --adversarial-steps {adversarial_steps}" if adversarial == "pgd" else "")
+        model.meta["robust_accuracy"] = robust_accuracy(model, held_out, eps=ROBUST_EVAL["eps"],
+                                                        steps=ROBUST_EVAL["steps"], n=ROBUST_EVAL["n"])
+        model.meta["robust_eval"] = (f"PGD-{ROBUST_EVAL['steps']}, L-inf 8/255, first {ROBUST_EVAL['n']} "
+                                     "held-out images")
     if data.startswith("shapes-spurious"):
         model.meta["shortcut"] = shortcut_accuracies(model)
     path = save(model, out) if out is not None else None
