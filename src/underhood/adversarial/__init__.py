@@ -37,6 +37,7 @@ from .control import (
 )
 from .gradient import fgsm, gradient_ascent, pgd
 from .minimal import cw, deepfool, lbfgs
+from .substitute import SubstituteResult, jacobian_augmentation, substitute, substitute_net
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "gradient_ascent": gradient_ascent, "fgsm": fgsm, "pgd": pgd, "noise": noise,
@@ -52,4 +53,5 @@ def get(name: str | Callable[..., AttackResult]) -> Callable[..., AttackResult]:
 
 __all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "GradientMaskingWarning", "LinearDemo",
            "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm", "gradient_ascent", "lbfgs", "lecture_example",
-           "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix"]
+           "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix",
+           "SubstituteResult", "jacobian_augmentation", "substitute", "substitute_net"]
