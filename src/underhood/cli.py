@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import InputError, UnderhoodError
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_ERROR = 2
 
@@ -86,8 +90,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     if out.suffix != ".safetensors":
         out = out / f"{args.arch}.safetensors"
     result = train(args.arch, data=args.data, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-                   lr=args.lr, n_train=args.n_train, out=out, device=args.device, progress=not args.no_progress)
+                   lr=args.lr, n_train=args.n_train, out=out, device=args.device, progress=not args.no_progress,
+                   adversarial=args.adversarial, adversarial_eps=args.adversarial_eps,
+                   adversarial_steps=args.adversarial_steps)
     print(f"held-out accuracy {result.accuracy:.4f}; weights written to {result.path}")
+    if args.adversarial:
+        _robust_table(result.model, args.arch, args.data, args.device)
+
+
+def _robust_table(model: torch.nn.Module, arch: str, data: str, device: str) -> None:
+    """Clean and robust accuracy of an adversarially trained model, beside the standard built-in one."""
+    from .models.loading import list_models, load_model
+    from .models.training import ROBUST_EVAL, robust_accuracy, test_set
+
+    rows = [("adversarially trained", model.meta["test_accuracy"], model.meta["robust_accuracy"])]
+    if arch in list_models():
+        standard = load_model(arch, device=device)
+        if standard.meta.get("dataset") == data:
+            held_out = test_set(data)
+            rows.insert(0, (f"standard ({arch!r})", standard.meta["test_accuracy"],
+                            robust_accuracy(standard, held_out, eps=ROBUST_EVAL["eps"], steps=ROBUST_EVAL["steps"],
+                                            n=ROBUST_EVAL["n"])))
+    print(f"{'model':<26}{'clean':>8}{'robust':>8}   ({model.meta['robust_eval']})")
+    for name, clean, robust in rows:
+        print(f"{name:<26}{clean:>8.1%}{robust:>8.1%}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -123,15 +149,19 @@ EXAMPLES = {
                "  underhood explain a.png b.png --methods guided_backprop,gradcam --layer features.10 --target star",
     "evaluate": "underhood evaluate                    # every method x metric on the built-in model\n"
                 "  underhood evaluate --methods saliency,gradcam --n 32 --full",
-    "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors",
+    "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors\n"
+             "  underhood train --data shapes --arch shapes --epochs 8 --n-train 10000 --adversarial fgsm "
+             "--out shapes-robust.safetensors",
 }
 
 
+from .commands import adversarial as _adversarial  # noqa: E402  (commands of the adversarial family)
 from .commands import synthesis as _synthesis  # noqa: E402  (commands of the synthesis family)
 from .commands import units as _units  # noqa: E402  (commands of the weights and activations families)
 
 EXAMPLES.update(_units.EXAMPLES)
 EXAMPLES.update(_synthesis.EXAMPLES)
+EXAMPLES.update(_adversarial.EXAMPLES)
 
 
 def _target(value: str, model) -> object:
@@ -295,9 +325,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
+    p.add_argument("--adversarial", choices=("fgsm", "pgd", "vat"),
+                   help="adversarial training: fast FGSM with random start, PGD, or virtual adversarial training")
+    p.add_argument("--adversarial-eps", metavar="EPS",
+                   help="radius: L-inf for fgsm/pgd (default 8/255), L2 for vat (default 2.0)")
+    p.add_argument("--adversarial-steps", type=int, default=7, metavar="K", help="PGD steps per batch (default 7)")
     p.add_argument("--no-progress", action="store_true")
     _units.register(add)
     _synthesis.register(add)
+    _adversarial.register(add)
     return parser
 
 

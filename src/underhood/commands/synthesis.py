@@ -83,12 +83,12 @@ def _save_images(out, images, prefix: str) -> list[str]:
     return files
 
 
-def _classes(value: str, model) -> list[int]:
+def _classes(value: str, model, option: str = "--class") -> list[int]:
     """``all``, indices and class names, comma-separated."""
     names = list(getattr(model, "classes", []) or [])
     if value == "all":
         if not names:
-            raise InputError("--class: the model has no class names; give indices, e.g. --class 0,1,2")
+            raise InputError(f"{option}: the model has no class names; give indices, e.g. {option} 0,1,2")
         return list(range(len(names)))
     ids = []
     for item in (v.strip() for v in value.split(",") if v.strip()):
@@ -97,12 +97,12 @@ def _classes(value: str, model) -> list[int]:
         elif item in names:
             ids.append(names.index(item))
         else:
-            raise InputError(f"--class: {item!r} is neither an index nor a class name"
+            raise InputError(f"{option}: {item!r} is neither an index nor a class name"
                              + (f" ({', '.join(names)})" if names else "") + "; or give 'all'")
     if not ids:
-        raise InputError("--class: name at least one class, e.g. --class 0 or --class all")
+        raise InputError(f"{option}: name at least one class, e.g. {option} 0")
     if names and max(ids) >= len(names):
-        raise InputError(f"--class: the model has {len(names)} classes (0..{len(names) - 1}), got {max(ids)}")
+        raise InputError(f"{option}: the model has {len(names)} classes (0..{len(names) - 1}), got {max(ids)}")
     return ids
 
 

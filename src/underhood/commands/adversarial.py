@@ -1,0 +1,258 @@
+"""Commands of the adversarial family: ``attack`` and ``robustness`` (``train --adversarial`` is in the CLI).
+
+Each writes one figure, the raw tensors as safetensors, a JSON summary and a ``manifest.json``
+under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from collections.abc import Callable
+
+from ..core.errors import InputError
+from .synthesis import _classes, _load, _save_images
+from .units import _model, _out, _positive
+
+EXAMPLES = {
+    "attack": "underhood attack star.png --model shapes --method pgd --eps 8/255      # the three-panel figure\n"
+              "  underhood attack star.png --method fgsm --eps 4/255 --target circle\n"
+              "  underhood attack a.png b.png --method cw          # minimal perturbations: no --eps\n"
+              "  underhood attack star.png --method one_pixel --pixels 3   # black-box",
+    "robustness": "underhood robustness --model shapes --attack pgd --eps 0:16/255:9\n"
+                  "  underhood robustness --model shapes,shapes-robust --eps 0:16/255:9 --n 500\n"
+                  "  underhood robustness --model shapes --attack deepfool    # minimal norms: the whole curve",
+}
+
+PER_IMAGE = ("gradient_ascent", "fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs", "one_pixel")
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _eps(value: str | None, norm: str, name: str = "--eps") -> float | None:
+    from ..adversarial.base import parse_eps
+
+    if value is None:
+        return None
+    eps = parse_eps(value, name)
+    if norm == "linf" and eps > 1:
+        raise InputError(f"{name}: {value!r} is above 1, the whole pixel range; L-inf budgets are fractions of it, "
+                         "e.g. 8/255")
+    return eps
+
+
+def eps_grid(value: str, norm: str = "linf") -> list[float]:
+    """``"0:16/255:9"`` (start:stop:count, evenly spaced) or ``"0,2/255,8/255"`` -> budgets."""
+    try:
+        if ":" in value:
+            parts = value.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            start, stop = (_eps(p, norm) for p in parts[:2])
+            count = int(parts[2])
+            if count < 2 or stop <= start:
+                raise ValueError
+            return [start + (stop - start) * i / (count - 1) for i in range(count)]
+        grid = [_eps(v.strip(), norm) for v in value.split(",") if v.strip()]
+    except InputError as exc:
+        if "above 1" in str(exc):
+            raise
+        raise InputError(f"--eps: expected start:stop:count (e.g. 0:16/255:9) or a list (e.g. 0,4/255,8/255), "
+                         f"got {value!r}") from None
+    except (ValueError, TypeError):
+        raise InputError(f"--eps: expected start:stop:count (e.g. 0:16/255:9) or a list (e.g. 0,4/255,8/255), "
+                         f"got {value!r}") from None
+    if not grid:
+        raise InputError("--eps: give at least one budget, e.g. 0:16/255:9")
+    return grid
+
+
+def _options(fn: Callable, args: argparse.Namespace) -> dict:
+    """The command-line options the attack function takes."""
+    names = inspect.signature(fn).parameters
+    wanted = {"steps": args.steps, "norm": args.norm, "restarts": getattr(args, "restarts", None),
+              "pixels": getattr(args, "pixels", None)}
+    return {k: v for k, v in wanted.items() if v is not None and k in names}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..adversarial import MINIMAL, get
+    from ..core.io import write_manifest, write_tensors, write_text
+    from ..viz import save_figure
+    from ..viz.adversarial import attack_figure
+
+    if args.method not in PER_IMAGE:
+        from ..core.errors import lookup
+
+        lookup(args.method, dict.fromkeys(PER_IMAGE), "--method", "per-image attack")
+    fn = get(args.method)
+    if args.steps is not None:
+        _positive("--steps", args.steps)
+    norm = args.norm or "linf"
+    if args.method in MINIMAL + ("gradient_ascent", "one_pixel") and args.eps is not None:
+        why = "it finds minimal perturbations" if args.method in MINIMAL else "its steps or pixels limit it"
+        raise InputError(f"--eps: {args.method} takes no budget ({why}); drop --eps")
+    model = _model(args)
+    device = next(model.parameters()).device
+    images = _load(args.images, model, args.size).to(device)
+    classes = list(getattr(model, "classes", []) or [])
+    labels = None
+    if args.label is not None:
+        ids = _classes(args.label, model, "--label")
+        labels = ids * len(images) if len(ids) == 1 else ids
+        if len(labels) != len(images):
+            raise InputError(f"--label: {len(ids)} labels for {len(images)} images; give one, or one per image")
+    target = None
+    if args.target is not None:
+        ids = _classes(args.target, model, "--target")
+        target = ids * len(images) if len(ids) == 1 else ids
+        if len(target) != len(images):
+            raise InputError(f"--target: {len(ids)} targets for {len(images)} images; give one, or one per image")
+        if "target" not in inspect.signature(fn).parameters:
+            raise InputError(f"--target: {args.method} is untargeted; drop --target or use fgsm, pgd, cw, lbfgs, "
+                             "gradient_ascent or one_pixel")
+    options = _options(fn, args)
+    if args.method not in MINIMAL + ("gradient_ascent", "one_pixel"):
+        options["eps"] = _eps(args.eps or "8/255", norm)
+    if target is not None:
+        options["target"] = target
+    with torch.no_grad():
+        clean_probs = model(images).float().softmax(1)
+    if target is not None:
+        reference = clean_probs.argmax(1).tolist() if labels is None else labels
+        for path, t, ref in zip(args.images, target, reference):
+            if t == ref:
+                what = "true class (--label)" if labels is not None else "model's prediction"
+                raise InputError(f"--target: {_name(classes, t)!r} is already the {what} for {path}; a targeted "
+                                 "attack needs another class")
+    result = fn(model, images, labels, seed=args.seed, **options)
+    out = _out(args, "attack")
+    files = _save_images(out, result.adversarial, "adversarial")
+    budget = f", ε = {options['eps'] * 255:.3g}/255" if "eps" in options and norm == "linf" else (
+        f", ε = {options['eps']:.3g} (L2)" if "eps" in options else "")
+    title = f"{args.method}{budget}: {int(result.success.sum())} of {len(result)} fooled"
+    save_figure(attack_figure(images, result, classes=classes or None, clean_probs=clean_probs,
+                              max_rows=len(images), title=title), out / "attack.png", dpi=120)
+    tensors = {"inputs": images, "adversarial": result.adversarial, "perturbation": result.perturbation,
+               "labels": result.labels, "predicted": result.predicted, "confidence": result.confidence,
+               "success": result.success}
+    if result.history is not None:
+        tensors["history"] = result.history
+    write_tensors(out / "attack.safetensors", tensors, {"method": args.method})
+    rows = []
+    for i, path in enumerate(args.images):
+        rows.append({"image": str(path), "label": _name(classes, int(result.labels[i])),
+                     "predicted": _name(classes, int(result.predicted[i])),
+                     "confidence": float(result.confidence[i]), "success": bool(result.success[i]),
+                     "linf": float(result.norms["linf"][i]), "l2": float(result.norms["l2"][i])})
+    summary = {**result.summary(), "images": rows,
+               "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}}
+    write_text(out / "attack.json", json.dumps(summary, indent=2) + "\n")
+    write_manifest(out, "attack", ["attack.png", "attack.safetensors", "attack.json", *files], model=args.model,
+                   method=args.method, images=[str(p) for p in args.images], seed=args.seed,
+                   **{k: v for k, v in options.items() if k != "target"},
+                   target=None if target is None else [_name(classes, t) for t in target])
+    for row in rows:
+        print(f"{row['image']}: {row['label']} -> {row['predicted']} ({row['confidence']:.0%})"
+              f"{'  fooled' if row['success'] else '  not fooled'}, L-inf {row['linf'] * 255:.1f}/255, "
+              f"L2 {row['l2']:.3f}")
+    print(f"{title}; written to {out.resolve()}")
+
+
+def _name(classes: list[str], k: int) -> str:
+    return classes[k] if 0 <= k < len(classes) else str(k)
+
+
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from ..adversarial import MINIMAL, robustness_curve
+    from ..core.io import write_manifest, write_tensors, write_text
+    from ..models.loading import load_model
+    from ..viz import save_figure
+    from ..viz.adversarial import norms_figure, robustness_figure
+    from .units import _dataset
+
+    _positive("--n", args.n)
+    if args.steps is not None:
+        _positive("--steps", args.steps)
+    minimal = args.attack in MINIMAL
+    norm = args.norm or ("l2" if minimal else "linf")
+    grid = None if args.eps is None and minimal else eps_grid(args.eps or "0:16/255:9", norm)
+    specs = [s.strip() for s in args.model.split(",") if s.strip()]
+    if not specs:
+        raise InputError("--model: name at least one model, e.g. --model shapes,shapes-robust")
+    models = {spec: load_model(spec, device=args.device, trust=args.trust) for spec in specs}
+    first = next(iter(models.values()))
+    data = _dataset(args, first)
+    data = data[:args.n] if len(data) > args.n else data
+    curves = {}
+    for spec, model in models.items():
+        options = {"steps": args.steps} if args.steps is not None and args.attack != "noise" else {}
+        if args.attack in ("fgsm", "pgd", "noise", "deepfool") or args.norm:
+            options["norm"] = norm
+        curves[spec] = robustness_curve(model, data, args.attack, grid, seed=args.seed,
+                                        progress=not args.no_progress, **options)
+    out = _out(args, "robustness")
+    classes = len(getattr(first, "classes", []) or []) or None
+    title = f"{args.attack} on {len(data)} images"
+    files = ["robustness.png", "robustness.json", "robustness.safetensors"]
+    save_figure(robustness_figure(curves, title=title, chance=1 / classes if classes else None),
+                out / "robustness.png", dpi=120)
+    if minimal:
+        save_figure(norms_figure({k: c.norms for k, c in curves.items()}, norm=norm, title=title),
+                    out / "norms.png", dpi=120)
+        files.append("norms.png")
+    summary = {spec: {"attack": c.attack, "norm": c.norm, "clean_accuracy": c.clean_accuracy,
+                      "eps": c.eps.tolist(), "accuracy": c.accuracy.tolist(),
+                      **({"median_norm": float(c.norms[c.norms > 0].median())} if c.norms is not None and
+                         bool((c.norms > 0).any()) else {})}
+               for spec, c in curves.items()}
+    write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
+    write_tensors(out / "robustness.safetensors",
+                  {f"{spec}/{key}": getattr(c, key) for spec, c in curves.items() for key in ("eps", "accuracy")
+                   if getattr(c, key) is not None}, {"attack": args.attack})
+    write_manifest(out, "robustness", files, model=args.model, attack=args.attack, norm=norm, n=len(data),
+                   data=args.data, seed=args.seed, eps=grid)
+    scale, unit = (255, "/255") if norm == "linf" else (1, "")
+    for spec, c in curves.items():
+        points = ", ".join(f"{e * scale:.3g}{unit}: {a:.1%}" for e, a in zip(c.eps.tolist(), c.accuracy.tolist())
+                           ) if grid is not None else f"median minimal {norm} {summary[spec].get('median_norm')}"
+        print(f"{spec}: clean {c.clean_accuracy:.1%}; {points}")
+    print(f"written to {out.resolve()}")
+
+
+def register(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :func:`underhood.cli._parser`)."""
+    p = add("attack", cmd_attack, "adversarial examples for images: original, perturbation, adversarial")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
+    p.add_argument("--method", default="pgd", help=f"attack: {', '.join(PER_IMAGE)} (default pgd)")
+    p.add_argument("--eps", help="budget for fgsm, pgd and noise, e.g. 8/255 (default; L-inf) or 0.5 with --norm l2")
+    p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budget (default linf)")
+    p.add_argument("--steps", type=int, help="iterations (default: the attack's own)")
+    p.add_argument("--restarts", type=int, help="PGD random restarts")
+    p.add_argument("--pixels", type=int, help="pixels one_pixel may change (default 1)")
+    p.add_argument("--target", help="target class (index or name) for a targeted attack")
+    p.add_argument("--label", help="true class (index or name; one, or one per image); default: the prediction")
+    p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("robustness", cmd_robustness, "accuracy under attack against the budget (robustness curve)",
+            model=False)
+    p.add_argument("--model", default="shapes", help="model spec, or several comma-separated (one curve each)")
+    p.add_argument("--attack", default="pgd", choices=["pgd", "fgsm", "noise", "deepfool", "cw", "lbfgs"])
+    p.add_argument("--eps", help="budgets: start:stop:count or a list (default 0:16/255:9; minimal-norm attacks "
+                                 "default to every sample's norm)")
+    p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budgets (default linf; l2 for minimal ones)")
+    p.add_argument("--data", help="data spec (default: the model's held-out images)")
+    p.add_argument("--n", type=int, default=256, help="images (default 256)")
+    p.add_argument("--steps", type=int, help="attack iterations (default: the attack's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (runs their code)")
+    p.add_argument("--no-progress", action="store_true")

@@ -1,0 +1,196 @@
+"""Figures of the adversarial family: the lectures' three panels, robustness curves, universal perturbations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .figures import TITLE_KW
+from .render import pyplot, to_numpy_image
+
+GOOD, BAD, INK = "#1a7f37", "#cf222e", "#24292f"
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    arr = to_numpy_image(image.detach().float().cpu().clamp(0, 1))
+    ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def magnify(delta: torch.Tensor, factor: float | None = None) -> tuple[torch.Tensor, float]:
+    """``(0.5 + factor * delta, factor)``: a perturbation made visible around mid-grey.
+
+    The default factor maps the largest ``|delta|`` of the batch to 0.5 (full contrast), so
+    panels of one figure share a scale.
+    """
+    d = delta.detach().float().cpu()
+    if factor is None:
+        top = float(d.abs().max())
+        factor = 0.5 / top if top > 0 else 1.0
+    return (0.5 + factor * d).clamp(0, 1), factor
+
+
+def _name(classes: Sequence[str] | None, k: int) -> str:
+    return classes[k] if classes is not None and 0 <= k < len(classes) else str(k)
+
+
+def attack_figure(inputs: torch.Tensor, result, *, classes: Sequence[str] | None = None,
+                  clean_probs: torch.Tensor | None = None, max_rows: int = 6, title: str | None = None,
+                  cell: float = 1.9):
+    """The lectures' figure: original | perturbation (magnified) | adversarial, one row per image.
+
+    The original is titled with its label (and the model's confidence in it when ``clean_probs``
+    ``[N, K]`` are given), the adversarial with the predicted class and its confidence, red when
+    the attack succeeded. The perturbation's title gives its L-inf norm (in /255) and the
+    magnification, shared by all rows.
+    """
+    plt = pyplot()
+    n = min(len(inputs), max_rows)
+    shown, factor = magnify(result.perturbation[:n])
+    fig, axes = plt.subplots(n, 3, figsize=(3 * cell, n * (cell + 0.42) + (0.35 if title else 0)), squeeze=False)
+    labels, pred = result.labels.tolist(), result.predicted.tolist()
+    conf, ok = result.confidence.tolist(), result.success.tolist()
+    linf = result.norms["linf"].tolist()
+    l2 = result.norms["l2"].tolist()
+    for i in range(n):
+        a, b, c = axes[i]
+        _show(a, inputs[i])
+        clean = f"\np = {float(clean_probs[i, labels[i]]):.2f}" if clean_probs is not None else ""
+        a.set_title(f"original: {_name(classes, labels[i])}{clean}", color=INK, **TITLE_KW)
+        _show(b, shown[i])
+        b.set_title(f"perturbation ×{factor:.0f}\nL∞ {linf[i] * 255:.1f}/255, L2 {l2[i]:.2f}", color=INK, **TITLE_KW)
+        _show(c, result.adversarial[i])
+        target = ""
+        if result.target is not None:
+            target = f" (target {_name(classes, int(result.target[i]))})"
+        c.set_title(f"adversarial: {_name(classes, pred[i])}{target}\np = {conf[i]:.2f}",
+                    color=BAD if ok[i] else GOOD, **TITLE_KW)
+    if title:
+        height = fig.get_figheight()
+        fig.tight_layout(pad=0.4, rect=(0, 0, 1, 1 - 0.35 / height))
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / height, va="top")
+    else:
+        fig.tight_layout(pad=0.4)
+    return fig
+
+
+def _eps_label(norm: str) -> str:
+    return "ε (L∞, in /255)" if norm == "linf" else f"ε ({'L2' if norm == 'l2' else norm})"
+
+
+def robustness_figure(curves: Mapping[str, object], *, title: str | None = None, chance: float | None = None):
+    """Accuracy against the budget, one line per curve (``{name: RobustnessCurve}``).
+
+    L-inf budgets are drawn in /255 units. A minimal-norm curve (``norms`` set, no fixed grid)
+    is drawn as a step curve.
+    """
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.3))
+    colors = plt.get_cmap("tab10")
+    norm = "linf"
+    for i, (name, curve) in enumerate(curves.items()):
+        norm = curve.norm
+        scale = 255.0 if norm == "linf" else 1.0
+        eps = np.asarray(curve.eps, dtype=float) * scale
+        acc = np.asarray(curve.accuracy, dtype=float) * 100
+        style = {"drawstyle": "steps-post"} if curve.norms is not None and len(eps) > 20 else {"marker": "o",
+                                                                                              "ms": 3.5}
+        ax.plot(eps, acc, color=colors(i % 10), lw=1.6, label=name, **style)
+    if chance is not None:
+        ax.axhline(chance * 100, color="#8c959f", lw=1, ls="--", label="chance")
+    ax.set_xlabel(_eps_label(norm), fontsize=8)
+    ax.set_ylabel("accuracy under attack (%)", fontsize=8)
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout(pad=0.4)
+    return fig
+
+
+def norms_figure(norms: Mapping[str, torch.Tensor], *, norm: str = "l2", title: str | None = None):
+    """Per-sample minimal adversarial norms as cumulative curves: the share of images fooled within ε."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.1))
+    colors = plt.get_cmap("tab10")
+    for i, (name, values) in enumerate(norms.items()):
+        v = np.sort(np.asarray(values.detach().float().cpu(), dtype=float))
+        v = v[np.isfinite(v)]
+        if len(v):
+            ax.plot(v, np.arange(1, len(v) + 1) / len(values) * 100, drawstyle="steps-post", color=colors(i % 10),
+                    lw=1.6, label=f"{name} (median {np.median(v):.2f})")
+    ax.set_xlabel(f"minimal perturbation ({'L2' if norm == 'l2' else norm})", fontsize=8)
+    ax.set_ylabel("images fooled (%)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout(pad=0.4)
+    return fig
+
+
+def universal_figure(perturbation: torch.Tensor, images: torch.Tensor, clean_pred: Sequence[int],
+                     adv_pred: Sequence[int], *, classes: Sequence[str] | None = None, title: str | None = None,
+                     cell: float = 1.45):
+    """One perturbation for all images: the perturbation (magnified) and a row of images before and after."""
+    plt = pyplot()
+    n = len(images)
+    shown, factor = magnify(perturbation[None])
+    fig = plt.figure(figsize=(cell * (n + 1.3), 2 * cell + 0.7))
+    grid = fig.add_gridspec(2, n + 1, width_ratios=[1.3] + [1] * n)
+    ax = fig.add_subplot(grid[:, 0])
+    _show(ax, shown[0])
+    linf = float(perturbation.abs().max()) * 255
+    ax.set_title(f"universal perturbation\n×{factor:.0f}, L∞ {linf:.0f}/255", color=INK, **TITLE_KW)
+    adv = (images + perturbation.to(images.device)).clamp(0, 1)
+    for j in range(n):
+        top, bottom = fig.add_subplot(grid[0, j + 1]), fig.add_subplot(grid[1, j + 1])
+        _show(top, images[j])
+        top.set_title(_name(classes, int(clean_pred[j])), color=INK, **TITLE_KW)
+        _show(bottom, adv[j])
+        fooled = int(adv_pred[j]) != int(clean_pred[j])
+        bottom.set_title(_name(classes, int(adv_pred[j])), color=BAD if fooled else GOOD, **TITLE_KW)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(pad=0.4)
+    return fig
+
+
+def fooling_figure(result, *, classes: Sequence[str] | None = None, ncols: int = 8, title: str | None = None,
+                   cell: float = 1.35):
+    """Images made from scratch, titled with the class the model sees and its confidence."""
+    from .figures import image_grid
+
+    cls = (result.target if result.target is not None else result.predicted).tolist()
+    pred, conf = result.predicted.tolist(), result.confidence.tolist()
+    titles = [f"{_name(classes, k)}\np = {c:.3f}" if p == k else f"{_name(classes, k)}\n(sees {_name(classes, p)})"
+              for k, p, c in zip(cls, pred, conf)]
+    colors = [BAD if ok else "#8c959f" for ok in result.success.tolist()]
+    return image_grid(result.adversarial.detach().cpu(), titles=titles, ncols=ncols, cell=cell, suptitle=title,
+                      title_colors=colors)
+
+
+def linear_figure(demo, *, cell: float = 1.9):
+    """The linear-model demonstration: input, the step ``eps * sign(w)``, and the flipped input."""
+    plt = pyplot()
+    shape = demo.image_shape
+    fig, axes = plt.subplots(1, 3, figsize=(3 * cell, cell + 0.55))
+    step = demo.x_adv - demo.x
+    shown, factor = magnify(step.view(shape))
+    c0, c1 = demo.classes
+    for ax, image, text in (
+            (axes[0], demo.x.view(shape), f"x: p({c1}) = {demo.prob:.3f}"),
+            (axes[1], shown, f"step ε·sign(w), ε = {demo.eps * 255:.1f}/255\n(×{factor:.0f})"),
+            (axes[2], demo.x_adv.view(shape), f"x + step: p({c1}) = {demo.prob_adv:.3f}")):
+        _show(ax, image)
+        ax.set_title(text, color=INK, **TITLE_KW)
+    fig.tight_layout(pad=0.4)
+    return fig

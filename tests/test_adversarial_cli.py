@@ -1,0 +1,157 @@
+"""Commands of the adversarial family: outputs equal the library's, errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import underhood
+from underhood import adversarial as adv
+from underhood.cli import EXAMPLES, main
+from underhood.commands.adversarial import eps_grid
+from underhood.core.errors import InputError
+from underhood.viz.render import to_png
+
+from .adversarial_models import one_thread  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model():
+    return underhood.load_model("shapes", device="cpu")
+
+
+@pytest.fixture
+def images(tmp_path):
+    data = underhood.datasets.shapes(2, seed=9).images
+    paths = []
+    for i, x in enumerate(data):
+        path = tmp_path / f"shape{i}.png"
+        path.write_bytes(to_png(x))
+        paths.append(str(path))
+    return paths
+
+
+def _loaded(paths):
+    from underhood.data.io import load_image
+
+    return torch.cat([load_image(p, size=(64, 64)) for p in paths])
+
+
+def _error(capsys, argv) -> str:
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_commands_have_an_example_and_help(capsys):
+    for name in ("attack", "robustness"):
+        assert EXAMPLES[name].startswith("underhood " + name)
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        assert "example:" in text and "--out" in text and "--eps" in text
+
+
+def test_attack_equals_the_library_and_writes_the_figure(tmp_path, images, model, capsys):
+    out = tmp_path / "a"
+    assert main(["attack", *images, "--method", "pgd", "--eps", "4/255", "--steps", "3", "--out", str(out)]) == 0
+    saved = load_file(str(out / "attack.safetensors"))
+    ref = adv.pgd(model, _loaded(images), eps=4 / 255, steps=3, seed=0)
+    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
+    torch.testing.assert_close(saved["perturbation"], ref.perturbation)
+    assert torch.equal(saved["success"], ref.success)
+    summary = json.loads((out / "attack.json").read_text())
+    assert summary["method"] == "pgd" and len(summary["images"]) == 2
+    assert summary["eps"] == pytest.approx(4 / 255)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"attack.png", "attack.safetensors", "attack.json"} <= set(manifest["files"])
+    assert (out / "attack.png").stat().st_size > 10_000
+    text = capsys.readouterr().out
+    assert "fooled" in text and "L-inf" in text
+
+
+def test_targeted_attack_by_class_name(tmp_path, images, model):
+    out = tmp_path / "t"
+    x = _loaded(images)
+    clean = model(x).argmax(1)
+    target = int((clean[0] + 1) % len(model.classes))
+    if target == int(clean[1]):
+        target = (target + 1) % len(model.classes)
+    name = model.classes[target]
+    assert main(["attack", *images, "--method", "fgsm", "--eps", "16/255", "--target", name, "--out", str(out)]) == 0
+    saved = load_file(str(out / "attack.safetensors"))
+    ref = adv.fgsm(model, x, eps=16 / 255, target=target)
+    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
+
+
+def test_minimal_attack_and_history(tmp_path, images):
+    out = tmp_path / "g"
+    assert main(["attack", images[0], "--method", "gradient_ascent", "--steps", "4", "--out", str(out)]) == 0
+    saved = load_file(str(out / "attack.safetensors"))
+    assert saved["history"].shape == (5, 1)
+
+
+def test_attack_errors_are_one_line(capsys, images):
+    assert "--method: unknown per-image attack 'pgdd'; did you mean pgd?" in _error(
+        capsys, ["attack", images[0], "--method", "pgdd"])
+    assert "--method: unknown per-image attack 'universal'" in _error(capsys, ["attack", images[0], "--method",
+                                                                              "universal"])
+    assert "--eps: '2'" in _error(capsys, ["attack", images[0], "--eps", "2"])
+    assert "--eps: deepfool takes no budget" in _error(capsys, ["attack", images[0], "--method", "deepfool",
+                                                                 "--eps", "8/255"])
+    assert "--eps" in _error(capsys, ["attack", images[0], "--eps", "eight"])
+    line = _error(capsys, ["attack", images[0], "--method", "noise", "--target", "0"])
+    assert line.startswith("underhood attack: error: --target") and "untargeted" in line
+    assert "--label: 3 labels for 1 images" in _error(capsys, ["attack", images[0], "--label", "0,1,2"])
+    assert "--target: 'dragon' is neither an index nor a class name" in _error(capsys, ["attack", images[0],
+                                                                                       "--target", "dragon"])
+    assert "--steps" in _error(capsys, ["attack", images[0], "--steps", "0"])
+
+
+def test_target_equal_to_the_class_is_refused(capsys, images, model):
+    pred = int(model(_loaded(images[:1])).argmax(1))
+    line = _error(capsys, ["attack", images[0], "--method", "pgd", "--target", str(pred)])
+    assert "--target:" in line and "already the model's prediction" in line
+    line = _error(capsys, ["attack", images[0], "--method", "pgd", "--label", "1", "--target", "1"])
+    assert "already the true class" in line
+
+
+def test_robustness_equals_the_library(tmp_path, model):
+    out = tmp_path / "r"
+    assert main(["robustness", "--model", "shapes", "--n", "8", "--eps", "0,8/255", "--steps", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    data = underhood.datasets.from_spec("shapes:2000", size=(64, 64), channels=3)[:8]
+    ref = adv.robustness_curve(model, data, "pgd", [0, 8 / 255], steps=2, norm="linf")
+    summary = json.loads((out / "robustness.json").read_text())["shapes"]
+    assert summary["accuracy"] == pytest.approx(ref.accuracy.tolist())
+    assert summary["clean_accuracy"] == pytest.approx(ref.clean_accuracy)
+    assert (out / "robustness.png").is_file()
+
+
+def test_robustness_of_two_models_and_a_minimal_norm_curve(tmp_path):
+    out = tmp_path / "m"
+    assert main(["robustness", "--model", "shapes,shapes-resnet", "--attack", "deepfool", "--n", "4", "--steps",
+                 "3", "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "robustness.json").read_text())
+    assert set(summary) == {"shapes", "shapes-resnet"} and summary["shapes"]["norm"] == "l2"
+    assert (out / "norms.png").is_file()
+
+
+def test_robustness_errors_are_one_line(capsys):
+    assert "--eps: expected start:stop:count" in _error(capsys, ["robustness", "--eps", "0:x:3"])
+    assert "--eps: '3' is above 1" in _error(capsys, ["robustness", "--eps", "0,3"])
+    assert "--n" in _error(capsys, ["robustness", "--n", "0"])
+
+
+def test_eps_grid():
+    assert eps_grid("0:16/255:9") == pytest.approx([2 * i / 255 for i in range(9)])
+    assert eps_grid("0,4/255") == pytest.approx([0, 4 / 255])
+    assert eps_grid("0:1:3", "l2") == pytest.approx([0, 0.5, 1])
+    assert eps_grid("0.5,2", "l2") == pytest.approx([0.5, 2.0])
+    for bad in ("1:0:3", "0:1:1", "0:1", ""):
+        with pytest.raises(InputError, match="--eps"):
+            eps_grid(bad)
