@@ -32,6 +32,7 @@ BUILTIN_TRAINING = {
     "digits": ("digits", "digits"),
     "shapes-spurious": ("shapes", "shapes-spurious:1.0"),
     "shapes-random-labels": ("shapes", RANDOM_LABELS),
+    "shapes-robust": ("shapes", "shapes"),
 }
 
 
@@ -53,17 +54,35 @@ def test_builtin_models_load_in_eval_mode_with_metadata(name):
     # the recorded command reproduces the run
     assert model.meta["command"].startswith(f"underhood train --data {data} --arch {arch} ")
     assert f"--epochs {model.meta['epochs']} " in model.meta["command"]
-    assert model.meta["command"].endswith(f"--n-train {model.meta['n_train']}")
+    assert f"--n-train {model.meta['n_train']}" in model.meta["command"]
+    if "adversarial" in model.meta:  # the training loss is part of the recorded command
+        assert model.meta["command"].endswith(f"--adversarial {model.meta['adversarial']['method']} "
+                                              f"--adversarial-eps {model.meta['adversarial']['eps']:.6g}")
     assert name in underhood.list_models()
 
 
-@pytest.mark.parametrize("name", ["shapes", "shapes-resnet"])
+@pytest.mark.parametrize("name", ["shapes", "shapes-resnet", "shapes-robust"])
 def test_shapes_models_reach_97_percent_on_fresh_seeds(name):
     model = underhood.load_model(name, device="cpu")
     # seed 424242 is used by no training run (those use seed * 1000 + epoch) nor the stored test set
     data = underhood.datasets.shapes(1000, seed=424242)
     assert SHAPES_TEST_SEED != 424242
     assert accuracy(model, data) >= 0.97
+
+
+def test_robust_model_resists_pgd_where_the_standard_one_falls():
+    # the target: robust accuracy under PGD-20 at L-inf 8/255 at least 40 points above the standard model's
+    from underhood.adversarial import pgd
+    from underhood.core.device import threads
+
+    data = held_out_set("shapes")
+    x, y = data.images[:48], data.labels[:48]
+    with threads(1):
+        standard = pgd(underhood.load_model("shapes", device="cpu"), x, y, eps=8 / 255, steps=20).accuracy
+        robust_model = underhood.load_model("shapes-robust", device="cpu")
+        robust = pgd(robust_model, x, y, eps=8 / 255, steps=20).accuracy
+    assert standard <= 0.05 and robust >= standard + 0.4
+    assert robust_model.meta["robust_accuracy"] >= 0.45 and robust_model.meta["adversarial"]["method"] == "fgsm"
 
 
 def test_digits_model_reaches_97_percent():

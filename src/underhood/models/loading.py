@@ -29,6 +29,7 @@ BUILTIN = {
     "digits": "LeNet-5 on scikit-learn's handwritten digits (32x32 grey)",
     "shapes-spurious": "shapes CNN trained with a class-coloured corner marker, which it relies on (Clever Hans)",
     "shapes-random-labels": "shapes CNN that memorised permuted labels (data-randomisation sanity check)",
+    "shapes-robust": "shapes CNN adversarially trained (fast FGSM, L-inf 8/255): robust to PGD at 8/255",
 }
 
 
