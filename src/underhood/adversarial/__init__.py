@@ -7,9 +7,12 @@ logits, batched; ``labels`` default to the model's predictions; the model runs i
 is left as it was found.
 
 Budgeted: :func:`gradient_ascent` (the EE-559 lecture's), :func:`fgsm`, :func:`pgd`, and the
-:func:`noise` baseline. Minimal-norm: :func:`deepfool`, :func:`cw`, :func:`lbfgs`. Controls:
+:func:`noise` baseline. Minimal-norm: :func:`deepfool`, :func:`cw`, :func:`lbfgs`. Black-box:
+:func:`one_pixel` (probabilities only), :func:`substitute` (labels only, transfer from a trained
+substitute). Dataset-level: :func:`universal` (one perturbation for all images), :func:`patch` and
+:func:`apply_patch` (a universal, targeted patch). From scratch: :func:`fooling_images`. Controls:
 :func:`random_control`, :func:`linear_demo`, :func:`lecture_example`, :func:`robustness_curve`,
-:func:`transfer_matrix`.
+:func:`transfer_matrix`. Adversarial training losses: :mod:`underhood.adversarial.training`.
 
 Example:
     >>> from underhood import adversarial as adv                 # doctest: +SKIP
@@ -38,6 +41,7 @@ from .control import (
 from .gradient import fgsm, gradient_ascent, pgd
 from .minimal import cw, deepfool, lbfgs
 from .substitute import SubstituteResult, jacobian_augmentation, substitute, substitute_net
+from .universal import PatchResult, UniversalResult, apply_patch, patch, universal
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "gradient_ascent": gradient_ascent, "fgsm": fgsm, "pgd": pgd, "noise": noise,
@@ -54,4 +58,5 @@ def get(name: str | Callable[..., AttackResult]) -> Callable[..., AttackResult]:
 __all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "GradientMaskingWarning", "LinearDemo",
            "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm", "gradient_ascent", "lbfgs", "lecture_example",
            "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix",
-           "SubstituteResult", "jacobian_augmentation", "substitute", "substitute_net"]
+           "SubstituteResult", "jacobian_augmentation", "substitute", "substitute_net",
+           "PatchResult", "UniversalResult", "apply_patch", "patch", "universal"]
