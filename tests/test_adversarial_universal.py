@@ -98,6 +98,20 @@ def test_universal_linf_on_an_affine_binary_classifier_is_the_corner_along_sign_
     assert r.fooling_rate == pytest.approx(0.5) and torch.equal(r.result.success, torch.tensor(d) < 0.12)
 
 
+def test_universal_sgd_variant_on_an_affine_binary_classifier_reaches_the_corner():
+    # every input of class 0: the mean cross-entropy's gradient in v is a positive multiple of u = w1 - w0, so each
+    # sign step adds eps/4 * sign(u) and four steps reach the corner eps * sign(u), which fools the inputs closer
+    # than 4 eps (its score gain is eps ||u||_1 = 4 eps ||u||_2)
+    d = [0.05, 0.1, 0.15, 0.2]
+    model, x, u = one_side(d, signs=True)
+    r = universal(model, x, eps=0.03, norm="linf", passes=2, fooling=1.0, batch_size=2, method="sgd")
+    assert torch.allclose(r.perturbation.flatten(), 0.03 * u.sign(), atol=1e-7)
+    assert torch.equal(r.result.success, torch.tensor(d) < 0.12) and r.info["variant"] == "sgd"
+    # the L2 variant: steps along u / ||u||, projected onto the sphere: the paper's optimum eps * u / ||u||
+    r = universal(model, x, eps=0.2, norm="l2", passes=3, fooling=1.0, batch_size=4, method="sgd", step_size=0.1)
+    assert torch.allclose(r.perturbation.flatten(), 0.2 * u / u.norm(), atol=1e-6)
+
+
 def reference_universal(model, x, *, eps, norm, passes, fooling, overshoot, steps, candidates, seed):
     """Algorithm 1 of Moosavi-Dezfooli et al. (2017), one point at a time, with the public DeepFool."""
     with torch.no_grad():
@@ -324,6 +338,8 @@ def test_the_model_is_left_as_found_also_when_the_attack_raises(method, fail_at)
     (lambda m, x: universal(m, x, passes=0), "^passes: expected a positive int, got 0"),
     (lambda m, x: universal(m, x, fooling=1.5), "^fooling: expected a share in \\[0, 1\\], got 1.5"),
     (lambda m, x: universal(m, x, batch_size=0), "^batch_size: expected a positive int, got 0"),
+    (lambda m, x: universal(m, x, method="adam"), "^method: "),
+    (lambda m, x: universal(m, x, method="sgd", step_size=-1.0), "^step_size: "),
     (lambda m, x: universal(m, x, [0, 1]), "^labels: 2 classes for a batch of 4"),
     (lambda m, x: universal(m, x, held_out=x[:, :, :4, :4]), "^held_out: images of shape \\(3, 4, 4\\) differ from "
                                                               "the inputs' \\(3, 8, 8\\)"),
