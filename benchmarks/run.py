@@ -10,6 +10,7 @@ the figure is pessimistic).
     python benchmarks/run.py activations   # dataset scans vs raw forward (benchmarks/activations.py)
     python benchmarks/run.py embed         # t-SNE vs scikit-learn at 5,000 and 20,000 points
     python benchmarks/run.py synthesis     # render steps vs raw forward+backward; inversion quality
+    python benchmarks/run.py adversarial   # pgd vs raw forward+backward; accuracy targets (standard, robust)
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ def bench_demo() -> None:
 
 def main(argv: list[str]) -> None:
     torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
-    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed", "synthesis"}
+    wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed", "synthesis",
+                            "adversarial"}
     print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} cpus")
     reference = bench_model() if "model" in wanted else None
@@ -144,6 +146,10 @@ def main(argv: list[str]) -> None:
         from synthesis import bench_synthesis
 
         bench_synthesis()
+    if "adversarial" in wanted:
+        from adversarial import bench_adversarial
+
+        bench_adversarial()
 
 
 if __name__ == "__main__":

@@ -83,10 +83,12 @@ def test_demo_writes_a_self_contained_report(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "report written to" in proc.stdout
     html = (tmp_path / "report.html").read_text()
-    for anchor in ("model", "predictions", "filters", "feature-maps", "attribution", "attribution-trust"):
+    for anchor in ("model", "predictions", "filters", "feature-maps", "attribution", "attribution-trust",
+                   "adversarial-examples", "adversarial-iterations", "adversarial-robustness", "adversarial-universal"):
         assert f'id="{anchor}"' in html
     assert "receptive field" in html and "test accuracy" in html and "Grad-CAM" in html
     assert "sanity" in html.lower() and "shortcut" in html.lower()
+    assert "shapes-robust (adversarially trained)" in html and "PGD (20 steps)" in html
     assert html.count("data:image/png;base64,") >= 3
     # nothing external: no src/href to another host, no scripts or stylesheets fetched
     assert not re.search(r'(src|href)="(https?:)?//', html)
