@@ -84,7 +84,8 @@ def test_demo_writes_a_self_contained_report(tmp_path):
     assert "report written to" in proc.stdout
     html = (tmp_path / "report.html").read_text()
     for anchor in ("model", "predictions", "filters", "feature-maps", "attribution", "attribution-trust",
-                   "adversarial-examples", "adversarial-iterations", "adversarial-robustness", "adversarial-universal"):
+                   "adversarial-examples", "adversarial-iterations", "adversarial-robustness", "adversarial-universal",
+                   "adversarial-fooling"):
         assert f'id="{anchor}"' in html
     assert "receptive field" in html and "test accuracy" in html and "Grad-CAM" in html
     assert "sanity" in html.lower() and "shortcut" in html.lower()

@@ -126,7 +126,7 @@ def iterations(ctx: Context) -> Markup:
     body += figure(ctx, figure_to_png(linear_figure(demo), dpi=110), "adversarial-linear",
                    f"A logistic regression on {demo.image_shape[1]}×{demo.image_shape[2]} digits, {demo.classes[0]} "
                    f"against {demo.classes[1]} (held-out accuracy {demo.info['test_accuracy']:.1%}). The score "
-                   f"w·x moves by ε‖w‖₁ = {demo.eps * float(demo.w.abs().sum()):.1f} for a step of ε = "
+                   f"w·x moves by up to ε‖w‖₁ = {demo.eps * float(demo.w.abs().sum()):.1f} for a step of ε = "
                    f"{demo.eps * 255:.0f}/255 per pixel along sign(w): small steps on many inputs add up "
                    f"(Goodfellow et al. 2015's linearity explanation). A confident {demo.classes[0]} "
                    f"(p({demo.classes[1]}) = {demo.prob:.3f}) becomes a {demo.classes[1]} "
@@ -214,3 +214,30 @@ def universal_section(ctx: Context) -> Markup:
                   "2017 (universal(..., method='deepfool')) fools only a few percent of this model's images at this "
                   "size. Universal perturbations exist because the decision boundaries share a few directions.",
                   width="760px")
+
+
+@section("adversarial-fooling", "Fooling images: made from nothing, classified with near certainty", order=74)
+def fooling(ctx: Context) -> Markup:
+    from ..viz.adversarial import fooling_figure
+    from . import fooling_images
+
+    full = bool(ctx.options.get("full"))
+    names = _names(ctx)
+    classes = list(range(min(len(names) or 8, 10)))
+    gradient = fooling_images(ctx.model, classes, method="gradient", seed=ctx.seed)
+    body = figure(ctx, figure_to_png(fooling_figure(gradient, classes=names or None,
+                                                    ncols=min(len(classes), 10)), dpi=110),
+                  "adversarial-fooling-gradient",
+                  f"Gradient variant (as in Nguyen et al. 2015): from uniform noise, gradient ascent on "
+                  f"the log-probability of each class, pixels kept in [0, 1]. {int(gradient.success.sum())} of "
+                  f"{len(classes)} images reach p ≥ 0.99 (red titles); none of them looks like its class to us.",
+                  width="760px")
+    if full:
+        evolved = fooling_images(ctx.model, classes, method="evolution", seed=ctx.seed)
+        body += figure(ctx, figure_to_png(fooling_figure(evolved, classes=names or None,
+                                                         ncols=min(len(classes), 10)), dpi=110),
+                       "adversarial-fooling-evolution",
+                       f"Evolutionary variant (black box: the model's probabilities only; direct pixel encoding, "
+                       f"one elite per class as in MAP-Elites): {int(evolved.success.sum())} of {len(classes)} "
+                       f"reach p ≥ 0.99.", width="760px")
+    return body
