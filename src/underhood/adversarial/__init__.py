@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from ..core.errors import lookup
 from .base import AttackResult, GradientMaskingWarning, parse_eps
+from .blackbox import one_pixel
 from .control import (
     ControlResult,
     LinearDemo,
@@ -38,6 +39,7 @@ from .control import (
     robustness_curve,
     transfer_matrix,
 )
+from .fooling import fooling_images
 from .gradient import fgsm, gradient_ascent, pgd
 from .minimal import cw, deepfool, lbfgs
 from .substitute import SubstituteResult, jacobian_augmentation, substitute, substitute_net
@@ -45,7 +47,7 @@ from .universal import PatchResult, UniversalResult, apply_patch, patch, univers
 
 ATTACKS: dict[str, Callable[..., AttackResult]] = {
     "gradient_ascent": gradient_ascent, "fgsm": fgsm, "pgd": pgd, "noise": noise,
-    "deepfool": deepfool, "cw": cw, "lbfgs": lbfgs,
+    "deepfool": deepfool, "cw": cw, "lbfgs": lbfgs, "one_pixel": one_pixel,
 }
 MINIMAL = ("deepfool", "cw", "lbfgs")  # attacks without a budget: they return minimal perturbations
 
@@ -59,4 +61,4 @@ __all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "Gradie
            "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm", "gradient_ascent", "lbfgs", "lecture_example",
            "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix",
            "SubstituteResult", "jacobian_augmentation", "substitute", "substitute_net",
-           "PatchResult", "UniversalResult", "apply_patch", "patch", "universal"]
+           "PatchResult", "UniversalResult", "apply_patch", "patch", "universal", "one_pixel", "fooling_images"]
