@@ -95,6 +95,17 @@ def test_minimal_attack_and_history(tmp_path, images):
     assert saved["history"].shape == (5, 1)
 
 
+def test_one_pixel_from_the_command_line(tmp_path, images, model):
+    out = tmp_path / "p"
+    assert main(["attack", images[0], "--method", "one_pixel", "--pixels", "2", "--steps", "2",
+                 "--out", str(out)]) == 0
+    saved = load_file(str(out / "attack.safetensors"))
+    ref = adv.one_pixel(model, _loaded(images[:1]), pixels=2, iterations=2)
+    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
+    changed = (saved["perturbation"][0].abs().sum(0) > 0).sum()
+    assert changed <= 2
+
+
 def test_attack_errors_are_one_line(capsys, images):
     assert "--method: unknown per-image attack 'pgdd'; did you mean pgd?" in _error(
         capsys, ["attack", images[0], "--method", "pgdd"])

@@ -73,7 +73,7 @@ def _options(fn: Callable, args: argparse.Namespace) -> dict:
     """The command-line options the attack function takes."""
     names = inspect.signature(fn).parameters
     wanted = {"steps": args.steps, "norm": args.norm, "restarts": getattr(args, "restarts", None),
-              "pixels": getattr(args, "pixels", None)}
+              "pixels": getattr(args, "pixels", None), "iterations": args.steps}  # one_pixel's generations
     return {k: v for k, v in wanted.items() if v is not None and k in names}
 
 
@@ -235,7 +235,7 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--method", default="pgd", help=f"attack: {', '.join(PER_IMAGE)} (default pgd)")
     p.add_argument("--eps", help="budget for fgsm, pgd and noise, e.g. 8/255 (default; L-inf) or 0.5 with --norm l2")
     p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budget (default linf)")
-    p.add_argument("--steps", type=int, help="iterations (default: the attack's own)")
+    p.add_argument("--steps", type=int, help="iterations, or one_pixel's generations (default: the attack's own)")
     p.add_argument("--restarts", type=int, help="PGD random restarts")
     p.add_argument("--pixels", type=int, help="pixels one_pixel may change (default 1)")
     p.add_argument("--target", help="target class (index or name) for a targeted attack")
