@@ -30,6 +30,7 @@ from torch import nn
 
 import underhood
 from run import report
+from synthesis import _alternate
 from underhood import adversarial as adv
 from underhood.models.training import test_set
 
@@ -44,18 +45,6 @@ def _raw(model: nn.Module, x: torch.Tensor, steps: int) -> Callable[[], None]:
             model(leaf).sum().backward()
             leaf.grad = None
     return run
-
-
-def _alternate(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, tuple[float, float]]:
-    best = {k: (float("inf"), 0.0) for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            fn()
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            if wall < best[k][0]:
-                best[k] = (wall, cpu / wall)
-    return best
 
 
 def _speed_case(label: str, model: nn.Module, shape: tuple[int, ...], steps: int, repeat: int) -> None:

@@ -69,6 +69,16 @@ def eps_grid(value: str, norm: str = "linf") -> list[float]:
     return grid
 
 
+def _per_image(value: str | None, model, n: int, option: str, what: str) -> list[int] | None:
+    """One class (index or name) for all ``n`` images, or one per image; None when not given."""
+    if value is None:
+        return None
+    ids = _classes(value, model, option)
+    if len(ids) not in (1, n):
+        raise InputError(f"{option}: {len(ids)} {what} for {n} images; give one, or one per image")
+    return ids * n if len(ids) == 1 else ids
+
+
 def _options(fn: Callable, args: argparse.Namespace) -> dict:
     """The command-line options the attack function takes."""
     names = inspect.signature(fn).parameters
@@ -103,18 +113,9 @@ def cmd_attack(args: argparse.Namespace) -> None:
     device = next(model.parameters()).device
     images = _load(args.images, model, args.size).to(device)
     classes = list(getattr(model, "classes", []) or [])
-    labels = None
-    if args.label is not None:
-        ids = _classes(args.label, model, "--label")
-        labels = ids * len(images) if len(ids) == 1 else ids
-        if len(labels) != len(images):
-            raise InputError(f"--label: {len(ids)} labels for {len(images)} images; give one, or one per image")
-    target = None
-    if args.target is not None:
-        ids = _classes(args.target, model, "--target")
-        target = ids * len(images) if len(ids) == 1 else ids
-        if len(target) != len(images):
-            raise InputError(f"--target: {len(ids)} targets for {len(images)} images; give one, or one per image")
+    labels = _per_image(args.label, model, len(images), "--label", "labels")
+    target = _per_image(args.target, model, len(images), "--target", "targets")
+    if target is not None:
         if "target" not in inspect.signature(fn).parameters:
             raise InputError(f"--target: {args.method} is untargeted; drop --target or use fgsm, pgd, cw, lbfgs, "
                              "gradient_ascent or one_pixel")
