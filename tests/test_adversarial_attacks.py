@@ -279,6 +279,10 @@ def test_robustness_curve_norms_and_attacks_without_a_budget(shapes_model, shape
         adv.robustness_curve(shapes_model, (x, y), "fgsm", [0.1], norm="l2", batch_size=2)
     with pytest.raises(InputError, match="^attack: gradient_ascent has no budget to sweep"):
         adv.robustness_curve(shapes_model, (x, y), "gradient_ascent", [0.1], batch_size=2)
+    with pytest.raises(InputError, match="^attack: one_pixel has no budget to sweep"):
+        adv.robustness_curve(shapes_model, (x, y), "one_pixel", [0.1], batch_size=2)
+    with pytest.raises(InputError, match="^attack: one_pixel has no budget to sweep"):
+        adv.transfer_matrix([shapes_model], (x, y), "one_pixel")
 
 
 def test_transfer_matrix_diagonal_is_white_box_and_a_copy_is_fooled_alike():

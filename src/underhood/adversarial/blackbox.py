@@ -114,7 +114,10 @@ def one_pixel(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
     not depend on when the others stop, nor on ``batch_size``.
 
     Cost: ``population * (1 + generations)`` model queries (images classified) per image
-    (``info["queries"]``), plus the clean batch when ``labels`` is None.
+    (``info["queries"]``), plus the clean batch when ``labels`` is None. With the paper's defaults,
+    an image that resists costs 40,400 queries (about 100 s for the built-in shapes model on one
+    CPU thread); on 16 held-out shapes images one pixel fooled none (the true class's probability
+    fell from 0.90-0.98 to 0.59-0.94) and three pixels fooled 5.
 
     Args:
         model: a classifier returning logits ``[N, K]`` on ``[N, C, H, W]`` pixels in ``[0, 1]``.

@@ -343,8 +343,8 @@ def _attack(attack: str | Callable[..., AttackResult]) -> tuple[Callable[..., At
 
     fn = get(attack)
     name = getattr(fn, "__name__", str(attack))
-    if name == "gradient_ascent":
-        raise InputError("attack: gradient_ascent has no budget to sweep; use pgd, fgsm, noise or a minimal-norm "
+    if name in ("gradient_ascent", "one_pixel"):
+        raise InputError(f"attack: {name} has no budget to sweep; use pgd, fgsm, noise or a minimal-norm "
                          "attack (deepfool, cw, lbfgs)")
     return fn, name, name in MINIMAL
 
