@@ -222,8 +222,10 @@ def cmd_robustness(args: argparse.Namespace) -> None:
                    data=args.data, seed=args.seed, eps=grid)
     scale, unit = (255, "/255") if norm == "linf" else (1, "")
     for spec, c in curves.items():
-        points = ", ".join(f"{e * scale:.3g}{unit}: {a:.1%}" for e, a in zip(c.eps.tolist(), c.accuracy.tolist())
-                           ) if grid is not None else f"median minimal {norm} {summary[spec].get('median_norm')}"
+        if grid is not None:
+            points = ", ".join(f"{e * scale:.3g}{unit}: {a:.1%}" for e, a in zip(c.eps.tolist(), c.accuracy.tolist()))
+        else:
+            points = f"median minimal {norm} {summary[spec].get('median_norm', float('nan')):.3f}"
         print(f"{spec}: clean {c.clean_accuracy:.1%}; {points}")
     print(f"written to {out.resolve()}")
 

@@ -98,14 +98,20 @@ def robustness_figure(curves: Mapping[str, object], *, title: str | None = None,
         scale = 255.0 if norm == "linf" else 1.0
         eps = np.asarray(curve.eps, dtype=float) * scale
         acc = np.asarray(curve.accuracy, dtype=float) * 100
-        style = {"drawstyle": "steps-post"} if curve.norms is not None and len(eps) > 20 else {"marker": "o",
-                                                                                              "ms": 3.5}
+        style = {"marker": "o", "ms": 3.5} if len(eps) <= 20 else {}
+        if curve.norms is not None:  # accuracy(e) = share of minimal norms above e: a step function
+            style["drawstyle"] = "steps-post"
         ax.plot(eps, acc, color=colors(i % 10), lw=1.6, label=name, **style)
     if chance is not None:
         ax.axhline(chance * 100, color="#8c959f", lw=1, ls="--", label="chance")
-    ax.set_xlabel(_eps_label(norm), fontsize=8)
-    ax.set_ylabel("accuracy under attack (%)", fontsize=8)
     ax.set_ylim(-2, 102)
+    return _curve_axes(fig, ax, _eps_label(norm), "accuracy under attack (%)", title)
+
+
+def _curve_axes(fig, ax, xlabel: str, ylabel: str, title: str | None):
+    """Labels, grid, legend and title of a curve plot; the figure, laid out."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
     ax.legend(fontsize=7, frameon=False)
@@ -126,15 +132,8 @@ def norms_figure(norms: Mapping[str, torch.Tensor], *, norm: str = "l2", title: 
         if len(v):
             ax.plot(v, np.arange(1, len(v) + 1) / len(values) * 100, drawstyle="steps-post", color=colors(i % 10),
                     lw=1.6, label=f"{name} (median {np.median(v):.2f})")
-    ax.set_xlabel(f"minimal perturbation ({'L2' if norm == 'l2' else norm})", fontsize=8)
-    ax.set_ylabel("images fooled (%)", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout(pad=0.4)
-    return fig
+    return _curve_axes(fig, ax, f"minimal perturbation ({'L2' if norm == 'l2' else norm})", "images fooled (%)",
+                       title)
 
 
 def universal_figure(perturbation: torch.Tensor, images: torch.Tensor, clean_pred: Sequence[int],
