@@ -5,8 +5,10 @@ forward pass of the final iterates and, with ``labels=None``, one of the clean i
 are given here. The reference, in the same run and at the same threads and batch: k passes of a
 leaf input that requires grad through the model in eval mode (parameters frozen),
 ``.sum().backward()``. PGD's cost beyond that is the projection, the success bookkeeping and its
-last forward pass (about 1/(2k) of the reference at k = 20). Everything runs in turn, best of
-``repeat``. Target <= 1.1x (torchattacks, Foolbox and ART measure 1.04-1.40x).
+last forward pass (0.44 of a step on the shapes model: 2.2% at k = 20). Both run in turn
+``repeat`` times; single runs vary by about 10% on a shared VM, so the figure is the median of
+the per-round ratios (the ratio of the best times is printed beside it). Target <= 1.1x
+(torchattacks, Foolbox and ART measure 1.04-1.40x).
 
 Cases: the built-in "shapes" VGG, 64 x 3 x 64 x 64, k = 20 and k = 10; a ResNet-18-sized network
 (:class:`attribution.ResNet18`, random weights) at 16 x 3 x 224 x 224, k = 5.
@@ -22,6 +24,7 @@ of CW and DeepFool against the smallest L2 budget at which PGD succeeds (bisecti
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 
@@ -58,17 +61,25 @@ def _speed_case(label: str, model: nn.Module, shape: tuple[int, ...], steps: int
            "pgd": lambda: adv.pgd(model, x, y, eps=8 / 255, steps=steps)}
     for fn in fns.values():
         fn()  # warm-up
-    best = _alternate(fns, repeat)
-    (raw, cw_raw), (pgd, cw_pgd) = best["raw"], best["pgd"]
-    ratio = pgd / raw
-    report(f"pgd-{steps}, {label}", f"{1e3 * pgd / steps:7.1f} ms/step = {ratio:4.2f}x {steps} raw fwd+bwd"
-           f"{' MISS' if ratio > TARGET else ''}", min(cw_raw, cw_pgd))
+    # run in turn; on a shared VM single runs vary by +-10%, so the ratio is the median of per-round ratios
+    # (each round times both back to back), with the best-of ratio beside it
+    ratios, walls, cpu_wall = [], {"raw": [], "pgd": []}, 2.0
+    for _ in range(repeat):
+        round_ = _alternate(fns, 1)
+        for k in walls:
+            walls[k].append(round_[k][0])
+        ratios.append(round_["pgd"][0] / round_["raw"][0])
+        cpu_wall = min(cpu_wall, round_["raw"][1], round_["pgd"][1])
+    ratio = statistics.median(ratios)
+    best = min(walls["pgd"]) / min(walls["raw"])
+    report(f"pgd-{steps}, {label}", f"{1e3 * statistics.median(walls['pgd']) / steps:7.1f} ms/step = {ratio:4.2f}x "
+           f"{steps} raw fwd+bwd (best-of {best:4.2f}x){' MISS' if ratio > TARGET else ''}", cpu_wall)
 
 
 def bench_pgd_speed() -> None:
     shapes = underhood.load_model("shapes", device="cpu")
-    _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 20, repeat=3)
-    _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 10, repeat=3)
+    _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 20, repeat=9)
+    _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 10, repeat=9)
     from attribution import ResNet18
 
     torch.manual_seed(0)
