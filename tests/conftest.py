@@ -108,3 +108,17 @@ def shapes_small():
     import underhood
 
     return underhood.datasets.shapes(16, seed=123)
+
+
+@pytest.fixture
+def shape_pngs(tmp_path):
+    """Two held-out-style shapes images written as PNG files (the command-line tests' inputs)."""
+    import underhood
+    from underhood.viz.render import to_png
+
+    paths = []
+    for i, x in enumerate(underhood.datasets.shapes(2, seed=9).images):
+        path = tmp_path / f"shape{i}.png"
+        path.write_bytes(to_png(x))
+        paths.append(str(path))
+    return paths

@@ -13,7 +13,6 @@ from underhood import adversarial as adv
 from underhood.cli import EXAMPLES, main
 from underhood.commands.adversarial import eps_grid
 from underhood.core.errors import InputError
-from underhood.viz.render import to_png
 
 from .adversarial_models import one_thread  # noqa: F401
 
@@ -24,14 +23,8 @@ def model():
 
 
 @pytest.fixture
-def images(tmp_path):
-    data = underhood.datasets.shapes(2, seed=9).images
-    paths = []
-    for i, x in enumerate(data):
-        path = tmp_path / f"shape{i}.png"
-        path.write_bytes(to_png(x))
-        paths.append(str(path))
-    return paths
+def images(shape_pngs):
+    return shape_pngs
 
 
 def _loaded(paths):

@@ -12,7 +12,6 @@ import underhood
 from underhood.cli import EXAMPLES, main
 from underhood.synthesis import Priors, caricature, deep_dream, invert, render, style_transfer
 from underhood.synthesis import objectives as O
-from underhood.viz.render import to_png
 
 COMMANDS = ("render", "dream", "invert", "caricature", "style")
 
@@ -23,14 +22,8 @@ def model():
 
 
 @pytest.fixture
-def images(tmp_path):
-    data = underhood.datasets.shapes(2, seed=9).images
-    paths = []
-    for i, x in enumerate(data):
-        path = tmp_path / f"shape{i}.png"
-        path.write_bytes(to_png(x))
-        paths.append(str(path))
-    return paths
+def images(shape_pngs):
+    return shape_pngs
 
 
 def _loaded(path):

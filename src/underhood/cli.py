@@ -101,16 +101,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _robust_table(model: torch.nn.Module, arch: str, data: str, device: str) -> None:
     """Clean and robust accuracy of an adversarially trained model, beside the standard built-in one."""
     from .models.loading import list_models, load_model
-    from .models.training import ROBUST_EVAL, robust_accuracy, test_set
+    from .models.training import robust_accuracy, test_set
 
     rows = [("adversarially trained", model.meta["test_accuracy"], model.meta["robust_accuracy"])]
     if arch in list_models():
         standard = load_model(arch, device=device)
         if standard.meta.get("dataset") == data:
-            held_out = test_set(data)
-            rows.insert(0, (f"standard ({arch!r})", standard.meta["test_accuracy"],
-                            robust_accuracy(standard, held_out, eps=ROBUST_EVAL["eps"], steps=ROBUST_EVAL["steps"],
-                                            n=ROBUST_EVAL["n"])))
+            robust = robust_accuracy(standard, test_set(data))
+            rows.insert(0, (f"standard ({arch!r})", standard.meta["test_accuracy"], robust))
     print(f"{'model':<26}{'clean':>8}{'robust':>8}   ({model.meta['robust_eval']})")
     for name, clean, robust in rows:
         print(f"{name:<26}{clean:>8.1%}{robust:>8.1%}")
