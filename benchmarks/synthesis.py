@@ -152,7 +152,7 @@ def bench_render() -> None:
 def bench_inversion(steps: int = 300, seeds: tuple[int, ...] = (0, 1), **options) -> None:
     """``invert``'s defaults (Fourier parametrisation, tv 0.1, lr 0.05) unless ``options`` override them;
     ``param="pixels", lr=0.1, tv=1e-3`` is the paper's setting (85.8% at features.17, a miss)."""
-    from underhood.activations.maps import stages
+    from underhood.core.layers import stages
     from underhood.models.training import test_set
 
     model = underhood.load_model("shapes", device="cpu")

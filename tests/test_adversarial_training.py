@@ -11,7 +11,8 @@ import underhood
 from underhood.adversarial import training as at
 from underhood.cli import main
 from underhood.core.errors import InputError
-from underhood.models.training import robust_accuracy, train
+from underhood.adversarial.training import robust_accuracy, training_loss
+from underhood.models.training import train
 
 from .adversarial_models import one_thread  # noqa: F401
 
@@ -110,12 +111,17 @@ def test_loss_errors_are_one_line():
 def test_train_adversarial_records_robust_accuracy(tmp_path):
     out = tmp_path / "robust.safetensors"
     result = train("digits", data="digits", epochs=1, batch_size=128, out=out, progress=False,
-                   adversarial="fgsm", adversarial_eps="8/255")
+                   loss=training_loss("fgsm", eps="8/255"))
     meta = underhood.load_model(str(out), device="cpu").meta
     assert meta["adversarial"] == {"method": "fgsm", "eps": pytest.approx(8 / 255)}
     assert 0 <= meta["robust_accuracy"] <= meta["test_accuracy"] + 0.05
     assert "--adversarial fgsm --adversarial-eps 0.0313725" in meta["command"]
     assert result.model.meta["robust_accuracy"] == meta["robust_accuracy"]
+
+
+def test_the_old_adversarial_keyword_names_its_replacement():
+    with pytest.raises(InputError, match="adversarial: .*training_loss"):
+        train("digits", data="digits", epochs=1, adversarial="fgsm")
 
 
 def test_robust_accuracy_is_at_most_clean_accuracy_and_pgd_breaks_the_standard_model():

@@ -11,6 +11,7 @@ from torch import nn
 
 import underhood
 from underhood.core.errors import InputError, ModelError
+from underhood.data import splits
 from underhood.data.shapes import recolour_markers
 from underhood.models import BUILTIN, Normalized, training
 from underhood.models.architectures import LeNet
@@ -268,6 +269,6 @@ def test_random_labels_spec_is_one_fixed_set_with_permuted_labels(monkeypatch):
     other = training_data(RANDOM_LABELS, seed=4, n_train=256)
     assert not torch.equal(other.images, first.images)
     # the held-out set is the ordinary shapes test set with true labels
-    monkeypatch.setattr(training, "SHAPES_TEST_SIZE", 64)
+    monkeypatch.setattr(splits, "SHAPES_TEST_SIZE", 64)
     held_out = held_out_set(RANDOM_LABELS)
     assert torch.equal(held_out.labels, underhood.datasets.shapes(64, seed=SHAPES_TEST_SEED).labels)

@@ -14,13 +14,12 @@ import importlib
 from typing import Any
 
 from .core.errors import UnderhoodError
-
-__version__ = "0.1.0"
+from .core.version import __version__
 
 _LAZY = {
     "load_model": ("underhood.models.loading", "load_model"),
     "list_models": ("underhood.models.loading", "list_models"),
-    "load_image": ("underhood.data.io", "load_image"),
+    "load_image": ("underhood.data.images", "load_image"),
     "ImageSet": ("underhood.data.imageset", "ImageSet"),
     "Unit": ("underhood.core.targets", "Unit"),
     "layers": ("underhood.core.layers", "layers"),
@@ -29,6 +28,8 @@ _LAZY = {
     "weights": ("underhood.weights", None),
     "activations": ("underhood.activations", None),
     "synthesis": ("underhood.synthesis", None),
+    "attribution": ("underhood.attribution", None),
+    "adversarial": ("underhood.adversarial", None),
     "viz": ("underhood.viz", None),
     "report": ("underhood.report", None),
     "core": ("underhood.core", None),

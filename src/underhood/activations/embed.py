@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.batching import batches, resolve_batch_size
+from ..core.batching import batches, resolve_batch_size, stream
 from ..core.errors import InputError
-from ..core.hooks import stream
 from ..core.inputs import dataset_images
 from ..core.layers import resolve
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..core.errors import InputError
 from ..core.hooks import capture
-from ..core.layers import named_layers
+from ..core.layers import last_hidden, stages
 
 
 def maps(model: nn.Module, inputs: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
@@ -29,31 +29,6 @@ def maps(model: nn.Module, inputs: torch.Tensor, layers: str | Sequence[str]) ->
     if missing:
         raise InputError(f"layers: {missing} did not run in forward; pick layers that do (see `underhood layers`)")
     return {n: cap.activations[n] for n in names}
-
-
-def stages(model) -> list[str]:
-    """One layer per convolutional stage: the output of each pooling layer or residual block,
-    else every convolution's activation (the module after it when that is a ReLU)."""
-    layers = named_layers(model)
-    names = list(layers)
-    pools = [n for n, m in layers.items() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
-    blocks = [n for n in names if n.count(".") == 1 and n.split(".")[0].startswith("layer")
-              and n.split(".")[1].isdigit()]
-    if blocks:
-        return blocks
-    if len(pools) >= 2:
-        return pools
-    return [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
-
-
-def last_hidden(model) -> str:
-    """The input of the classifier: the last hidden linear layer, else the global pooling, else the last stage."""
-    layers = named_layers(model)
-    linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
-    if len(linear) >= 2:
-        return linear[-2]
-    pools = [n for n, m in layers.items() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
-    return pools[-1] if pools else stages(model)[-1]
 
 
 def embedding_layers(model: nn.Module) -> list[str]:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.batching import batches, resolve_batch_size
+from ..core.batching import batches, resolve_batch_size, stream
+from ..core.device import model_device
 from ..core.errors import InputError, LayerError
-from ..core.hooks import StopForward, preserved, stream
+from ..core.hooks import StopForward, preserved
 from ..core.inputs import dataset_images
 from ..core.layers import first_tensor, layers, resolve
 from ..core.rules import RULES, relu_rule
@@ -195,7 +196,7 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
     if rule not in RULES:
         raise InputError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
     module = resolve(model, layer)
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]), grad=True)
     out = torch.empty_like(images)
     picked: list[torch.Tensor] = []

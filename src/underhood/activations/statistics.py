@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.batching import resolve_batch_size
+from ..core.batching import resolve_batch_size, stream
 from ..core.errors import InputError
-from ..core.hooks import stream
 from ..core.inputs import dataset_images
 
 

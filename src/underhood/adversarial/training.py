@@ -1,7 +1,9 @@
 """Adversarial training losses: fast FGSM, PGD (Madry et al.) and virtual adversarial training.
 
 Each ``*_loss(model, x, y, ...)`` returns the scalar training loss of one batch for a model in
-training mode; :func:`loss` picks one by name for ``underhood train --adversarial``. Inputs are
+training mode; :func:`loss` picks one by name, and :func:`training_loss` wraps it for
+:func:`underhood.models.training.train` (``underhood train --adversarial``), with the robust
+accuracy it records (:func:`robust_accuracy`). Inputs are
 pixels in ``[0, 1]``; perturbed inputs stay in that box. The examples are crafted with the model
 in training mode (BatchNorm on batch statistics), as Madry et al. and Wong et al. do: the model
 is trained on the examples that fool it as it is at that step. Parameter gradients from the
@@ -27,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import parse_eps
+from ..core.device import model_device
 from ..core.errors import InputError
+from ..models.training import TrainingLoss
 
 METHODS = ("fgsm", "pgd", "vat")
 DEFAULT_EPS = {"fgsm": 8 / 255, "pgd": 8 / 255, "vat": 2.0}  # L-inf for fgsm/pgd, L2 for vat
@@ -123,3 +128,45 @@ def loss(method: str, *, eps: float | None = None, steps: int = 7,
             raise InputError(f"adversarial_steps: expected a positive int, got {steps!r}")
         return lambda model, x, y, **ce: pgd_loss(model, x, y, eps=eps, steps=steps, generator=generator, **ce)
     return lambda model, x, y, **ce: vat_loss(model, x, y, eps=eps, generator=generator, **ce)
+
+
+ROBUST_EVAL = "PGD-20, L-inf 8/255, first 500 held-out images"  # what robust_accuracy's defaults measure
+
+
+def robust_accuracy(model: nn.Module, data, *, eps: float = 8 / 255, steps: int = 20, n: int = 500,
+                    batch_size: int = 250, seed: int = 0) -> float:
+    """Accuracy under L-inf PGD (``steps`` steps, radius ``eps``) on the first ``n`` images of ``data``
+    (an ImageSet).
+
+    The attack uses the true labels, so a clean mistake counts as a robust mistake.
+    """
+    from .gradient import pgd
+
+    device = model_device(model)
+    correct = 0
+    n = min(n, len(data))
+    for i in range(0, n, batch_size):
+        x, y = data.images[i:min(n, i + batch_size)].to(device), data.labels[i:min(n, i + batch_size)].to(device)
+        correct += int((pgd(model, x, y, eps=eps, steps=steps, seed=seed + i).predicted == y).sum())
+    return correct / max(1, n)
+
+
+def training_loss(method: str, *, eps: float | str | None = None, steps: int = 7, seed: int = 0) -> TrainingLoss:
+    """The adversarial training loss of ``method`` (fgsm, pgd or vat) for :func:`underhood.models.training.train`.
+
+    ``eps`` defaults to 8/255 (L-inf) for fgsm and pgd and 2.0 (L2) for vat; strings such as
+    ``"8/255"`` are read. The weights' metadata records the method and radius, the command line
+    that reproduces them, and the accuracy under PGD-20 at 8/255 (``robust_accuracy``) on the
+    held-out images.
+
+    Example:
+        >>> train("shapes", loss=training_loss("fgsm", eps="8/255"))   # doctest: +SKIP
+    """
+    radius = DEFAULT_EPS.get(method) if eps is None else parse_eps(eps, "adversarial_eps")
+    fn = loss(method, eps=radius, steps=steps, generator=torch.Generator().manual_seed(seed + 1))
+    pgd_steps = {"steps": steps} if method == "pgd" else {}
+    command = f" --adversarial {method} --adversarial-eps {radius:.6g}" + (
+        f" --adversarial-steps {steps}" if method == "pgd" else "")
+    return TrainingLoss(fn, meta={"adversarial": {"method": method, "eps": radius, **pgd_steps}}, command=command,
+                        evaluate=lambda model, held_out: {"robust_accuracy": robust_accuracy(model, held_out),
+                                                          "robust_eval": ROBUST_EVAL})

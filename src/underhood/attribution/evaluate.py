@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..data.imageset import ImageSet
@@ -83,7 +84,7 @@ def cam_layer(model: nn.Module) -> str | None:
     size = getattr(model, "input_size", None)
     if not size:
         return None
-    x = torch.rand(1, *size, device=next(model.parameters()).device)
+    x = torch.rand(1, *size, device=model_device(model))
     try:
         pooled, _, _ = pooled_maps(model, x)
     except InputError:
@@ -103,7 +104,7 @@ def reference_models(model: nn.Module, n: int = 64) -> dict[str, object]:
     from ..models.training import SHAPES_TEST_SEED
 
     meta, shipped = getattr(model, "meta", {}), set(list_models())
-    device = next(model.parameters()).device
+    device = model_device(model)
     out: dict[str, object] = {}
     if meta.get("dataset") != "shapes":
         return out
@@ -160,7 +161,7 @@ def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(ME
         raise InputError(f"methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     if not isinstance(n, int) or n < 1:
         raise InputError(f"n: expected a positive number of images, got {n!r}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     x = data.images[:n].to(device)
     opts = method_options(model, methods, full=full, overrides=options)
     shortcut_opts = (method_options(spurious_model, methods, full=full, overrides=options)
@@ -205,7 +206,7 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[
 def _shortcut(model, data, n, name, opts) -> dict[str, float]:
     from . import get
 
-    x = data.images[:n].to(next(model.parameters()).device)
+    x = data.images[:n].to(model_device(model))
     maps = get(name)(model, x, None, **opts)
     obj, marker = M.mask_shares(maps, data.masks[:n].to(x.device), data.marker_masks[:n].to(x.device))
     return {"marker": float(marker.mean()), "object": float(obj.mean())}

@@ -8,12 +8,16 @@ cached. An explicit ``batch_size`` always wins.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .device import model_device
 from .errors import InputError
+from .hooks import StopForward, capture, hooked
+from .names import inner, resolve
+from .state import evaluating, preserved
 
 CANDIDATES = (1, 4, 16, 64, 256)
 SATURATED = 0.25  # seconds per call beyond which bigger batches are not tried
@@ -31,8 +35,6 @@ def memory_bound(device: torch.device) -> int:
 def _model_key(model: nn.Module) -> tuple:
     """What the speed depends on: the architecture (class, inner class, every parameter's shape),
     not the weights, so copies of a model (a re-initialised twin, a retrained one) share a measurement."""
-    from .layers import inner
-
     shapes = tuple(tuple(p.shape) for p in model.parameters())
     return (type(model).__qualname__, type(inner(model)).__qualname__, hash(shapes))
 
@@ -47,13 +49,8 @@ def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.dev
             total += output.numel() * output.element_size()
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *shape, device=device))
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(model, dict.fromkeys(leaves, hook)), torch.no_grad():
+        model(torch.zeros(1, *shape, device=device))
     x_bytes = int(torch.zeros(shape).numel()) * 4
     return (total + x_bytes) * (3 if grad else 1)
 
@@ -102,9 +99,6 @@ def auto_batch_size(model: nn.Module, shape: tuple[int, ...], *, device: torch.d
     :data:`SATURATED` seconds and the size gained less than 10% over the previous one. The choice is cached per model,
     shape, device and grad.
     """
-    from .device import model_device
-    from .hooks import preserved
-
     device = device or model_device(model)
     key = (_model_key(model), tuple(shape), str(device), grad)
     if key in _CACHE:
@@ -163,3 +157,61 @@ def batched(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, ba
     outs = [fn(inputs[s]) for s in tqdm(list(batches(len(inputs), batch_size)), desc=desc,
                                          disable=not progress, leave=False)]
     return torch.cat(outs) if outs else inputs.new_zeros((0,))
+
+
+@torch.no_grad()
+def logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, *,
+           transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``model(transform(inputs))`` in eval mode, ``batch_size`` inputs per forward pass, as float32 on the
+    model's device: the one batched-logits helper (clean predictions of a dataset, scoring a population).
+
+    Each batch moves to the model's device on its own, so ``inputs`` may stay on the CPU.
+    """
+    device = model_device(model)
+    with evaluating(model):
+        outs = [model(x if transform is None else transform(x)).float()
+                for x in (inputs[s].to(device) for s in batches(len(inputs), batch_size))]
+    return torch.cat(outs) if outs else torch.empty(0, device=device)
+
+
+def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, batch_size: int, *,
+           progress: bool = False, desc: str = "batches") -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+    """Run ``images`` through ``model`` in batches (eval mode, no gradients) and yield each batch's
+    slice with the named layers' activations.
+
+    The first batch runs the whole network and counts the calls of each layer; when every named
+    layer runs exactly once, later batches stop the forward pass right after the last of them
+    (nothing after it is computed), so a dataset scan at an early layer costs a fraction of a
+    full forward pass. The model is left as it was found.
+    """
+    from tqdm.auto import tqdm
+
+    names = [layers] if isinstance(layers, str) else list(layers)
+    device = model_device(model)
+    state = {"stop": False}
+    seen: dict[str, int] = {}
+
+    def counter(name: str):
+        def hook(mod: nn.Module, inputs: object, output: object) -> None:
+            seen[name] = seen.get(name, 0) + 1
+            if state["stop"] and all(seen.get(n, 0) for n in names):
+                raise StopForward
+        return hook
+
+    with capture(model, names, eval=True) as cap, hooked(model, {resolve(model, n): counter(n) for n in names}), \
+            torch.no_grad():
+        for i, part in enumerate(tqdm(list(batches(len(images), batch_size)), desc=desc,
+                                      disable=not progress, leave=False)):
+            cap.clear()
+            seen.clear()
+            try:
+                model(images[part].to(device))
+            except StopForward:
+                pass
+            missing = [n for n in names if n not in cap.activations]
+            if missing:
+                raise InputError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does "
+                                 "(see `underhood layers`)")
+            if i == 0:
+                state["stop"] = all(seen.get(n) == 1 for n in names)
+            yield part, {n: cap.activations[n] for n in names}

@@ -1,48 +1,66 @@
-"""Scoped hooks: capture activations and gradients, and leave the model as it was found.
+"""The one home of hooks: capture activations and gradients, and leave the model as it was found.
 
-Every hook lives inside a ``with`` block and is removed on exit, also when the block raises;
-``training`` flags of every module and ``requires_grad`` flags of every parameter are
-restored too.
+Every ``register_*hook`` call of underhood lives in this file. Hooks live inside a ``with``
+block and are removed on exit, also when the block raises; ``training`` flags of every module
+and ``requires_grad`` flags of every parameter are restored too (:mod:`underhood.core.state`).
+
+- :func:`hooked`: forward hooks and pre-hooks ``{layer: fn}`` for a block (the general tool);
+- :func:`capture`: record named layers' outputs (and gradients);
+- :func:`graph_from`: start the autograd graph at a layer;
+- :func:`differentiable`: layer outputs inside an optimisation loop, stopping the forward early;
+- :func:`trace`: one forward pass recording the order, call counts and outputs of every layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import InputError, LayerError
-from .layers import first_tensor, resolve
+from .names import first_tensor, named_layers, resolve
+from .state import frozen, preserved
+
+__all__ = ["hooked", "capture", "Capture", "graph_from", "differentiable", "trace", "Trace", "StopForward",
+           "preserved", "frozen"]
+
+ForwardHook = Callable[[nn.Module, tuple, object], object]
+PreHook = Callable[[nn.Module, tuple], object]
+
+
+def _module(model: nn.Module, key: str | nn.Module) -> nn.Module:
+    return key if isinstance(key, nn.Module) else resolve(model, key)
 
 
 @contextlib.contextmanager
-def preserved(model: nn.Module) -> Iterator[nn.Module]:
-    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
+def hooked(model: nn.Module, forward: Mapping[str | nn.Module, ForwardHook] | None = None, *,
+           pre: Mapping[str | nn.Module, PreHook] | None = None) -> Iterator[nn.Module]:
+    """Forward hooks ``fn(module, inputs, output)`` and pre-hooks ``fn(module, inputs)`` on named layers
+    (or modules) for the block.
 
+    A forward hook may return a replacement output, a pre-hook replacement inputs, as in
+    ``torch.nn.Module.register_forward_hook``. Every hook is removed on exit and every module's
+    ``training`` and parameter's ``requires_grad`` flag restored, also when the block raises.
+    Several hooks on one module run in the order given (pre-hooks before forward hooks).
 
-@contextlib.contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after
-    (inside :func:`preserved`). For methods that differentiate w.r.t. inputs or activations only:
-    attribution, synthesis, attacks. Eval mode fixes BatchNorm statistics and turns dropout off,
-    so the function studied is the deployed one."""
+    Example:
+        >>> with hooked(model, {"features.3": lambda m, i, o: o * 0}):   # doctest: +SKIP
+        ...     ablated = model(x)
+    """
+    targets = [(_module(model, k), fn, True) for k, fn in (pre or {}).items()]
+    targets += [(_module(model, k), fn, False) for k, fn in (forward or {}).items()]
+    handles = []
     with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        yield model
+        try:
+            for module, fn, is_pre in targets:
+                handles.append(module.register_forward_pre_hook(fn) if is_pre else module.register_forward_hook(fn))
+            yield model
+        finally:
+            for h in handles:
+                h.remove()
 
 
 @dataclass
@@ -97,7 +115,6 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
         raise InputError("layers: no layer named; give at least one layer name")
     modules = {name: resolve(model, name) for name in names}
     cap = Capture()
-    handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, inputs: object, output: object) -> None:
@@ -120,16 +137,10 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
                 out.register_hook(grad_hook)
         return hook
 
-    with preserved(model):
+    with hooked(model, {modules[name]: make_hook(name) for name in names}):
         if eval is not None:
             model.train(not eval)
-        try:
-            for name, module in modules.items():
-                handles.append(module.register_forward_hook(make_hook(name)))
-            yield cap
-        finally:
-            for h in handles:
-                h.remove()
+        yield cap
 
 
 @contextlib.contextmanager
@@ -153,70 +164,12 @@ def graph_from(model: nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
         leaves.append(leaf)
         return leaf.clone()
 
-    handle = module.register_forward_hook(hook)
-    try:
+    with hooked(model, {module: hook}):
         yield leaves
-    finally:
-        handle.remove()
 
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass once every needed layer has run."""
-
-
-def stream(model: nn.Module, layers: str | Sequence[str], images: torch.Tensor, batch_size: int, *,
-           progress: bool = False, desc: str = "batches") -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
-    """Run ``images`` through ``model`` in batches (eval mode, no gradients) and yield each batch's
-    slice with the named layers' activations.
-
-    The first batch runs the whole network and counts the calls of each layer; when every named
-    layer runs exactly once, later batches stop the forward pass right after the last of them
-    (nothing after it is computed), so a dataset scan at an early layer costs a fraction of a
-    full forward pass. The model is left as it was found.
-    """
-    from tqdm.auto import tqdm
-
-    from .batching import batches
-
-    names = [layers] if isinstance(layers, str) else list(layers)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    state = {"stop": False}
-    modules = {name: resolve(model, name) for name in names}
-    seen: dict[str, int] = {}
-
-    def stopper(mod: nn.Module, inputs: object, output: object) -> None:
-        if state["stop"] and all(seen.get(n, 0) for n in names):
-            raise StopForward
-
-    def counter(name: str):
-        def hook(mod: nn.Module, inputs: object, output: object) -> None:
-            seen[name] = seen.get(name, 0) + 1
-        return hook
-
-    handles = []
-    with capture(model, names, eval=True) as cap, torch.no_grad():
-        try:
-            for name, module in modules.items():
-                handles.append(module.register_forward_hook(counter(name)))
-                handles.append(module.register_forward_hook(stopper))
-            for i, part in enumerate(tqdm(list(batches(len(images), batch_size)), desc=desc,
-                                          disable=not progress, leave=False)):
-                cap.clear()
-                seen.clear()
-                try:
-                    model(images[part].to(device))
-                except StopForward:
-                    pass
-                missing = [n for n in names if n not in cap.activations]
-                if missing:
-                    raise InputError(f"layer: {missing[0]!r} did not run in forward; pick a layer that does "
-                                     "(see `underhood layers`)")
-                if i == 0:
-                    state["stop"] = all(seen.get(n) == 1 for n in names)
-                yield part, {n: cap.activations[n] for n in names}
-        finally:
-            for h in handles:
-                h.remove()
 
 
 @contextlib.contextmanager
@@ -264,11 +217,66 @@ def differentiable(model: nn.Module, layers: Sequence[str], *, stop: bool = True
             state["counts"] = dict(seen)
         return dict(feats), output
 
-    handles = []
-    try:
-        for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+    with hooked(model, {modules[name]: make_hook(name) for name in names}):
         yield run
-    finally:
-        for h in handles:
-            h.remove()
+
+
+@dataclass
+class Trace:
+    """What one forward pass of :func:`trace` saw, per named layer (the root excluded).
+
+    Attributes:
+        entered: layer names in the order their ``forward`` was first entered (parents before children).
+        returned: layer names in the order they first returned (children before parents).
+        calls: layer name -> number of calls (a module reused in ``forward`` runs several times).
+        outputs: layer name -> the first tensor of its last output.
+        inputs: layer name -> the first tensor of its last input.
+        output: the model's output.
+    """
+
+    entered: list[str] = field(default_factory=list)
+    returned: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    output: object = None
+
+    def __repr__(self) -> str:
+        return f"Trace({len(self.returned)} layers ran, {sum(self.calls.values())} calls)"
+
+
+def trace(model: nn.Module, inputs: torch.Tensor, *, eval: bool = True, grad: bool = False) -> Trace:
+    """Run ``model(inputs)`` once and record, for every named layer, the call order, the number of
+    calls and its last input and output (not copied: an in-place op later in ``forward`` shows).
+
+    ``eval=True`` runs in eval mode; the model's flags are restored after. Without ``grad`` the
+    pass runs under ``torch.no_grad()``.
+    """
+    record = Trace()
+
+    def enter(name: str) -> PreHook:
+        def hook(module: nn.Module, args: tuple) -> None:
+            if name not in record.calls:
+                record.entered.append(name)
+            t = first_tensor(args)
+            if t is not None:
+                record.inputs[name] = t
+        return hook
+
+    def leave(name: str) -> ForwardHook:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if name not in record.calls:
+                record.returned.append(name)
+            record.calls[name] = record.calls.get(name, 0) + 1
+            t = first_tensor(output)
+            if t is not None:
+                record.outputs[name] = t
+        return hook
+
+    layers = named_layers(model)
+    with hooked(model, {m: leave(n) for n, m in layers.items()}, pre={m: enter(n) for n, m in layers.items()}), \
+            torch.set_grad_enabled(grad):
+        if eval:
+            model.eval()
+        record.output = model(inputs)
+    return record

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .version import __version__
+
 MANIFEST_VERSION = 1
 
 
@@ -50,8 +52,6 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_manifest(out: str | os.PathLike, command: str, files: list[str], **info: Any) -> Path:
     """Write ``out/manifest.json`` (versioned) describing what a command produced."""
-    from .. import __version__
-
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "underhood_version": __version__,

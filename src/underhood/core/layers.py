@@ -12,7 +12,6 @@ input.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,37 +20,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import InputError, LayerError
-
-
-def inner(model: nn.Module) -> nn.Module:
-    """The network inside underhood's ``Normalized`` wrapper (the model itself otherwise).
-
-    Layer names are relative to it, so the wrapper adds no prefix.
-    """
-    from ..models.normalized import Normalized
-
-    while isinstance(model, Normalized):
-        model = model.net
-    return model
-
-
-def named_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every named sub-module (the root excluded), by dotted path."""
-    return {name: m for name, m in inner(model).named_modules() if name}
-
-
-def resolve(model: nn.Module, name: str) -> nn.Module:
-    """The module at dotted path ``name``; an unknown name raises a :class:`LayerError` with close matches."""
-    if not isinstance(name, str):
-        raise LayerError(f"layer: expected a dotted layer name (str), got {type(name).__name__}")
-    layers = named_layers(model)
-    if name in layers:
-        return layers[name]
-    close = difflib.get_close_matches(name, list(layers), n=4, cutoff=0.5)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else \
-        f"known layers: {', '.join(list(layers)[:8])}{' ...' if len(layers) > 8 else ''}"
-    raise LayerError(f"layer: no layer named {name!r} in {type(inner(model)).__name__}; {hint}"
-                     " (list them with `underhood layers`)")
+from .hooks import trace
+from .names import Wrapper, first_tensor, inner, named_layers, resolve, tensors
 
 
 def conv_layers(model: nn.Module) -> list[str]:
@@ -117,12 +87,12 @@ class _FieldTracer(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        inputs = [t for t in _tensors((args, kwargs)) if self.get(t) is not None]
+        inputs = [t for t in tensors((args, kwargs)) if self.get(t) is not None]
         if not inputs:
             return out
         name = getattr(func, "__name__", "")
         result = self._rule(name, args, kwargs, inputs, out)
-        for t in _tensors(out):
+        for t in tensors(out):
             self.set(t, result)
         return out
 
@@ -130,7 +100,7 @@ class _FieldTracer(TorchFunctionMode):
         fields = [self.get(t) for t in inputs]
         if any(f == GLOBAL for f in fields):
             return GLOBAL
-        out_t = out if isinstance(out, torch.Tensor) else next(iter(_tensors(out)), None)
+        out_t = out if isinstance(out, torch.Tensor) else next(iter(tensors(out)), None)
         if out_t is None or out_t.ndim != 4:
             return GLOBAL
         x = inputs[0]
@@ -164,17 +134,6 @@ class _FieldTracer(TorchFunctionMode):
     def _through(field: object, k: tuple, s: tuple, p: tuple, d: tuple) -> object:
         fy, fx = field  # type: ignore[misc]
         return (fy.through(k[0], s[0], p[0], d[0]), fx.through(k[1], s[1], p[1], d[1]))
-
-
-def _tensors(obj: object):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (tuple, list)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
 
 
 @dataclass
@@ -215,7 +174,6 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
         ('features.0', (3.0, 3.0))
     """
     from .device import model_device
-    from .hooks import preserved
 
     if input_size is None:
         input_size = getattr(model, "input_size", None)
@@ -223,35 +181,16 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
         raise InputError(f"input_size: expected (C, H, W) positive ints, got {input_size!r}")
     dev = torch.device(device) if device is not None else model_device(model)
     mods = named_layers(model)
-    order: list[str] = []
-    outputs: dict[str, torch.Tensor] = {}
-    calls: dict[str, int] = {}
     tracer = _FieldTracer()
-
-    def hook(name: str):
-        def fn(module, inputs, output):
-            t = first_tensor(output)
-            if name not in calls:
-                order.append(name)
-            calls[name] = calls.get(name, 0) + 1
-            if t is not None:
-                outputs[name] = t
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
     x = torch.zeros(1, *input_size, device=dev)
     try:
-        with preserved(model), torch.no_grad():
-            model.eval()
-            with tracer:
-                tracer.set(x, (Field(1.0, 1.0, 0.0), Field(1.0, 1.0, 0.0)))
-                model(x)
+        with tracer:
+            tracer.set(x, (Field(1.0, 1.0, 0.0), Field(1.0, 1.0, 0.0)))
+            record = trace(model, x)
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
         raise InputError(f"input_size: the model cannot run on {tuple(input_size)} ({reason})") from exc
-    finally:
-        for h in handles:
-            h.remove()
+    order, outputs, calls = record.returned, record.outputs, record.calls
     rows = []
     for name in order:
         t = outputs.get(name)
@@ -266,11 +205,6 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
             start=(field[0].c, field[1].c) if spatial else None,
             calls=calls[name]))
     return rows
-
-
-def first_tensor(output: object) -> torch.Tensor | None:
-    """The first tensor in a module's output (a tensor, or nested tuples/lists/dicts)."""
-    return next(iter(_tensors(output)), None)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -288,5 +222,30 @@ def format_table(rows: list[LayerInfo]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-__all__ = ["inner", "named_layers", "resolve", "conv_layers", "last_conv", "layers", "LayerInfo", "Field",
-           "format_table", "parameter_count"]
+def stages(model: nn.Module) -> list[str]:
+    """One layer per convolutional stage: the output of each pooling layer or residual block,
+    else every convolution's activation (the module after it when that is a ReLU)."""
+    layers = named_layers(model)
+    names = list(layers)
+    pools = [n for n, m in layers.items() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    blocks = [n for n in names if n.count(".") == 1 and n.split(".")[0].startswith("layer")
+              and n.split(".")[1].isdigit()]
+    if blocks:
+        return blocks
+    if len(pools) >= 2:
+        return pools
+    return [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
+
+
+def last_hidden(model: nn.Module) -> str:
+    """The input of the classifier: the last hidden linear layer, else the global pooling, else the last stage."""
+    layers = named_layers(model)
+    linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
+    if len(linear) >= 2:
+        return linear[-2]
+    pools = [n for n, m in layers.items() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    return pools[-1] if pools else stages(model)[-1]
+
+
+__all__ = ["Wrapper", "inner", "named_layers", "resolve", "first_tensor", "conv_layers", "last_conv", "stages",
+           "last_hidden", "layers", "LayerInfo", "Field", "format_table", "parameter_count"]

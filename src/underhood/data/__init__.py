@@ -2,10 +2,12 @@
 
 from ..core.errors import DataError
 from .digits import digits
+from .images import load_image, resize_crop
 from .imageset import ImageSet
-from .io import cifar10, load_image, mnist, read_idx, resize_crop
+from .io import cifar10, mnist, read_idx
 from .shapes import CLASSES as SHAPES_CLASSES
 from .shapes import shapes
+from .splits import SHAPES_TEST_SEED, SHAPES_TEST_SIZE, test_set
 
 
 def folder(path, *, size=64, channels=3) -> ImageSet:
@@ -14,7 +16,7 @@ def folder(path, *, size=64, channels=3) -> ImageSet:
 
 
 __all__ = ["ImageSet", "shapes", "digits", "mnist", "cifar10", "folder", "from_spec", "load_image", "read_idx",
-           "resize_crop", "SHAPES_CLASSES"]
+           "resize_crop", "SHAPES_CLASSES", "test_set"]
 
 
 def from_spec(spec: str, *, size: tuple[int, int] | int | None = None, channels: int | None = None,
@@ -34,8 +36,6 @@ def from_spec(spec: str, *, size: tuple[int, int] | int | None = None, channels:
 
     name, _, arg = str(spec).partition(":")
     if name in ("shapes", "shapes-spurious"):
-        from ..models.training import SHAPES_TEST_SEED, SHAPES_TEST_SIZE
-
         try:
             n = int(arg) if name == "shapes" and arg else SHAPES_TEST_SIZE
             spurious = float(arg or 0.9) if name == "shapes-spurious" else 0.0

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..core.errors import DataError, InputError
+from .images import load_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -73,8 +74,6 @@ class ImageSet(torch.utils.data.Dataset):
 
         Every image is resized and centre-cropped to ``size`` (see :func:`load_image`).
         """
-        from .io import load_image
-
         root = Path(path)
         if not root.is_dir():
             raise DataError(f"path: {str(root)!r} is not a folder; give a folder with one sub-folder per class")

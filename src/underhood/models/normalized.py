@@ -13,8 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.names import Wrapper
 
-class Normalized(nn.Module):
+
+class Normalized(Wrapper):
     """``net((x - mean) / std)`` for pixels ``x`` in ``[0, 1]``, carrying class names and metadata.
 
     Args:

@@ -1,7 +1,10 @@
 """The training command behind the shipped weights: ``underhood train``.
 
 Shapes models train on freshly generated images (seeds ``seed * 1000 + epoch``) and are
-evaluated on images from :data:`SHAPES_TEST_SEED`, a seed no training run uses.
+evaluated on images from :data:`SHAPES_TEST_SEED`, a seed no training run uses (the splits
+live in :mod:`underhood.data.splits`). The loss is cross-entropy unless a
+:class:`TrainingLoss` is given (adversarial training builds one in
+:mod:`underhood.adversarial.training`).
 
 Two data specs exist for evaluating attribution methods:
 
@@ -17,25 +20,47 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..core.device import resolve_device
+from ..core.device import model_device, resolve_device
 from ..core.errors import InputError
 from ..core.io import atomic_path
 from ..core.seeding import seed_everything
+from ..core.state import preserved
 from ..data.imageset import ImageSet
+from ..data.splits import (  # noqa: F401  (re-exported: the training command's public names)
+    RANDOM_LABELS,
+    SHAPES_TEST_SEED,
+    SHAPES_TEST_SIZE,
+    SHORTCUT_TEST_SEED,
+    test_set,
+    training_data,
+)
 from .architectures import ARCHITECTURES
 from .normalized import Normalized
 
-SHAPES_TEST_SEED = 987_654_321
-SHAPES_TEST_SIZE = 2000
-SHORTCUT_TEST_SEED = 246_813_579
-RANDOM_LABELS = "shapes-random-labels"
+
+@dataclass
+class TrainingLoss:
+    """A training loss other than cross-entropy, with what it adds to the weights' metadata.
+
+    Attributes:
+        fn: ``fn(model, x, y, **cross_entropy_options) -> scalar loss`` of one batch (model in training mode).
+        meta: stored in the weights' metadata (e.g. ``{"adversarial": {"method": "fgsm", "eps": ...}}``).
+        command: appended to the provenance command in the metadata.
+        evaluate: ``evaluate(model, held_out) -> dict`` run after training; merged into the metadata.
+    """
+
+    fn: Callable[..., torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    evaluate: Callable[[torch.nn.Module, ImageSet], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -53,49 +78,10 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def training_data(data: str, *, seed: int = 0, epoch: int = 0, n_train: int = 16_000) -> ImageSet:
-    """The training images :func:`train` uses in ``epoch`` for the data spec ``data``.
-
-    Procedural shapes are fresh every epoch (seed ``seed * 1000 + epoch``), except for
-    ``"shapes-random-labels"``: the same ``n_train`` images (seed ``seed * 1000``) every epoch,
-    their labels shuffled by a permutation seeded with ``seed``.
-    """
-    from ..data import digits, shapes
-
-    if data == RANDOM_LABELS:
-        fixed = shapes(n_train, seed=seed * 1000)
-        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
-        fixed.labels = fixed.labels[perm]
-        fixed.info["labels"] = f"permuted with seed {seed}"
-        return fixed
-    if data == "shapes":
-        return shapes(n_train, seed=seed * 1000 + epoch)
-    if data.startswith("shapes-spurious"):
-        return shapes(n_train, seed=seed * 1000 + epoch, spurious=float(data.partition(":")[2] or 0.9))
-    if data == "digits":
-        return digits(split="train")
-    return ImageSet.from_folder(data)
-
-
-def test_set(data: str) -> ImageSet:
-    """The held-out evaluation set of a training dataset name."""
-    from ..data import digits, shapes
-
-    if data in ("shapes", RANDOM_LABELS):
-        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED)
-    if data.startswith("shapes-spurious"):
-        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED, spurious=float(data.partition(":")[2] or 0.9))
-    if data == "digits":
-        return digits(split="test")
-    raise InputError(f"data: no held-out split is defined for {data!r}")
-
-
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (the model's mode is restored)."""
-    from ..core.hooks import preserved
-
-    device = next(model.parameters()).device
+    device = model_device(model)
     correct = 0
     with preserved(model):
         model.eval()
@@ -134,26 +120,6 @@ def shortcut_accuracies(model: torch.nn.Module, n: int = 1000, seed: int = SHORT
             "n": n, "seed": seed}
 
 
-ROBUST_EVAL = "PGD-20, L-inf 8/255, first 500 held-out images"  # what robust_accuracy's defaults measure
-
-
-def robust_accuracy(model: torch.nn.Module, data: ImageSet, *, eps: float = 8 / 255, steps: int = 20,
-                    n: int = 500, batch_size: int = 250, seed: int = 0) -> float:
-    """Accuracy under L-inf PGD (``steps`` steps, radius ``eps``) on the first ``n`` images of ``data``.
-
-    The attack uses the true labels, so a clean mistake counts as a robust mistake.
-    """
-    from ..adversarial import pgd
-
-    device = next(model.parameters()).device
-    correct = 0
-    n = min(n, len(data))
-    for i in range(0, n, batch_size):
-        x, y = data.images[i:min(n, i + batch_size)].to(device), data.labels[i:min(n, i + batch_size)].to(device)
-        correct += int((pgd(model, x, y, eps=eps, steps=steps, seed=seed + i).predicted == y).sum())
-    return correct / max(1, n)
-
-
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Random horizontal flips and 90-degree turns (the shape classes are rotation-invariant)."""
     flip = torch.rand(len(x), generator=g) < 0.5
@@ -163,8 +129,7 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed: int = 0, batch_size: int = 64,
           lr: float = 3e-3, n_train: int = 16_000, out: str | os.PathLike | None = None, device: str = "auto",
-          progress: bool = True, adversarial: str | None = None, adversarial_eps: float | str | None = None,
-          adversarial_steps: int = 7) -> TrainResult:
+          progress: bool = True, loss: TrainingLoss | None = None, **removed: Any) -> TrainResult:
     """Train a built-in architecture and (optionally) write safetensors weights with metadata.
 
     Args:
@@ -175,26 +140,19 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         n_train: images per epoch for the procedural datasets (fresh images every epoch; the
             size of the one fixed set for "shapes-random-labels").
         out: the ``.safetensors`` file to write, or None.
-        adversarial: None for standard training, or ``"fgsm"`` (fast FGSM with a random start,
-            Wong et al. 2020), ``"pgd"`` (Madry et al. 2018, ``adversarial_steps`` steps) or
-            ``"vat"`` (virtual adversarial training, Miyato et al. 2018); see
-            :mod:`underhood.adversarial.training`.
-        adversarial_eps: the radius (default 8/255 in L-inf for fgsm and pgd, 2.0 in L2 for vat;
-            strings such as ``"8/255"`` are accepted).
+        loss: None for cross-entropy (with label smoothing 0.05), or a :class:`TrainingLoss`; adversarial
+            training: ``loss=underhood.adversarial.training.training_loss("fgsm")`` (see there).
 
     The metadata records the held-out accuracy, the accuracy on the training set when it is
     fixed (``train_accuracy``; not for fresh procedural images) and, for "shapes-spurious",
     :func:`shortcut_accuracies` (``shortcut``).
     """
-    if adversarial is not None:
-        from ..adversarial.base import parse_eps
-        from ..adversarial.training import DEFAULT_EPS
-        from ..adversarial.training import loss as adversarial_loss
-
-        adv_eps = DEFAULT_EPS.get(adversarial) if adversarial_eps is None else parse_eps(adversarial_eps,
-                                                                                         "adversarial_eps")
-        robust_loss = adversarial_loss(adversarial, eps=adv_eps, steps=adversarial_steps,
-                                       generator=torch.Generator().manual_seed(seed + 1))
+    if removed:
+        name = next(iter(removed))
+        if name.startswith("adversarial"):
+            raise InputError(f"{name}: train() takes the adversarial loss as loss=; use "
+                             "loss=underhood.adversarial.training.training_loss(method, eps=..., steps=...)")
+        raise InputError(f"{name}: train() has no such argument")
     if arch not in ARCHITECTURES:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
@@ -233,17 +191,17 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
             if augment:
                 x = _augment(x, g)
             x, y = x.to(dev), dataset.labels[idx].to(dev)
-            if adversarial is None:
-                loss = F.cross_entropy(model(x), y, label_smoothing=0.05)
+            if loss is None:
+                value = F.cross_entropy(model(x), y, label_smoothing=0.05)
             else:
-                loss = robust_loss(model, x, y, label_smoothing=0.05)
+                value = loss.fn(model, x, y, label_smoothing=0.05)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            total += value.item() * len(idx)
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.3f}")
         entry = {"epoch": epoch + 1, "loss": total / len(order)}
         if (epoch + 1) % every == 0 or epoch + 1 == epochs:
             entry["test_accuracy"] = accuracy(model, held_out)
@@ -271,13 +229,11 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
     })
     if not fresh:
         model.meta["train_accuracy"] = history[-1]["train_accuracy"]
-    if adversarial is not None:
-        model.meta["adversarial"] = {"method": adversarial, "eps": adv_eps,
-                                     **({"steps": adversarial_steps} if adversarial == "pgd" else {})}
-        model.meta["command"] += f" --adversarial {adversarial} --adversarial-eps {adv_eps:.6g}" + (
-            f" --adversarial-steps {adversarial_steps}" if adversarial == "pgd" else "")
-        model.meta["robust_accuracy"] = robust_accuracy(model, held_out)
-        model.meta["robust_eval"] = ROBUST_EVAL
+    if loss is not None:
+        model.meta.update(loss.meta)
+        model.meta["command"] += loss.command
+        if loss.evaluate is not None:
+            model.meta.update(loss.evaluate(model, held_out))
     if data.startswith("shapes-spurious"):
         model.meta["shortcut"] = shortcut_accuracies(model)
     path = save(model, out) if out is not None else None

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-from ..report import Context, figure, section, table
-from ..viz import feature_maps_figure, figure_to_png
-from .maps import embedding_layers, last_hidden, maps, stages
+from ...activations.maps import embedding_layers, last_hidden, maps, stages
+from ...core.device import model_device
+from ...viz import feature_maps_figure, figure_to_png
+from ..base import Context, figure, section, table
 
 
 @section("feature-maps", "Feature maps at every stage", order=40)
 def feature_maps(ctx: Context) -> Markup:
     names = stages(ctx.model)
-    x = ctx.data.images[:1].to(next(ctx.model.parameters()).device)
+    x = ctx.data.images[:1].to(model_device(ctx.model))
     acts = maps(ctx.model, x, names)
     k = int(ctx.options.get("k_maps", 8))
     fig = feature_maps_figure([(n, acts[n][0]) for n in names], x[0].cpu(), k=k)
@@ -26,7 +27,7 @@ def feature_maps(ctx: Context) -> Markup:
 def population(ctx: Context):
     """The held-out images the dataset-scale sections share (1,000; 2,000 with ``--full``)."""
     if "population" not in ctx.cache:
-        from ..models.training import test_set
+        from ...data.splits import test_set
 
         dataset = (getattr(ctx.model, "meta", {}) or {}).get("dataset", "shapes")
         try:
@@ -39,8 +40,8 @@ def population(ctx: Context):
 
 @section("embeddings", "Layer by layer: how the classes come apart", order=42)
 def embeddings(ctx: Context) -> Markup:
-    from ..viz.embedding import embedding_figure
-    from .embed import embed
+    from ...activations.embed import embed
+    from ...viz.embedding import embedding_figure
 
     data = population(ctx)
     n = len(data) if ctx.options.get("full") else min(len(data), 600)
@@ -65,8 +66,8 @@ def embeddings(ctx: Context) -> Markup:
 
 @section("neighbors", "Nearest neighbours: pixel space against feature space", order=43)
 def nearest(ctx: Context) -> Markup:
-    from ..viz.embedding import neighbors_figure
-    from .neighbors import neighbors
+    from ...activations.neighbors import neighbors
+    from ...viz.embedding import neighbors_figure
 
     everyone = population(ctx)
     picks = [len(everyone) - 1 - i for i in range(4)]
@@ -89,8 +90,8 @@ def nearest(ctx: Context) -> Markup:
 
 @section("top-patches", "What excites a unit: top-9 patches", order=44)
 def patches(ctx: Context) -> Markup:
-    from ..viz.units import top_patches_figure
-    from .patches import top_patches
+    from ...activations.patches import top_patches
+    from ...viz.units import top_patches_figure
 
     data = population(ctx)
     names = stages(ctx.model)
@@ -110,8 +111,8 @@ def patches(ctx: Context) -> Markup:
 
 @section("ablation", "Ablation: which units the decision needs", order=46)
 def ablation(ctx: Context) -> Markup:
-    from ..viz.ablation import ablation_figure
-    from .ablate import ablate
+    from ...activations.ablate import ablate
+    from ...viz.ablation import ablation_figure
 
     full = bool(ctx.options.get("full"))
     data = population(ctx)[: 400 if full else 160]

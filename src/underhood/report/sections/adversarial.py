@@ -11,14 +11,15 @@ from __future__ import annotations
 import torch
 from markupsafe import Markup
 
-from ..report import Context, figure, paragraph, section, table
-from ..viz import figure_to_png
+from ...core.device import model_device
+from ...viz import figure_to_png
+from ..base import Context, figure, paragraph, section, table
 
 EPS = 8 / 255
 
 
 def _device(ctx: Context) -> torch.device:
-    return next(ctx.model.parameters()).device
+    return model_device(ctx.model)
 
 
 def _names(ctx: Context) -> list[str]:
@@ -37,7 +38,7 @@ def _held_out(ctx: Context, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _budgeted(ctx: Context):
     """FGSM, PGD and noise at ``EPS`` on the report's images (cached: two sections use them)."""
-    from . import fgsm, noise, pgd
+    from ...adversarial import fgsm, noise, pgd
 
     if "adversarial" not in ctx.cache:
         full = bool(ctx.options.get("full"))
@@ -51,8 +52,8 @@ def _budgeted(ctx: Context):
 
 @section("adversarial-examples", "Adversarial examples: invisible changes that flip the decision", order=70)
 def examples(ctx: Context) -> Markup:
-    from ..viz.adversarial import attack_figure
-    from . import random_control
+    from ...adversarial import random_control
+    from ...viz.adversarial import attack_figure
 
     full = bool(ctx.options.get("full"))
     runs = _budgeted(ctx)
@@ -91,7 +92,7 @@ def examples(ctx: Context) -> Markup:
 
 
 def _subset(result, rows: list[int]):
-    from .base import AttackResult
+    from ...adversarial.base import AttackResult
 
     pick = torch.tensor(rows, device=result.success.device, dtype=torch.long)
     return AttackResult(adversarial=result.adversarial[pick], perturbation=result.perturbation[pick],
@@ -104,8 +105,8 @@ def _subset(result, rows: list[int]):
 @section("adversarial-iterations", "How an image is pushed across the boundary, and why linear models fall",
          order=71)
 def iterations(ctx: Context) -> Markup:
-    from ..viz.adversarial import linear_figure
-    from . import gradient_ascent, linear_demo
+    from ...adversarial import gradient_ascent, linear_demo
+    from ...viz.adversarial import linear_figure
 
     x, y = _held_out(ctx, 4)
     result = gradient_ascent(ctx.model, x, y, steps=15, optimizer="adam", lr=0.003)
@@ -136,7 +137,7 @@ def iterations(ctx: Context) -> Markup:
 
 def _robust_model(ctx: Context):
     """The shipped adversarially trained model to compare with, when the report's model is a shapes one."""
-    from ..models.loading import list_models, load_model
+    from ...models.loading import list_models, load_model
 
     meta = getattr(ctx.model, "meta", {}) or {}
     if meta.get("dataset") != "shapes" or "shapes-robust" not in list_models() or ctx.spec == "shapes-robust":
@@ -146,8 +147,8 @@ def _robust_model(ctx: Context):
 
 @section("adversarial-robustness", "Robustness curves: accuracy against the attack budget", order=72)
 def robustness(ctx: Context) -> Markup:
-    from ..viz.adversarial import robustness_figure
-    from . import robustness_curve
+    from ...adversarial import robustness_curve
+    from ...viz.adversarial import robustness_figure
 
     full = bool(ctx.options.get("full"))
     n, steps = (len(ctx.data), 20) if full else (32, 10)
@@ -178,7 +179,7 @@ def robustness(ctx: Context) -> Markup:
 
 def _build_set(ctx: Context, n: int) -> torch.Tensor:
     """Images to build dataset-level attacks on, apart from the report's held-out images."""
-    from ..data import digits, shapes
+    from ...data import digits, shapes
 
     dataset = (getattr(ctx.model, "meta", {}) or {}).get("dataset")
     size = tuple(ctx.data.images.shape[-2:])
@@ -192,8 +193,8 @@ def _build_set(ctx: Context, n: int) -> torch.Tensor:
 @section("adversarial-universal", "One perturbation for every image: a universal adversarial perturbation",
          order=73)
 def universal_section(ctx: Context) -> Markup:
-    from ..viz.adversarial import universal_figure
-    from . import universal
+    from ...adversarial import universal
+    from ...viz.adversarial import universal_figure
 
     full = bool(ctx.options.get("full"))
     build = _build_set(ctx, 256 if full else 64).to(_device(ctx))
@@ -218,8 +219,8 @@ def universal_section(ctx: Context) -> Markup:
 
 @section("adversarial-fooling", "Fooling images: made from nothing, classified with near certainty", order=74)
 def fooling(ctx: Context) -> Markup:
-    from ..viz.adversarial import fooling_figure
-    from . import fooling_images
+    from ...adversarial import fooling_images
+    from ...viz.adversarial import fooling_figure
 
     full = bool(ctx.options.get("full"))
     names = _names(ctx)

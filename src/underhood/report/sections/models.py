@@ -5,19 +5,21 @@ from __future__ import annotations
 import torch
 from markupsafe import Markup, escape
 
-from ..core.layers import layers, parameter_count
-from ..report import Context, figure, paragraph, section, table
-from ..viz import figure_to_png, predictions_figure
+from ...core.device import model_device
+from ...core.layers import layers, parameter_count
+from ...viz import figure_to_png, predictions_figure
+from ..base import Context, figure, paragraph, section, table
 
 
 def _held_out_accuracy(ctx: Context) -> tuple[float, str] | None:
-    from .training import accuracy, test_set
+    from ...data.splits import test_set
+    from ...models.training import accuracy
 
     dataset = ctx.model.meta.get("dataset") if hasattr(ctx.model, "meta") else None
     if dataset not in ("shapes", "digits"):
         return None
     data = test_set(dataset)
-    device = next(ctx.model.parameters()).device
+    device = model_device(ctx.model)
     return accuracy(ctx.model, data.to(device)), f"{len(data)} held-out {dataset} images"
 
 
@@ -50,7 +52,7 @@ def model_card(ctx: Context) -> Markup:
 def predictions(ctx: Context) -> Markup:
     model, data = ctx.model, ctx.data
     n = min(len(data), int(ctx.options.get("n_predictions", 24)))
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         probs = torch.softmax(model(data.images[:n].to(device)), 1).cpu()
     ctx.cache["probs"] = probs

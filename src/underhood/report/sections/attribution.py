@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from markupsafe import Markup
 
-from ..report import Context, figure, paragraph, section, table
-from ..viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
-from . import explain
-from .evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options, reference_models
+from ...attribution import explain
+from ...attribution.evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options, reference_models
+from ...core.device import model_device
+from ...viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
+from ..base import Context, figure, paragraph, section, table
 
 STRIP_METHODS = ("saliency", "guided_backprop", "integrated_gradients", "gradcam")
 
@@ -34,7 +35,7 @@ def _titles(model, x: torch.Tensor) -> list[str]:
 
 @section("attribution", "Attribution: what in the image made the decision", order=50)
 def attribution_maps(ctx: Context) -> Markup:
-    model, device = ctx.model, next(ctx.model.parameters()).device
+    model, device = ctx.model, model_device(ctx.model)
     idx = _pick(ctx.data, int(ctx.options.get("n_attribution", 4)))
     x = ctx.data.images[idx].to(device)
     full = bool(ctx.options.get("full"))
@@ -44,7 +45,7 @@ def attribution_maps(ctx: Context) -> Markup:
     ctx.cache["attribution_maps"] = (idx, maps)
     layer = cam_layer(model)
     fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(model, x))
-    from .gradient import integrated_gradients
+    from ...attribution.gradient import integrated_gradients
 
     _, gap = integrated_gradients(model, x, **opts["integrated_gradients"], return_error=True)
     caption = ("Each row explains the predicted class (title: class and probability) with every method. "
@@ -92,10 +93,10 @@ def attribution_trust(ctx: Context) -> Markup:
 
 
 def _strips(ctx: Context, random_model) -> Markup:
-    from .metrics import data_randomization, model_randomization
+    from ...attribution.metrics import data_randomization, model_randomization
 
     model = ctx.model
-    x = ctx.data.images[:1].to(next(model.parameters()).device)
+    x = ctx.data.images[:1].to(model_device(model))
     opts = method_options(model, STRIP_METHODS)
     rows, stages = {}, []
     for name in STRIP_METHODS:
@@ -115,9 +116,9 @@ def _strips(ctx: Context, random_model) -> Markup:
 
 
 def _shortcut(ctx: Context, spurious, data) -> Markup:
-    from .metrics import mask_shares
+    from ...attribution.metrics import mask_shares
 
-    device = next(spurious.parameters()).device
+    device = model_device(spurious)
     x = data.images[:3].to(device)
     names = ("saliency", "smoothgrad", "guided_backprop", "gradcam", "occlusion", "lime")
     maps = explain(spurious, x, names, **method_options(spurious, names))

@@ -9,19 +9,20 @@ from __future__ import annotations
 import torch
 from markupsafe import Markup
 
-from ..report import Context, figure, paragraph, section, table
-from ..viz import figure_to_png
-from ..viz.synthesis import class_images_figure, gallery_figure, inversion_figure, pairs_figure
-from . import objectives as O
-from .render import deep_dream, invert, render
+from ...core.device import model_device
+from ...synthesis import objectives as O
+from ...synthesis.render import deep_dream, invert, render
+from ...viz import figure_to_png
+from ...viz.synthesis import class_images_figure, gallery_figure, inversion_figure, pairs_figure
+from ..base import Context, figure, paragraph, section, table
 
 
 def _device(ctx: Context) -> torch.device:
-    return next(ctx.model.parameters()).device
+    return model_device(ctx.model)
 
 
 def _stages(ctx: Context) -> list[str]:
-    from ..activations.maps import stages
+    from ...core.layers import stages
 
     return stages(ctx.model)
 
@@ -29,7 +30,7 @@ def _stages(ctx: Context) -> list[str]:
 def _active_channels(ctx: Context, layer: str, k: int) -> list[int]:
     """The ``k`` channels of ``layer`` with the highest mean activation on the report's images (dead
     channels make blank pictures)."""
-    from ..activations.maps import maps
+    from ...activations.maps import maps
 
     x = ctx.data.images[:64].to(_device(ctx))
     a = maps(ctx.model, x, [layer])[layer]
@@ -44,7 +45,7 @@ def _pre_activation(ctx: Context, stage: str) -> str:
     (Lucid renders ``*_pre_relu`` layers for the same reason)."""
     from torch import nn
 
-    from ..core.layers import named_layers
+    from ...core.layers import named_layers
 
     layers = list(named_layers(ctx.model).items())
     end = max(i for i, (n, _) in enumerate(layers) if n == stage or n.startswith(stage + "."))

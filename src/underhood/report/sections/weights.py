@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-from ..core.layers import conv_layers
-from ..report import Context, figure, paragraph, section
-from ..viz import figure_to_png, filters_figure
-from .filters import filters
-from .toy2d import toy2d, toy2d_strip
+from ...core.layers import conv_layers
+from ...viz import figure_to_png, filters_figure
+from ...weights.filters import filters
+from ...weights.toy2d import toy2d, toy2d_strip
+from ..base import Context, figure, paragraph, section
 
 
 @section("filters", "Filters: what the convolutions look for", order=30)

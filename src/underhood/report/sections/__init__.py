@@ -1,0 +1,1 @@
+"""Report sections, one module per family; :func:`underhood.report.discover` imports each."""
