@@ -110,8 +110,10 @@ def test_loss_errors_are_one_line():
 
 def test_train_adversarial_records_robust_accuracy(tmp_path):
     out = tmp_path / "robust.safetensors"
+    rng = torch.random.get_rng_state()
     result = train("digits", data="digits", epochs=1, batch_size=128, out=out, progress=False,
                    loss=training_loss("fgsm", eps="8/255"))
+    assert torch.equal(torch.random.get_rng_state(), rng)  # seeded inside, the caller's generator untouched
     meta = underhood.load_model(str(out), device="cpu").meta
     assert meta["adversarial"] == {"method": "fgsm", "eps": pytest.approx(8 / 255)}
     assert 0 <= meta["robust_accuracy"] <= meta["test_accuracy"] + 0.05

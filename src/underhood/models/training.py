@@ -28,10 +28,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.checks import positive_int
 from ..core.device import model_device, resolve_device
 from ..core.errors import InputError
 from ..core.io import atomic_path
-from ..core.seeding import seed_everything
+from ..core.seeding import seeded
 from ..core.state import preserved
 from ..data.imageset import ImageSet
 from ..data.splits import (  # noqa: F401  (re-exported: the training command's public names)
@@ -156,12 +157,20 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
     if arch not in ARCHITECTURES:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{name}: expected a positive int, got {value!r}")
+        positive_int(name, value)
+    dev = resolve_device(device)
+    with seeded(seed, dev):  # initialisation and shuffling draw from the global generators: restored after
+        model, history = _fit(arch, data, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, n_train=n_train,
+                              dev=dev, progress=progress, loss=loss)
+    path = save(model, out) if out is not None else None
+    return TrainResult(model, history[-1]["test_accuracy"], path, history)
+
+
+def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: float, n_train: int,
+         dev: torch.device, progress: bool, loss: TrainingLoss | None) -> tuple[Normalized, list[dict[str, float]]]:
+    """The training loop of :func:`train` and the model's metadata; returns the model and its history."""
     from tqdm.auto import tqdm
 
-    dev = resolve_device(device)
-    seed_everything(seed)
     first = training_data(data, seed=seed, epoch=0, n_train=n_train)
     fresh = data.startswith("shapes") and data != RANDOM_LABELS  # new procedural images every epoch
     augment = fresh and not data.startswith("shapes-spurious")
@@ -236,8 +245,7 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
             model.meta.update(loss.evaluate(model, held_out))
     if data.startswith("shapes-spurious"):
         model.meta["shortcut"] = shortcut_accuracies(model)
-    path = save(model, out) if out is not None else None
-    return TrainResult(model, history[-1]["test_accuracy"], path, history)
+    return model, history
 
 
 def metadata(model: Normalized) -> dict[str, Any]:
