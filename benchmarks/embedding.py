@@ -11,6 +11,11 @@ takes many minutes); the line gives both times, the ratio sklearn/ours, and the 
 trustworthiness and 10-NN accuracy (our scores, the same code for both), so a speed-up bought
 with a worse layout would show.
 
+Why t-SNE threads start at ``THREADED_FROM = 1000`` points (``activations.embed``), as measured when
+it was set: on a quiet 2-core machine two threads gained ~1.2x at 100-500 points (0.35 -> 0.29 s) and
+~1.8x at 5,000 (22 -> 12 s); on one shared with other work, waking threads for steps this small cost
+20-50 ms each (100 points: 0.5 s on one thread, 16 s on two).
+
     python benchmarks/embedding.py          # 5,000 and 20,000 points
     python benchmarks/embedding.py 5000     # only these sizes
 """

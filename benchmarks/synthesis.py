@@ -21,7 +21,7 @@ no transforms (the bare loop).
 
 Quality. ``invert`` on the shapes model, 4 held-out images (``test_set("shapes")``), 2 seeds, 300
 steps, lr 0.1, tv 1e-3, at the first ReLU (``features.2``) and the three stage outputs
-(``activations.maps.stages``: ``features.3``, ``.10``, ``.17``): the relative feature distance's reduction
+(``core.layers.stages``: ``features.3``, ``.10``, ``.17``): the relative feature distance's reduction
 ``1 - end / start`` (mean and worst over images and seeds; target >= 90%) and the pixel PSNR of the
 pre-images to the originals.
 

@@ -183,7 +183,7 @@ def test_errors_and_model_state():
         features(net, x, ["input", "44"])
     with pytest.raises(LayerError, match="did you mean"):
         neighbors(net, x[:1], x, "44")
-    with pytest.raises(InputError, match="method: expected one of pca, tsne, umap"):
+    with pytest.raises(InputError, match="method: unknown value 'isomap'; choose one of pca, tsne, umap"):
         embed(net, x, "4", "isomap")
     with pytest.raises(InputError, match=r"k: 9 neighbours .* only 8 images; pass k <= 8"):
         neighbors(net, x[:1], x, "4", k=9)

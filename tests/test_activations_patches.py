@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from underhood.activations.patches import boxes, crop, merge, scan, top_patches, unit_gradients
-from underhood.core.errors import InputError, LayerError
 from underhood.core.batching import stream
+from underhood.core.errors import InputError, LayerError
 from underhood.core.rules import relu_rule
 
 from .conftest import model_problems

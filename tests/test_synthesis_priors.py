@@ -290,9 +290,9 @@ def test_priors_apply_schedule() -> None:
     ("tv=abc", "tv='abc' is not a number"),
     ("tv", "not name=value"),
     ("tv=1,tv=2", "given twice"),
-    ("tv=-1", "tv: expected a number in"),
-    ("clip_pixels=120", "clip_pixels: expected a number in"),
-    ("blur_every=0", "blur_every: expected an int >= 1"),
+    ("tv=-1", "tv: expected a finite number >= 0, got -1"),
+    ("clip_pixels=120", "clip_pixels: expected a finite number >= 0 and <= 100"),
+    ("blur_every=0", "blur_every: expected a positive int, got 0"),
     ("blur_every=1.5", "not a whole number"),
     ("edges=nan", "expected a finite number"),
 ])
@@ -309,7 +309,7 @@ def test_input_errors() -> None:
         l2(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
     with pytest.raises(InputError, match="too small for edge_energy"):
         edge_energy(torch.rand(1, 1, 8, 8), scales=3, sigma=1.0)
-    with pytest.raises(InputError, match="scales: expected an int >= 1"):
+    with pytest.raises(InputError, match="scales: expected a positive int, got 0"):
         edge_energy(torch.rand(1, 1, 8, 8), scales=0)
     with pytest.raises(InputError, match="beta"):
         total_variation(torch.rand(1, 1, 4, 4), beta=0)

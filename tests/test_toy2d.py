@@ -8,7 +8,17 @@ import torch
 from PIL import Image
 
 from underhood.core.errors import InputError
-from underhood.weights.toy2d import Snapshot, toy2d, toy2d_frame, toy2d_gif, toy2d_strip, toy_data, unit_lines
+from underhood.core.results import Result, load
+from underhood.weights.toy2d import (
+    Snapshot,
+    Toy2D,
+    toy2d,
+    toy2d_frame,
+    toy2d_gif,
+    toy2d_strip,
+    toy_data,
+    unit_lines,
+)
 
 STEPS = 200
 
@@ -131,11 +141,11 @@ def test_each_dataset(name):
 
 
 def test_bad_arguments():
-    with pytest.raises(InputError, match="name: unknown dataset 'swiss'.*moons, circles, spiral, blobs"):
+    with pytest.raises(InputError, match="name: unknown value 'swiss'; choose one of moons, circles, spiral, blobs"):
         toy_data("swiss")
     with pytest.raises(InputError, match="name"):
         toy2d("swiss", steps=2)
-    with pytest.raises(InputError, match="hidden"):
+    with pytest.raises(InputError, match="hidden: expected a positive int, got 0"):
         toy2d(hidden=0, steps=2)
     with pytest.raises(InputError, match="hidden"):
         toy2d(hidden=2.5, steps=2)
@@ -145,29 +155,67 @@ def test_bad_arguments():
         toy2d(steps=5, snapshots=[6])
     with pytest.raises(InputError, match="lr"):
         toy2d(steps=5, lr=0)
+    with pytest.raises(InputError, match="noise"):
+        toy_data("moons", noise=-1)
 
 
 # ----------------------------------------------------------------------------- pictures
 
 
 def test_frame_draws_all_lines(result):
-    from underhood.viz.render import pyplot
+    from matplotlib.figure import Figure
 
-    plt = pyplot()
     ax = toy2d_frame(result, -1)
     assert ax.get_title().startswith(f"step {STEPS - 1}, accuracy ")
-    plt.close(ax.figure)
+    assert type(ax.figure) is Figure  # a bare figure: no pyplot, nothing to close
     with pytest.raises(InputError, match="index"):
         toy2d_frame(result, len(result.snapshots))
 
 
 def test_strip_has_k_axes(result):
-    from underhood.viz.render import pyplot
-
     fig = toy2d_strip(result, k=5)
     assert len(fig.axes) == 5
     assert fig.axes[-1].get_title().startswith(f"step {STEPS - 1},")
-    pyplot().close(fig)
+
+
+def test_drawing_leaves_pyplot_alone(result, tmp_path):
+    """No pyplot figure is left open: the library draws on bare Figure objects."""
+    import sys
+
+    from matplotlib.figure import Figure
+
+    assert type(toy2d_strip(result, k=2)) is Figure
+    toy2d_gif(toy2d("moons", hidden=3, steps=3, snapshots=[0, 3]), tmp_path / "t.gif")
+    plt = sys.modules.get("matplotlib.pyplot")
+    assert plt is None or not plt.get_fignums()
+
+
+# ----------------------------------------------------------------------------- result protocol
+
+
+def test_result_repr_summary_and_figure(result):
+    assert isinstance(result, Result) and isinstance(result.snapshots[0], Result)
+    text = repr(result)
+    assert text.startswith("Toy2D(") and len(text) <= 400 and "tensor(" not in text, text
+    assert "<Sequential>" in text and "snapshots=[" in text
+    assert len(repr(result.snapshots[0])) <= 400 and "tensor(" not in repr(result.snapshots[0])
+    s = result.scalars()
+    assert s == {"n": 400, "hidden": 20, "snapshots": len(result.snapshots), "last_step": STEPS - 1,
+                 "final_accuracy": result.final_accuracy}
+    assert isinstance(result.summary(), str) and result.summary().splitlines()[0] == "Toy2D"
+    assert len(result.figure(k=3).axes) == 3
+
+
+def test_save_and_load_rebuild_the_snapshots(tmp_path):
+    result = toy2d("moons", hidden=3, steps=4, n=20, snapshots=[0, 2, 4])
+    back = load(result.save(tmp_path / "toy"))
+    assert isinstance(back, Toy2D) and back.final_accuracy == result.final_accuracy
+    assert torch.equal(back.x, result.x) and torch.equal(back.y, result.y)
+    assert [type(s) for s in back.snapshots] == [Snapshot] * 3
+    for a, b in zip(back.snapshots, result.snapshots):
+        assert a.step == b.step and a.loss == b.loss and torch.equal(a.weight, b.weight)
+        assert torch.equal(a.out_bias, b.out_bias)
+    assert torch.equal(back.model["0.weight"], result.model[0].weight)  # the model comes back as its state_dict
 
 
 def test_gif_has_one_frame_per_snapshot(tmp_path):

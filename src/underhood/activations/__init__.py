@@ -1,9 +1,10 @@
 """The activations family: what the network computes on inputs."""
 
 from ..core.hooks import capture
+from ..core.layers import last_hidden, stages
 from .ablate import Ablation, ablate, class_selectivity
 from .embed import Embedding, embed, embed_features, features, knn_accuracy, trustworthiness
-from .maps import embedding_layers, last_hidden, maps, stages
+from .maps import embedding_layers, maps
 from .neighbors import Neighbors, neighbors
 from .patches import TopPatches, top_patches
 from .statistics import LayerStatistics, statistics

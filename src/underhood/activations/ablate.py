@@ -26,15 +26,16 @@ from torch import nn
 from ..core.batching import batches, resolve_batch_size
 from ..core.device import model_device
 from ..core.errors import InputError, LayerError
-from ..core.hooks import capture, preserved
+from ..core.hooks import capture, hooked
 from ..core.layers import resolve
+from ..core.results import Result
 from ..core.seeding import generator
 
 ORDERS = ("random", "selectivity", "selectivity-low")
 
 
-@dataclass
-class Ablation:
+@dataclass(repr=False)
+class Ablation(Result):
     """What :func:`ablate` measured on ``n`` labelled inputs at ``layer``.
 
     Accuracies are fractions of the ``n`` inputs whose argmax logit is their label.
@@ -65,6 +66,20 @@ class Ablation:
     curves: dict[str, torch.Tensor]
     order_units: dict[str, torch.Tensor]
     counts: torch.Tensor | None = None
+
+    def scalars(self) -> dict:
+        """Layer, sizes, the intact accuracy, the worst single-unit accuracy and each order's mean accuracy
+        over its curve (lower: zeroing in that order hurts more)."""
+        out = {"layer": self.layer, "n": self.n, "n_classes": self.n_classes, "units": len(self.units),
+               "baseline": self.baseline, "worst_single": float(self.single.min()) if len(self.single) else None}
+        out.update({f"mean[{order}]": float(curve.mean()) for order, curve in self.curves.items()})
+        return out
+
+    def figure(self, **kwargs):
+        """The ablation figure (:func:`underhood.viz.ablation.ablation_figure`; ``kwargs`` go to it)."""
+        from ..viz.ablation import ablation_figure
+
+        return ablation_figure(self, **kwargs)
 
 
 def _labelled(dataset: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +162,8 @@ def _selectivity(mu: torch.Tensor, layer: str) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
-    """Eval mode and a forward hook multiplying ``layer``'s output by ``state["mask"]`` (``[rows, C]``)."""
-    module = resolve(model, layer)
+    """Eval mode and a forward hook multiplying ``layer``'s output by ``state["mask"]`` (``[rows, C]``);
+    both undone on exit (:func:`underhood.core.hooks.hooked`)."""
     state: dict = {"mask": None, "ran": False}
 
     def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
@@ -162,13 +177,9 @@ def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
         state["ran"] = True
         return output * mask.to(output.dtype).view(*mask.shape, *([1] * (output.ndim - 2)))
 
-    with preserved(model):
+    with hooked(model, {layer: hook}):
         model.eval()
-        handle = module.register_forward_hook(hook)
-        try:
-            yield state
-        finally:
-            handle.remove()
+        yield state
 
 
 @torch.no_grad()

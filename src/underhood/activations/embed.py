@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 from ..core.batching import batches, resolve_batch_size, stream
+from ..core.checks import choice, number, positive_int
 from ..core.errors import InputError
 from ..core.inputs import dataset_images
 from ..core.layers import resolve
+from ..core.results import Result
 
 INPUT = "input"
 POOLS = ("avg", "max", "flatten")
@@ -27,14 +29,13 @@ METHODS = ("pca", "tsne", "umap")
 INPUT_BATCH = 1024  # images per copy when only the pixels are asked for (no model call)
 TRUST_ROWS = 10_000  # trustworthiness sums over at most this many points (a seeded sample beyond)
 # openTSNE runs its 750 gradient steps on torch.get_num_threads() threads from this many points on,
-# on one below. On a quiet 2-core machine two threads gain ~1.2x at 100-500 points (0.35 -> 0.29 s)
-# and ~1.8x at 5,000 (22 -> 12 s); on one shared with other work, waking threads for steps this
-# small costs 20-50 ms each (100 points: 0.5 s on one thread, 16 s on two).
+# on one below: on small layouts threads gain little on a quiet machine and, on one shared with
+# other work, waking them for steps this small costs more than they give (measurements: benchmarks/embedding.py).
 THREADED_FROM = 1000
 
 
-@dataclass
-class Embedding:
+@dataclass(repr=False)
+class Embedding(Result):
     """What :func:`embed` computed: a 2-D layout of the same ``N`` images at each layer.
 
     Attributes:
@@ -56,6 +57,23 @@ class Embedding:
     trustworthiness: dict[str, float] = field(default_factory=dict)
     k: int = 10
     seed: int = 0
+
+    def scalars(self) -> dict:
+        """Method, size, and per layer the k-NN accuracy (``knn[layer]``) and trustworthiness (``trust[layer]``)."""
+        n = len(next(iter(self.coords.values()))) if self.coords else 0
+        out: dict = {"method": self.method, "n": n, "k": self.k}
+        for name in self.layers:
+            if name in self.knn_accuracy:
+                out[f"knn[{name}]"] = self.knn_accuracy[name]
+            if name in self.trustworthiness:
+                out[f"trust[{name}]"] = self.trustworthiness[name]
+        return out
+
+    def figure(self, **kwargs):
+        """The embedding figure (:func:`underhood.viz.embedding.embedding_figure`; ``kwargs`` go to it)."""
+        from ..viz.embedding import embedding_figure
+
+        return embedding_figure(self, **kwargs)
 
 
 def _names(layers: str | Sequence[str]) -> list[str]:
@@ -100,8 +118,7 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
 
     images = dataset_images(dataset)
     names = _names(layers)
-    if pool not in POOLS:
-        raise InputError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+    choice("pool", pool, POOLS)
     n = len(images)
     stop = n if stop is None else stop
     if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= n):
@@ -258,8 +275,7 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
     Returns:
         An :class:`Embedding`.
     """
-    if method not in METHODS:
-        raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    choice("method", method, METHODS)
     if not isinstance(feats, dict) or not feats:
         raise InputError("feats: expected a dict layer -> [N, D] features with at least one layer")
     sizes = {len(f) for f in feats.values()}
@@ -271,10 +287,8 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
         raise InputError(f"feats: {n} images is too few to embed; give at least 4")
     if pca_dims is not None and (isinstance(pca_dims, bool) or not isinstance(pca_dims, int) or pca_dims < 2):
         raise InputError(f"pca_dims: expected an int >= 2 or None, got {pca_dims!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k: expected a positive int, got {k!r}")
-    if isinstance(perplexity, bool) or not isinstance(perplexity, (int, float)) or perplexity <= 0:
-        raise InputError(f"perplexity: expected a positive number (5 to 50 is usual), got {perplexity!r}")
+    positive_int("k", k)
+    number("perplexity", perplexity, strict=True)
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
         if labels.shape != (n,):
@@ -312,8 +326,7 @@ def embed(model: nn.Module, dataset: object, layers: str | Sequence[str], method
         >>> e.coords["fc2"].shape, e.knn_accuracy["fc2"] > e.knn_accuracy["input"]          # doctest: +SKIP
         (torch.Size([360, 2]), True)
     """
-    if method not in METHODS:  # before the forward pass, not after it
-        raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    choice("method", method, METHODS)  # before the forward pass, not after it
     if method == "umap":
         _umap()
     if labels is None:

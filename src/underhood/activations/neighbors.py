@@ -13,16 +13,18 @@ import torch
 from torch import nn
 
 from ..core.batching import batches
+from ..core.checks import choice, positive_int
 from ..core.errors import InputError
 from ..core.inputs import dataset_images
+from ..core.results import Result
 from .embed import INPUT, features
 
 METRICS = ("euclidean", "cosine")
 CHUNK = 4096  # dataset rows per distance block
 
 
-@dataclass
-class Neighbors:
+@dataclass(repr=False)
+class Neighbors(Result):
     """The ``k`` nearest dataset images of each of ``Q`` queries, nearest first.
 
     Attributes:
@@ -38,6 +40,10 @@ class Neighbors:
     feature_distance: torch.Tensor
     layer: str
     metric: str
+
+    def scalars(self) -> dict:
+        queries, k = self.feature_index.shape
+        return {"layer": self.layer, "metric": self.metric, "queries": queries, "k": k}
 
 
 def distances(query: torch.Tensor, data: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
@@ -88,15 +94,13 @@ def neighbors(model: nn.Module, query: torch.Tensor, dataset: object, layer: str
     if not isinstance(query, torch.Tensor) or query.ndim != 4 or len(query) == 0:
         raise InputError(f"query: expected a [Q, C, H, W] or [C, H, W] tensor, got "
                          f"{getattr(query, 'shape', type(query).__name__)}")
-    if metric not in METRICS:
-        raise InputError(f"metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    choice("metric", metric, METRICS)
     if not isinstance(layer, str) or layer == INPUT:
         raise InputError(f"layer: expected the name of a layer of the model, got {layer!r}; pixel space "
                          "neighbours come with every call")
     images = dataset_images(dataset)
     n = len(images)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k: expected a positive int, got {k!r}")
+    positive_int("k", k)
     if k > n:
         raise InputError(f"k: {k} neighbours asked but the dataset has only {n} images; pass k <= {n}")
     if query.shape[1:] != images.shape[1:]:

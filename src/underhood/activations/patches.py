@@ -16,18 +16,21 @@ import torch
 from torch import nn
 
 from ..core.batching import batches, resolve_batch_size, stream
+from ..core.checks import choice, positive_int
 from ..core.device import model_device
 from ..core.errors import InputError, LayerError
-from ..core.hooks import StopForward, preserved
+from ..core.hooks import StopForward, hooked
 from ..core.inputs import dataset_images
 from ..core.layers import first_tensor, layers, resolve
+from ..core.results import Result
 from ..core.rules import RULES, relu_rule
+from ..core.state import frozen
 
 PAD = 0.5  # grey, for the part of a receptive field that falls outside the image
 
 
-@dataclass
-class TopPatches:
+@dataclass(repr=False)
+class TopPatches(Result):
     """What :func:`top_patches` found for each scanned channel ``c = channels[i]``.
 
     Attributes:
@@ -60,6 +63,21 @@ class TopPatches:
     patterns: torch.Tensor | None = None
     rule: str | None = None
     info: dict = field(default_factory=dict)
+
+    def scalars(self) -> dict:
+        channels, k = self.index.shape
+        out = {"layer": self.layer, "n": self.n, "k": k, "channels": channels}
+        if self.field is not None:
+            out["field"] = f"{self.field[0]}x{self.field[1]}"
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
+
+    def figure(self, **kwargs):
+        """The top-patches figure (:func:`underhood.viz.units.top_patches_figure`; ``kwargs`` go to it)."""
+        from ..viz.units import top_patches_figure
+
+        return top_patches_figure(self, **kwargs)
 
 
 @dataclass
@@ -193,8 +211,7 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
     Returns ``[N, C, H, W]``; the model is in eval mode with parameters frozen during the call and
     restored afterwards.
     """
-    if rule not in RULES:
-        raise InputError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    choice("rule", rule, RULES)
     module = resolve(model, layer)
     device = model_device(model)
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]), grad=True)
@@ -216,29 +233,22 @@ def unit_gradients(model: nn.Module, images: torch.Tensor, layer: str, channels:
         if current["stop"]:
             raise StopForward  # nothing after the layer matters to the gradient
 
-    with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        handle = module.register_forward_hook(hook)
-        try:
-            for i, part in enumerate(batches(len(images), size)):
-                x = images[part].to(device).requires_grad_(True)
-                current["channels"] = channels[part].to(device)
-                current["position"] = position[part].to(device)
-                current["calls"] = 0
-                with relu_rule(rule), torch.enable_grad():
-                    try:
-                        model(x)
-                    except StopForward:
-                        pass
-                    (grad,) = torch.autograd.grad(picked[0].sum(), x)
-                if i == 0:  # the layer runs once per forward: later batches stop right after it
-                    current["stop"] = current["calls"] == 1
-                out[part] = grad.detach().to(out.device)
-                picked.clear()
-        finally:
-            handle.remove()
+    with frozen(model), hooked(model, {module: hook}):
+        for i, part in enumerate(batches(len(images), size)):
+            x = images[part].to(device).requires_grad_(True)
+            current["channels"] = channels[part].to(device)
+            current["position"] = position[part].to(device)
+            current["calls"] = 0
+            with relu_rule(rule), torch.enable_grad():
+                try:
+                    model(x)
+                except StopForward:
+                    pass
+                (grad,) = torch.autograd.grad(picked[0].sum(), x)
+            if i == 0:  # the layer runs once per forward: later batches stop right after it
+                current["stop"] = current["calls"] == 1
+            out[part] = grad.detach().to(out.device)
+            picked.clear()
     return out
 
 
@@ -269,8 +279,7 @@ def top_patches(model: nn.Module, dataset: object, layer: str, k: int = 9, *, ch
         >>> tp.index[0]       # the 9 images that excite channel 0 most                      # doctest: +SKIP
     """
     images = dataset_images(dataset)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k: expected a positive int, got {k!r}")
+    positive_int("k", k)
     if k > len(images):
         raise InputError(f"k: {k} images per channel asked, the dataset has only {len(images)}; pass k <= "
                          f"{len(images)}")

@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from ..core.batching import resolve_batch_size, stream
+from ..core.checks import positive_int
 from ..core.errors import InputError
 from ..core.inputs import dataset_images
+from ..core.results import Result
 
 
-@dataclass
-class LayerStatistics:
+@dataclass(repr=False)
+class LayerStatistics(Result):
     """What :func:`statistics` measured for each of a layer's ``C`` channels over ``n`` inputs.
 
     A channel's *response* to an input is its activation averaged over positions (the value
@@ -39,6 +41,16 @@ class LayerStatistics:
     dead: torch.Tensor
     edges: torch.Tensor
     histogram: torch.Tensor
+
+    def scalars(self) -> dict:
+        return {"layer": self.layer, "n": self.n, "channels": len(self.mean), "dead": int(self.dead.sum()),
+                "active": float(self.active.mean()), "bins": len(self.edges) - 1}
+
+    def figure(self, **kwargs):
+        """The statistics figure (:func:`underhood.viz.units.statistics_figure`; ``kwargs`` go to it)."""
+        from ..viz.units import statistics_figure
+
+        return statistics_figure(self, **kwargs)
 
 
 EDGE_SAMPLE = 256  # the histogram range comes from the first this-many inputs of the dataset
@@ -159,6 +171,5 @@ def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
         >>> int(st.dead.sum()), st.active.mean()                                      # doctest: +SKIP
     """
     images = dataset_images(dataset)
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise InputError(f"bins: expected a positive int, got {bins!r}")
+    positive_int("bins", bins)
     return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress))

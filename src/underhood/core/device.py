@@ -37,7 +37,7 @@ def threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads, restoring the count on exit.
 
     Tiny tensors (a 2-D toy network, one small image) gain nothing from threads and, on a busy
-    machine, lose a lot waiting for them: one thread can be 30x faster there.
+    machine, lose a lot waiting for them: one thread can be many times faster there.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(n)

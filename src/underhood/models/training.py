@@ -32,6 +32,7 @@ from ..core.checks import positive_int
 from ..core.device import model_device, resolve_device
 from ..core.errors import InputError
 from ..core.io import atomic_path
+from ..core.results import Result
 from ..core.seeding import seeded
 from ..core.state import preserved
 from ..data.imageset import ImageSet
@@ -64,19 +65,28 @@ class TrainingLoss:
     evaluate: Callable[[torch.nn.Module, ImageSet], dict[str, Any]] | None = None
 
 
-@dataclass
-class TrainResult:
+@dataclass(repr=False)
+class TrainResult(Result):
     """What :func:`train` produced: the model (eval mode), its test accuracy and the weights file.
 
     ``history`` has one entry per epoch (``epoch``, ``loss``); evaluated epochs (every epoch up to
     20 epochs, else about ten of them and the last) add ``test_accuracy`` and, for a fixed
-    training set, ``train_accuracy``.
+    training set, ``train_accuracy``. A saved result (``save``/``core.results.load``) keeps the
+    model as its ``state_dict``.
     """
 
     model: Normalized
     accuracy: float
     path: Path | None
     history: list[dict[str, float]]
+
+    def scalars(self) -> dict[str, Any]:
+        """Held-out accuracy, the weights file, epochs and the last epoch's training loss."""
+        out: dict[str, Any] = {"accuracy": self.accuracy, "path": None if self.path is None else str(self.path),
+                               "epochs": len(self.history)}
+        if self.history and "loss" in self.history[-1]:
+            out["final_loss"] = self.history[-1]["loss"]
+        return out
 
 
 @torch.no_grad()

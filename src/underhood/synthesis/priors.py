@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from ..core.checks import number, positive_int
 from ..core.errors import InputError
 
 # ----------------------------------------------------------------------------- helpers
@@ -44,17 +45,6 @@ def _check_images(x: object, name: str = "x") -> torch.Tensor:
     if not x.is_floating_point():
         raise InputError(f"{name}: expected float pixels in [0, 1], got dtype {x.dtype}; use x.float() / 255")
     return x
-
-
-def _check_number(name: str, value: object, low: float = 0.0, high: float = math.inf,
-                  low_open: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"{name}: expected a finite number, got {value!r}")
-    if value < low or (low_open and value == low) or value > high:
-        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise InputError(f"{name}: expected a number in {bounds}, got {value!r}")
-    return float(value)
 
 
 def _safe_pow(t: torch.Tensor, p: float) -> torch.Tensor:
@@ -77,7 +67,7 @@ def gaussian_kernel(sigma: float, *, dtype: torch.dtype = torch.float32,
     Returns ``[2r + 1]`` summing to 1. (The EE-559 lecture's 5-tap binomial ``[1, 4, 6, 4, 1] / 16``
     has variance 1, so ``sigma=1`` is its Gaussian counterpart.)
     """
-    sigma = _check_number("sigma", sigma, low_open=True)
+    sigma = number("sigma", sigma, strict=True)
     r = max(1, math.ceil(3 * sigma))
     k = torch.arange(-r, r + 1, dtype=torch.float64)
     g = torch.exp(-k * k / (2 * sigma * sigma))
@@ -155,7 +145,7 @@ def alpha_norm(x: torch.Tensor, alpha: float = 6.0, *, center: float = 0.5) -> t
         [4.0]
     """
     x = _check_images(x)
-    alpha = _check_number("alpha", alpha, low_open=True)
+    alpha = number("alpha", alpha, strict=True)
     return _per_image(_safe_pow((x - center).abs(), alpha))
 
 
@@ -183,7 +173,7 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
         [1.0]
     """
     x = _check_images(x)
-    beta = _check_number("beta", beta, low_open=True)
+    beta = number("beta", beta, strict=True)
     dx = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))        # x[i, j+1] - x[i, j], 0 in the last column
     dy = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))  # x[i+1, j] - x[i, j], 0 in the last row
     return _per_image(_safe_pow(dx.square() + dy.square(), beta / 2))
@@ -214,8 +204,7 @@ def edge_energy(x: torch.Tensor, scales: int = 3, sigma: float = 1.0) -> torch.T
         True
     """
     x = _check_images(x)
-    if isinstance(scales, bool) or not isinstance(scales, int) or scales < 1:
-        raise InputError(f"scales: expected an int >= 1, got {scales!r}")
+    positive_int("scales", scales)
     g = gaussian_kernel(sigma, dtype=x.dtype, device=x.device)
     r = (len(g) - 1) // 2
     h, w = x.shape[-2] >> (scales - 1), x.shape[-1] >> (scales - 1)
@@ -256,7 +245,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         A new ``[N, C, H, W]`` tensor.
     """
     x = _check_images(x)
-    sigma = _check_number("sigma", sigma)
+    sigma = number("sigma", sigma)
     if sigma == 0:
         return x.clone()
     g = gaussian_kernel(sigma, dtype=x.dtype, device=x.device)
@@ -295,7 +284,7 @@ def clip_small_pixels(x: torch.Tensor, percentile: float, *, center: float = 0.5
         A new ``[N, C, H, W]`` tensor.
     """
     x = _check_images(x)
-    percentile = _check_number("percentile", percentile, high=100.0)
+    percentile = number("percentile", percentile, high=100.0)
     return _clip_smallest(x, (x - center).norm(dim=1), percentile, center)
 
 
@@ -323,7 +312,7 @@ def clip_small_contribution(x: torch.Tensor, grad: torch.Tensor, percentile: flo
     if grad.shape != x.shape:
         raise InputError(f"grad: expected the shape of x {tuple(x.shape)}, got {tuple(grad.shape)}; "
                          "pass the gradient of the objective with respect to x")
-    percentile = _check_number("percentile", percentile, high=100.0)
+    percentile = number("percentile", percentile, high=100.0)
     return _clip_smallest(x, ((x - center) * grad).sum(1).abs(), percentile, center)
 
 
@@ -367,13 +356,12 @@ class Priors:
 
     def __post_init__(self) -> None:
         for name in PENALTIES:
-            _check_number(name, getattr(self, name))
-        _check_number("blur_sigma", self.blur_sigma)
-        if isinstance(self.blur_every, bool) or not isinstance(self.blur_every, int) or self.blur_every < 1:
-            raise InputError(f"blur_every: expected an int >= 1, got {self.blur_every!r}")
-        _check_number("clip_pixels", self.clip_pixels, high=100.0)
-        _check_number("clip_contribution", self.clip_contribution, high=100.0)
-        _check_number("center", self.center, low=-math.inf)
+            number(name, getattr(self, name))
+        number("blur_sigma", self.blur_sigma)
+        positive_int("blur_every", self.blur_every)
+        number("clip_pixels", self.clip_pixels, high=100.0)
+        number("clip_contribution", self.clip_contribution, high=100.0)
+        number("center", self.center, low=-math.inf)
 
     def penalty(self, x: torch.Tensor) -> torch.Tensor:
         """``Σ_k weight_k · h_k(x)`` over the active penalties: ``[N, C, H, W] -> [N]``, ``>= 0``, differentiable.
@@ -453,15 +441,15 @@ class Priors:
             if field in values:
                 raise InputError(f"priors: {name!r} is given twice; give each prior once")
             try:
-                number = float(raw)
+                value = float(raw)
             except ValueError:
                 raise InputError(f"priors: {name}={raw!r} is not a number; write e.g. {name}=0.1") from None
             if field == "blur_every":
-                if not number.is_integer():
+                if not value.is_integer():
                     raise InputError(f"priors: blur_every={raw!r} is not a whole number of steps; write e.g. "
                                      "blur_every=4")
-                number = int(number)
-            values[field] = number
+                value = int(value)
+            values[field] = value
         try:
             return cls(**values)
         except InputError as e:

@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..core.checks import positive_int
 from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import differentiable, frozen
+from ..core.results import Result
 from .objectives import Objective, batch
 from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
 
 
-@dataclass
-class RenderResult:
+@dataclass(repr=False)
+class RenderResult(Result):
     """``images [N, C, H, W]`` in ``[0, 1]``; ``trace [steps, N]`` the objective at every step
     (on the transformed image the step optimised); ``start``/``final`` its value on the untransformed
     image at the random start and at the end."""
@@ -27,6 +29,24 @@ class RenderResult:
     start: torch.Tensor
     final: torch.Tensor
     info: dict = field(default_factory=dict)
+
+    def scalars(self) -> dict:
+        """Images, steps, the objective's name and its mean value at the start and at the end."""
+        out = {"n": len(self.images), "steps": len(self.trace)}
+        if "objective" in self.info:
+            out["objective"] = str(self.info["objective"])
+        out.update(start=float(self.start.float().mean()), final=float(self.final.float().mean()))
+        return out
+
+    def figure(self, titles: Sequence[str] | None = None, **kwargs):
+        """The images in a gallery (:func:`underhood.viz.synthesis.gallery_figure`), each titled with its final
+        objective unless ``titles`` are given; ``kwargs`` go to the gallery."""
+        from ..viz.synthesis import gallery_figure
+
+        if titles is None:
+            titles = [f"{float(v):.3g}" for v in self.final.flatten()] if self.final.numel() == len(self.images) \
+                else None
+        return gallery_figure(self.images, titles, **kwargs)
 
 
 @contextlib.contextmanager
@@ -101,8 +121,7 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
     if not isinstance(obj, Objective):
         raise InputError(f"objective: expected an Objective or a list of them, got {type(objective).__name__}")
     count = len(objs) if objs is not None else (n or 1)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps: expected a positive int, got {steps!r}")
+    positive_int("steps", steps)
     operations = priors is not None and priors.has_operations
     if operations and param != "pixels":
         raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
@@ -160,8 +179,8 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: in
         image = image[None]
     if image.ndim != 4:
         raise InputError(f"image: expected [N, C, H, W] or [C, H, W], got {tuple(image.shape)}")
-    if octaves < 1 or steps < 1:
-        raise InputError(f"octaves, steps: expected positive ints, got {octaves}, {steps}")
+    positive_int("octaves", octaves)
+    positive_int("steps", steps)
     device = model_device(model)
     h, w = image.shape[-2:]
     sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
@@ -190,17 +209,36 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: in
     return nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1).cpu()
 
 
-@dataclass
-class Inversion:
+@dataclass(repr=False)
+class Inversion(Result):
     """Pre-images of ``layer``'s representation: ``images [S, N, C, H, W]`` from ``S`` random starts;
     ``distance_start``/``distance_end`` ``[S, N]`` the relative feature distance
-    ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2`` before and after; ``psnr [S, N]`` to the original (dB)."""
+    ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2`` before and after; ``psnr [S, N]`` to the original (dB);
+    ``original [N, C, H, W]`` the inverted images (``None`` when not kept)."""
 
     layer: str
     images: torch.Tensor
     distance_start: torch.Tensor
     distance_end: torch.Tensor
     psnr: torch.Tensor
+    original: torch.Tensor | None = None
+
+    def scalars(self) -> dict:
+        """Layer, starts, images, mean relative feature distance before and after, mean PSNR (dB)."""
+        seeds, n = self.distance_end.shape
+        return {"layer": self.layer, "seeds": seeds, "n": n, "distance_start": float(self.distance_start.mean()),
+                "distance_end": float(self.distance_end.mean()), "psnr": float(self.psnr.mean())}
+
+    def figure(self, index: int = 0, **kwargs):
+        """The inversion strip of image ``index`` (:func:`underhood.viz.synthesis.inversion_figure`; ``kwargs`` go
+        to it; the PSNR-per-layer panel is off for one layer)."""
+        from ..viz.synthesis import inversion_figure
+
+        kwargs.setdefault("psnr_curve", False)
+        if self.original is None:
+            raise InputError("original: this inversion does not hold the original images; draw it with "
+                             "underhood.viz.synthesis.inversion_figure(original, [inversion])")
+        return inversion_figure(self.original, [self], index=index, **kwargs)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -232,8 +270,9 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
 
     if image.ndim == 3:
         image = image[None]
-    if steps < 1 or not seeds:
-        raise InputError("steps, seeds: need at least one step and one seed")
+    positive_int("steps", steps)
+    if not seeds:
+        raise InputError("seeds: no seed given; give at least one")
     device = model_device(model)
     x0 = image.to(device).float()
     n, c, h, w = x0.shape
@@ -271,8 +310,8 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
             d1 = distance(x).cpu()
     images = x.cpu().reshape(s_count, n, c, h, w)
     d0, d1 = d0.reshape(s_count, n), d1.reshape(s_count, n)
-    return Inversion(layer, images, d0, d1,
-                     torch.stack([psnr(r, image.cpu().float()) for r in images]))
+    original = image.detach().cpu().float()
+    return Inversion(layer, images, d0, d1, torch.stack([psnr(r, original) for r in images]), original)
 
 
 def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int = 200, lr: float = 0.05,

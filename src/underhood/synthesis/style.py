@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import choice, number, positive_int
 from ..core.device import threads
 from ..core.errors import InputError, LayerError
-from ..core.hooks import differentiable, frozen
+from ..core.hooks import differentiable, frozen, trace
 from ..core.inputs import check_inputs
 from ..core.layers import conv_layers, named_layers, resolve
+from ..core.results import Result
 from ..core.seeding import generator
 from .priors import total_variation
 
@@ -41,8 +43,8 @@ _BETWEEN = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm, nn.Id
 _ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish)
 
 
-@dataclass
-class StyleResult:
+@dataclass(repr=False)
+class StyleResult(Result):
     """What :func:`style_transfer` returns.
 
     Attributes:
@@ -50,11 +52,40 @@ class StyleResult:
         trace: ``"content"``, ``"style"``, ``"tv"``, ``"total"`` -> ``[steps, N]`` weighted loss of each
             image at the start of each step (before its update).
         layers: ``"content"`` and ``"style"`` -> the layer names used.
+        content, style: the content images (after ``size``) and the style images, for the figure
+            (``None`` when not kept).
     """
 
     image: torch.Tensor
     trace: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: dict[str, list[str]] = field(default_factory=dict)
+    content: torch.Tensor | None = None
+    style: torch.Tensor | None = None
+
+    def scalars(self) -> dict:
+        """Images, steps, layers used, and the mean total loss at the first and the last step."""
+        out: dict = {"n": len(self.image)}
+        total = self.trace.get("total")
+        if total is not None and len(total):
+            out.update(steps=len(total), first_loss=float(total[0].mean()), final_loss=float(total[-1].mean()))
+        out.update({f"{kind}_layers": ", ".join(names) for kind, names in self.layers.items()})
+        return out
+
+    def figure(self, **kwargs):
+        """Content | style | result per image (:func:`underhood.viz.synthesis.pairs_figure`; ``kwargs`` go to it);
+        only the results when the inputs were not kept."""
+        from ..viz.synthesis import pairs_figure
+
+        columns, headers = [], []
+        if self.content is not None:
+            columns.append(list(self.content))
+            headers.append("content")
+        if self.style is not None:
+            columns.append([self.style[i if len(self.style) > 1 else 0] for i in range(len(self.image))])
+            headers.append("style")
+        columns.append(list(self.image))
+        headers.append("result")
+        return pairs_figure(list(zip(*columns)), headers, **kwargs)
 
 
 def gram(features: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
@@ -106,26 +137,10 @@ def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _call_order(model: nn.Module, example: torch.Tensor) -> tuple[list[str], dict[str, int]]:
-    """One forward pass on ``example``: the order in which named modules return, and their call counts."""
-    order: list[str] = []
-    calls: dict[str, int] = {}
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs: object, output: object) -> None:
-            order.append(name)
-            calls[name] = calls.get(name, 0) + 1
-        return hook
-
-    handles = []
-    try:
-        for name, module in named_layers(model).items():
-            handles.append(module.register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return order, calls
+    """One forward pass on ``example`` (eval mode, no gradients): the order in which named modules first
+    return, and their call counts."""
+    record = trace(model, example)
+    return record.returned, record.calls
 
 
 def _default_layers(model: nn.Module, order: list[str], calls: dict[str, int]) -> list[str]:
@@ -236,8 +251,9 @@ def style_transfer(model: nn.Module, content: torch.Tensor, style: torch.Tensor,
         with _features(model, list(dict.fromkeys(use["content"] + use["style"])), counts) as run:
             loss = _objective(run, content, style, use, weights)
             z = _init(content, style, init, seed).requires_grad_(True)
-            trace = _optimise(z, loss, optimizer, lr, steps, progress)
-    return StyleResult(image=torch.sigmoid(z.detach()), trace=trace, layers={"content": c_layers, "style": s_layers})
+            losses = _optimise(z, loss, optimizer, lr, steps, progress)
+    return StyleResult(image=torch.sigmoid(z.detach()), trace=losses, layers={"content": c_layers, "style": s_layers},
+                       content=content.detach(), style=style.detach())
 
 
 def _objective(run: Callable, content: torch.Tensor, style: torch.Tensor, use: dict[str, list[str]],
@@ -295,18 +311,13 @@ def _optimise(z: torch.Tensor, loss: Callable, optimizer: str, lr: float, steps:
 
 
 def _check_options(steps: object, optimizer: object, init: object, lr: object, weights: tuple) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps: expected a positive int, got {steps!r}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if init not in INITS:
-        raise InputError(f"init: expected one of {', '.join(INITS)}, got {init!r}")
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0):
-        raise InputError(f"lr: expected a positive number or None, got {lr!r}")
-    names = ("content_weight", "style_weight", "tv_weight")
-    for name, w in zip(names, weights):
-        if not isinstance(w, (int, float)) or w < 0:
-            raise InputError(f"{name}: expected a number >= 0, got {w!r}")
+    positive_int("steps", steps)
+    choice("optimizer", optimizer, OPTIMIZERS)
+    choice("init", init, INITS)
+    if lr is not None:
+        number("lr", lr, strict=True)
+    for name, w in zip(("content_weight", "style_weight", "tv_weight"), weights):
+        number(name, w)
     if not weights[0] and not weights[1]:
         raise InputError("content_weight, style_weight: both are 0; give at least one a positive weight")
 

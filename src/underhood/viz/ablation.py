@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .render import pyplot
-
 ORDER_STYLE = {
     "random": ("random order", "#57606a"),
     "selectivity": ("most selective first", "#cf222e"),
@@ -22,10 +20,11 @@ def ablation_figure(ablation, *, title: str | None = None):
     alone (``baseline - single``) against its class selectivity index, with the Pearson correlation;
     the units whose loss hurts most are labelled with their channel index.
     """
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig = Figure(figsize=(10, 3.8))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
     units = ablation.units.numpy()
     steps = ablation.counts.numpy() if ablation.counts is not None else np.arange(len(units) + 1)
     chance = 1.0 / max(ablation.n_classes, 1)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .render import pyplot, to_numpy_image
+from .render import to_numpy_image
 
 SAME, OTHER, MUTED = "#1a7f37", "#cf222e", "#57606a"
 METHOD_NAMES = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
@@ -102,11 +102,13 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
     Example:
         >>> fig = embedding_figure(e, classes=data.classes, images=data.images, thumbnails=12)  # doctest: +SKIP
     """
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     layers = list(embedding.layers)
     n = len(next(iter(embedding.coords.values())))
     labels = embedding.labels
-    fig, axes = plt.subplots(1, len(layers), figsize=(panel * len(layers), panel + 0.5), squeeze=False)
+    fig = Figure(figsize=(panel * len(layers), panel + 0.5))
+    axes = fig.subplots(1, len(layers), squeeze=False)
     axes = list(axes.flat)
     if labels is not None:
         labels = labels.cpu().numpy()
@@ -194,9 +196,9 @@ def neighbors_figure(query_images: torch.Tensor, dataset_images, neighbors, *, c
         >>> nb = neighbors(model, data.images[:4], data, "fc2")                       # doctest: +SKIP
         >>> fig = neighbors_figure(data.images[:4], data, nb, query_labels=data.labels[:4])  # doctest: +SKIP
     """
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    plt = pyplot()
     labels = getattr(dataset_images, "labels", None) if labels is None else labels
     classes = getattr(dataset_images, "classes", None) if classes is None else classes
     data = getattr(dataset_images, "images", dataset_images)
@@ -209,7 +211,7 @@ def neighbors_figure(query_images: torch.Tensor, dataset_images, neighbors, *, c
               (f"feature space at {neighbors.layer}", 3 + k, neighbors.feature_index, neighbors.feature_distance))
     below = 0.38 if distances else 0.25  # caption room under each row, in cells
     height = q * cell * (1 + below) + 0.55
-    fig = plt.figure(figsize=(cell * sum(ratios), height))
+    fig = Figure(figsize=(cell * sum(ratios), height))
     grid = fig.add_gridspec(q, len(ratios), width_ratios=ratios, wspace=0.08, hspace=below, left=0.01,
                             right=0.99, top=1 - 0.5 / height, bottom=below * cell / height)
     heads = {}

@@ -7,16 +7,18 @@ from collections.abc import Sequence
 
 import torch
 
-from .render import normalize, pyplot, to_numpy_image
+from .render import normalize, to_numpy_image
 
 TITLE_KW = {"fontsize": 8}
 
 
 def _grid_axes(n: int, ncols: int, cell: float, title_space: float = 0.0):
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell, nrows * (cell + title_space)), squeeze=False)
+    fig = Figure(figsize=(ncols * cell, nrows * (cell + title_space)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     return fig, list(axes.flat)
@@ -95,8 +97,10 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
             for c in range(cols):
                 tile = np.kron(shown[r, c].numpy(), np.ones((scale, scale)))
                 mosaic[r * cell_h:r * cell_h + kh * scale, c * cell_w:c * cell_w + kw * scale] = tile[..., None]
-        plt = pyplot()
-        fig, ax = plt.subplots(figsize=(0.42 * cols + 0.8, 0.42 * rows + 1.0))
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(0.42 * cols + 0.8, 0.42 * rows + 1.0))
+        ax = fig.subplots()
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_xticks([c * cell_w + (kw * scale - 1) / 2 for c in range(cols)], [str(c) for c in range(cols)],
                       fontsize=6)
@@ -130,9 +134,11 @@ def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch
         from ..core.errors import InputError
 
         raise InputError(f"select: expected 'top' or 'random', got {select!r}")
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     rows = len(stages) + (image is not None)
-    fig, axes = plt.subplots(rows, k, figsize=(k * 1.05, rows * 1.2), squeeze=False)
+    fig = Figure(figsize=(k * 1.05, rows * 1.2))
+    axes = fig.subplots(rows, k, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     r = 0

@@ -42,23 +42,58 @@ def to_png(image: torch.Tensor, *, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
-def pyplot():
-    """matplotlib.pyplot with the non-interactive Agg backend."""
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None, **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots`` gives them, on a bare :class:`matplotlib.figure.Figure`.
+
+    No pyplot: the user's backend, figure registry and interactive state are left alone, and
+    nothing needs closing. ``kwargs`` go to ``Figure.subplots`` (``squeeze``, ``sharex``,
+    ``sharey``, ``gridspec_kw``, ``subplot_kw``) or, otherwise, to ``Figure`` (``dpi``, ...).
+    """
+    keys = ("squeeze", "sharex", "sharey", "gridspec_kw", "subplot_kw", "width_ratios", "height_ratios")
+    fig = new_figure(figsize=figsize, **{k: v for k, v in kwargs.items() if k not in keys})
+    return fig, fig.subplots(nrows, ncols, **{k: v for k, v in kwargs.items() if k in keys})
+
+
+def new_figure(*, figsize: tuple[float, float] | None = None, **kwargs):
+    """A bare :class:`matplotlib.figure.Figure` (no pyplot, no global state)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, **kwargs)
+
+
+def colormap(name: str):
+    """The registered matplotlib colormap ``name`` (as ``pyplot.get_cmap``)."""
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def figure_to_png(fig, *, dpi: int = 110) -> bytes:
-    """PNG bytes of a matplotlib figure (the figure is closed)."""
-    plt = pyplot()
+    """PNG bytes of a matplotlib figure; a figure made through pyplot is closed after."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor=fig.get_facecolor())
-    plt.close(fig)
+    _release(fig)
     return buf.getvalue()
+
+
+def _release(fig) -> None:
+    """Close ``fig`` in pyplot's registry if pyplot made it (a user's figure); bare figures need nothing."""
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and getattr(fig, "number", None) is not None and plt.fignum_exists(fig.number):
+        plt.close(fig)
+
+
+def pyplot():
+    """The subset of ``pyplot`` viz modules call (``subplots``, ``figure``, ``get_cmap``) on bare figures.
+
+    Kept for modules not yet drawing through :func:`subplots` / :func:`new_figure`; it never
+    imports pyplot or sets a backend.
+    """
+    from types import SimpleNamespace
+
+    return SimpleNamespace(subplots=subplots, figure=new_figure, get_cmap=colormap, close=_release)
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .figures import TITLE_KW, image_grid
-from .render import pyplot, to_numpy_image
+from .render import to_numpy_image
 
 GOOD, BAD = "#1a7f37", "#cf222e"
 
@@ -48,11 +48,12 @@ def inversion_figure(original: torch.Tensor, inversions: Sequence, *, index: int
 
     ``inversions``: :class:`~underhood.synthesis.render.Inversion` results for the same images, one per layer.
     """
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     seeds = inversions[0].images.shape[0]
     cols = 1 + len(inversions)
     widths = [1.0] * cols + ([0.55, 2.4] if psnr_curve else [])
-    fig = plt.figure(figsize=(sum(widths) * 1.3, seeds * 1.3 + 0.7))
+    fig = Figure(figsize=(sum(widths) * 1.3, seeds * 1.3 + 0.7))
     grid = fig.add_gridspec(seeds, len(widths), width_ratios=widths, wspace=0.06, hspace=0.08)
     ax = fig.add_subplot(grid[0, 0])
     _show(ax, original[index])
@@ -87,9 +88,11 @@ def inversion_figure(original: torch.Tensor, inversions: Sequence, *, index: int
 def pairs_figure(rows: Sequence[Sequence[torch.Tensor]], headers: Sequence[str], *,
                  row_titles: Sequence[str] | None = None, title: str | None = None, cell: float = 2.0):
     """Images side by side, one row per example (e.g. original | dream, or content | style | result)."""
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     n, k = len(rows), len(headers)
-    fig, axes = plt.subplots(n, k, figsize=(k * cell, n * cell + (0.5 if title else 0.25)), squeeze=False)
+    fig = Figure(figsize=(k * cell, n * cell + (0.5 if title else 0.25)))
+    axes = fig.subplots(n, k, squeeze=False)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
             _show(axes[i, j], image)
@@ -106,8 +109,10 @@ def pairs_figure(rows: Sequence[Sequence[torch.Tensor]], headers: Sequence[str],
 def trace_figure(trace: torch.Tensor, *, labels: Sequence[str] | None = None, title: str | None = None,
                  ylabel: str = "objective"):
     """The objective of each image over the optimisation steps (``trace [steps, N]``)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 2.8))
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 2.8))
+    ax = fig.subplots()
     t = trace.detach().float().cpu()
     for i in range(t.shape[1]):
         ax.plot(t[:, i].tolist(), lw=1, label=labels[i] if labels and t.shape[1] <= 10 else None)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .render import pyplot, to_numpy_image
+from .render import to_numpy_image
 
 
 def _mosaic(tiles: torch.Tensor, ncols: int, gap: int = 1, fill: float = 1.0) -> np.ndarray:
@@ -40,6 +40,8 @@ def top_patches_figure(result, *, units: Sequence[int] | None = None, ncols: int
         units: rows of ``result`` to draw (default: the first 16).
         ncols: units per figure row.
     """
+    from matplotlib.figure import Figure
+
     if result.patches is None:
         from ..core.errors import InputError
 
@@ -48,12 +50,11 @@ def top_patches_figure(result, *, units: Sequence[int] | None = None, ncols: int
     k = result.patches.shape[1]
     side = math.ceil(math.sqrt(k))
     has_patterns = result.patterns is not None
-    plt = pyplot()
     ncols = max(1, min(ncols, len(rows)))
     nrows = math.ceil(len(rows) / ncols)
     width = 2.0 * (2 if has_patterns else 1) + 0.2
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * 2.3 + (0.4 if title else 0)),
-                             squeeze=False)
+    fig = Figure(figsize=(ncols * width, nrows * 2.3 + (0.4 if title else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, row in zip(axes.flat, rows):
@@ -76,12 +77,13 @@ def statistics_figure(stats, *, max_channels: int = 64, title: str | None = None
     """Per-channel distributions of a layer: the histogram of each channel's response (one column per
     channel, darker = more inputs), its mean response, and the share of inputs on which it is active
     (dead units in red)."""
-    plt = pyplot()
+    from matplotlib.figure import Figure
+
     c = min(len(stats.mean), max_channels)
     hist = stats.histogram[:c].float()
     hist = hist / hist.sum(1, keepdim=True).clamp(min=1)
-    fig, (top, mid, bottom) = plt.subplots(3, 1, figsize=(max(6.0, 0.13 * c + 2), 5.6), sharex=True,
-                                           gridspec_kw={"height_ratios": [3, 1.2, 1.2]})
+    fig = Figure(figsize=(max(6.0, 0.13 * c + 2), 5.6))
+    top, mid, bottom = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2, 1.2]})
     edges = stats.edges.numpy()
     top.imshow(hist.T.numpy(), origin="lower", aspect="auto", cmap="Greys",
                extent=(-0.5, c - 0.5, float(edges[0]), float(edges[-1])), interpolation="nearest")

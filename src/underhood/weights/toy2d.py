@@ -18,17 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.checks import choice, number, positive_int
 from ..core.device import threads
 from ..core.errors import InputError
-from ..viz.render import figure_to_png, pyplot
+from ..core.results import Result
+from ..core.seeding import seeded
+from ..viz.render import figure_to_png
 
 DATASETS = ("moons", "circles", "spiral", "blobs")
 CLASS_COLORS = ("#d62728", "#1f77b4")  # class 0 red, class 1 blue
 Line = tuple[float, float, float, float]
 
 
-@dataclass(frozen=True)
-class Snapshot:
+@dataclass(frozen=True, repr=False)
+class Snapshot(Result):
     """Detached copies of the parameters right after ``step`` optimisation steps (0 = initialisation)."""
 
     step: int
@@ -40,8 +43,8 @@ class Snapshot:
     accuracy: float
 
 
-@dataclass
-class Toy2D:
+@dataclass(repr=False)
+class Toy2D(Result):
     """What :func:`toy2d` returns: the data, the trained model and the snapshots."""
 
     x: torch.Tensor  # [n, 2]
@@ -49,6 +52,21 @@ class Toy2D:
     model: nn.Sequential
     snapshots: list[Snapshot] = field(default_factory=list)
     final_accuracy: float = 0.0
+
+    def scalars(self) -> dict:
+        """Points, hidden units, snapshots (and the last one's step), final training accuracy."""
+        weight = self.snapshots[-1].weight if self.snapshots else getattr(self.model[0], "weight", None) \
+            if isinstance(self.model, nn.Sequential) else None
+        out = {"n": len(self.x), "hidden": len(weight) if weight is not None else None,
+               "snapshots": len(self.snapshots)}
+        if self.snapshots:
+            out["last_step"] = self.snapshots[-1].step
+        out["final_accuracy"] = self.final_accuracy
+        return out
+
+    def figure(self, k: int = 8):
+        """A strip of ``k`` frames (:func:`toy2d_strip`)."""
+        return toy2d_strip(self, k=k)
 
 
 # ----------------------------------------------------------------------------- data
@@ -69,12 +87,10 @@ def toy_data(name: str = "moons", n: int = 400, *, noise: float = 0.1, seed: int
         >>> tuple(x.shape), int(y.sum())
         ((100, 2), 50)
     """
-    if name not in DATASETS:
-        raise InputError(f"name: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    choice("name", name, DATASETS)
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise InputError(f"n: expected an integer >= 2, got {n!r}; pass at least two points")
-    if not noise >= 0:
-        raise InputError(f"noise: expected a number >= 0, got {noise!r}; pass 0 for noiseless data")
+    number("noise", noise)
     rng = np.random.default_rng(seed)
     sizes = (n - n // 2, n // 2)
     y = np.concatenate([np.zeros(sizes[0], np.int64), np.ones(sizes[1], np.int64)])
@@ -111,11 +127,6 @@ def default_snapshot_steps(steps: int, count: int = 20) -> list[int]:
     return [int(s) for s in np.unique(np.round(np.logspace(0, math.log10(steps - 1), count)))]
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InputError(f"{name}: expected an integer >= {low}, got {value!r}; pass a whole number >= {low}")
-
-
 def _snapshot(step: int, model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Snapshot:
     with torch.no_grad():
         logits = model(x)
@@ -135,7 +146,7 @@ def toy2d(data: str = "moons", *, hidden: int = 20, steps: int = 5000, lr: float
     (see :func:`unit_lines`). A snapshot at step ``s`` holds detached copies of the parameters
     right after ``s`` optimisation steps (``s = 0``: the initialisation), with the training
     loss and accuracy of those parameters. The initialisation is seeded with ``seed`` inside
-    ``torch.random.fork_rng``, so the global RNG is left as it was.
+    :func:`underhood.core.seeding.seeded`, so the global generators are left as they were.
 
     Args:
         data: ``"moons"``, ``"circles"``, ``"spiral"`` or ``"blobs"`` (see :func:`toy_data`).
@@ -151,10 +162,9 @@ def toy2d(data: str = "moons", *, hidden: int = 20, steps: int = 5000, lr: float
         >>> result.snapshots[-1].step, tuple(result.snapshots[-1].weight.shape)
         (299, (20, 2))
     """
-    _check_int("hidden", hidden, 1)
-    _check_int("steps", steps, 1)
-    if not lr > 0:
-        raise InputError(f"lr: expected a learning rate > 0, got {lr!r}; try 0.01")
+    positive_int("hidden", hidden)
+    positive_int("steps", steps)
+    number("lr", lr, strict=True)
     if snapshots is None:
         snapshots = default_snapshot_steps(steps)
     bad = [s for s in snapshots if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= steps]
@@ -162,8 +172,7 @@ def toy2d(data: str = "moons", *, hidden: int = 20, steps: int = 5000, lr: float
         raise InputError(f"snapshots: steps must be integers in [0, {steps}], got {bad!r}; drop or fix them")
     wanted = sorted(set(snapshots))
     x, y = toy_data(data, n, noise=noise, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     taken = [_snapshot(0, model, x, y)] if wanted and wanted[0] == 0 else []
@@ -242,11 +251,11 @@ def toy2d_frame(result: Toy2D, index: int, *, ax=None, resolution: int = 200):
     if not -len(result.snapshots) <= index < len(result.snapshots):
         raise InputError(f"index: {index} is out of range for {len(result.snapshots)} snapshots; "
                          f"pass -1 for the last one")
-    plt = pyplot()
     from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(3.4, 3.4))
+        ax = Figure(figsize=(3.4, 3.4)).subplots()
     snap = result.snapshots[index]
     xlim, ylim = _box(result.x)
     gx, gy = np.meshgrid(np.linspace(*xlim, resolution), np.linspace(*ylim, resolution))
@@ -273,13 +282,15 @@ def toy2d_strip(result: Toy2D, k: int = 8):
     Example:
         >>> fig = toy2d_strip(toy2d(steps=100), k=4)   # doctest: +SKIP
     """
-    _check_int("k", k, 1)
+    from matplotlib.figure import Figure
+
+    positive_int("k", k)
     if not result.snapshots:
         raise InputError("result: it has no snapshots; train with snapshots=[...] to draw frames")
     k = min(k, len(result.snapshots))
     picks = np.round(np.linspace(0, len(result.snapshots) - 1, k)).astype(int) if k > 1 else [-1]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, k, figsize=(2.7 * k, 3.0), squeeze=False)
+    fig = Figure(figsize=(2.7 * k, 3.0))
+    axes = fig.subplots(1, k, squeeze=False)
     for ax, index in zip(axes[0], picks):
         toy2d_frame(result, int(index), ax=ax)
     fig.tight_layout()
@@ -292,19 +303,18 @@ def toy2d_gif(result: Toy2D, path: str | os.PathLike, *, fps: float = 4, dpi: in
     Example:
         >>> toy2d_gif(toy2d(steps=100), "toy2d.gif")   # doctest: +SKIP
     """
+    from matplotlib.figure import Figure
     from PIL import Image
 
     from ..core.io import write_bytes
 
-    if not fps > 0:
-        raise InputError(f"fps: expected frames per second > 0, got {fps!r}; try 4")
+    number("fps", fps, strict=True)
     if not result.snapshots:
         raise InputError("result: it has no snapshots; train with snapshots=[...] to make a GIF")
-    plt = pyplot()
     frames = []
     for index in range(len(result.snapshots)):
-        fig, ax = plt.subplots(figsize=(3.6, 3.6))
-        toy2d_frame(result, index, ax=ax)
+        fig = Figure(figsize=(3.6, 3.6))
+        toy2d_frame(result, index, ax=fig.subplots())
         frame = Image.open(io.BytesIO(figure_to_png(fig, dpi=dpi))).convert("RGB")
         frames.append(frame if not frames else frame.resize(frames[0].size))
     durations = [round(1000 / fps)] * len(frames)

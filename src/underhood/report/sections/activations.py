@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from markupsafe import Markup
 
-from ...activations.maps import embedding_layers, last_hidden, maps, stages
+from ...activations.maps import embedding_layers, maps
 from ...core.device import model_device
+from ...core.layers import last_hidden, stages
 from ...viz import feature_maps_figure, figure_to_png
 from ..base import Context, figure, section, table
 
