@@ -41,3 +41,19 @@ class Quantized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear((x * 4).round().flatten(1) / 4)
+
+
+def tiny(classes: int = 3, seed: int = 0) -> nn.Module:
+    """``logits = W x + b`` on ``[N, 1, 4, 4]`` images: the cheapest model every attack runs on."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(classes, 16, generator=g))
+        model[1].bias.zero_()
+    return model
+
+
+def tiny_inputs(n: int = 6, seed: int = 1) -> torch.Tensor:
+    """``[n, 1, 4, 4]`` pixels away from the box's faces."""
+    g = torch.Generator().manual_seed(seed)
+    return 0.3 + 0.4 * torch.rand(n, 1, 4, 4, generator=g)

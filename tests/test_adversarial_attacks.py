@@ -365,6 +365,7 @@ def test_bad_arguments_fail_with_one_line_naming_the_argument(call, message):
 def test_results_summarise_and_parse_budgets():
     r = adv.pgd(linear_model(3), interior(4), eps="4/255", steps=2)
     assert r.info["eps"] == pytest.approx(4 / 255) and adv.parse_eps("0.5") == 0.5
-    s = r.summary()
+    s = r.scalars()
     assert s["method"] == "pgd" and s["n"] == 4 and 0 <= s["success_rate"] <= 1 and s["eps"] == r.info["eps"]
+    assert isinstance(r.summary(), str) and r.summary().splitlines()[1].split() == ["method", "pgd"]
     assert len(r) == 4 and r.accuracy == pytest.approx(1 - r.success_rate)

@@ -9,9 +9,9 @@ from torch import nn
 
 import underhood
 from underhood.adversarial import training as at
+from underhood.adversarial.training import robust_accuracy, training_loss
 from underhood.cli import main
 from underhood.core.errors import InputError
-from underhood.adversarial.training import robust_accuracy, training_loss
 from underhood.models.training import train
 
 from .adversarial_models import one_thread  # noqa: F401

@@ -6,13 +6,19 @@ confidences, perturbation norms). Attacks work in pixel space inside the ``[0, 1
 logits, batched; ``labels`` default to the model's predictions; the model runs in eval mode and
 is left as it was found.
 
-Budgeted: :func:`gradient_ascent` (the EE-559 lecture's), :func:`fgsm`, :func:`pgd`, and the
-:func:`noise` baseline. Minimal-norm: :func:`deepfool`, :func:`cw`, :func:`lbfgs`. Black-box:
-:func:`one_pixel` (probabilities only), :func:`substitute` (labels only, transfer from a trained
-substitute). Dataset-level: :func:`universal` (one perturbation for all images), :func:`patch` and
-:func:`apply_patch` (a universal, targeted patch). From scratch: :func:`fooling_images`. Controls:
-:func:`random_control`, :func:`linear_demo`, :func:`lecture_example`, :func:`robustness_curve`,
-:func:`transfer_matrix`. Adversarial training losses: :mod:`underhood.adversarial.training`.
+Unbounded: :func:`gradient_ascent` (the EE-559 lecture's). Budgeted: :func:`fgsm`, :func:`pgd`,
+and the :func:`noise` baseline. Minimal-norm: :func:`deepfool`, :func:`cw`, :func:`lbfgs`.
+Black-box: :func:`one_pixel` (probabilities only), :func:`substitute` (labels only, transfer from
+a trained substitute). Dataset-level: :func:`universal` (one perturbation for all images),
+:func:`patch` and :func:`apply_patch` (a universal, targeted patch). From scratch:
+:func:`fooling_images`. Controls: :func:`random_control`, :func:`linear_demo`,
+:func:`lecture_example`. Evaluation: :func:`robustness_curve`, :func:`transfer_matrix`.
+Adversarial training losses: :mod:`underhood.adversarial.training`.
+
+What each attack can do (takes a budget, returns minimal perturbations, accepts a target, needs
+no gradient, works per image; its norms) is one entry of :data:`REGISTRY`
+(:mod:`underhood.adversarial.registry`): :func:`entry` gives it, :func:`names` filters by flags,
+:data:`ATTACKS` and :data:`MINIMAL` are derived from it and :func:`get` returns an attack by name.
 
 Example:
     >>> from underhood import adversarial as adv                 # doctest: +SKIP
@@ -22,43 +28,21 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from ..core.errors import lookup
-from .base import AttackResult, GradientMaskingWarning, parse_eps
+from ..core.checks import parse_eps
+from .base import AttackResult, GradientMaskingWarning
 from .blackbox import one_pixel
-from .control import (
-    ControlResult,
-    LinearDemo,
-    RobustnessCurve,
-    TransferMatrix,
-    lecture_example,
-    linear_demo,
-    noise,
-    random_control,
-    robustness_curve,
-    transfer_matrix,
-)
+from .control import ControlResult, LinearDemo, lecture_example, linear_demo, noise, random_control
+from .evaluation import RobustnessCurve, TransferMatrix, robustness_curve, transfer_matrix
 from .fooling import fooling_images
 from .gradient import fgsm, gradient_ascent, pgd
 from .minimal import cw, deepfool, lbfgs
+from .registry import ATTACKS, MINIMAL, REGISTRY, Attack, entry, get, names
 from .substitute import SubstituteResult, jacobian_augmentation, substitute, substitute_net
 from .universal import PatchResult, UniversalResult, apply_patch, patch, universal
 
-ATTACKS: dict[str, Callable[..., AttackResult]] = {
-    "gradient_ascent": gradient_ascent, "fgsm": fgsm, "pgd": pgd, "noise": noise,
-    "deepfool": deepfool, "cw": cw, "lbfgs": lbfgs, "one_pixel": one_pixel,
-}
-MINIMAL = ("deepfool", "cw", "lbfgs")  # attacks without a budget: they return minimal perturbations
-
-
-def get(name: str | Callable[..., AttackResult]) -> Callable[..., AttackResult]:
-    """The attack called ``name`` (see :data:`ATTACKS`); a callable is returned as it is."""
-    return lookup(name, ATTACKS, "attack", "attack")
-
-
-__all__ = ["ATTACKS", "MINIMAL", "get", "AttackResult", "ControlResult", "GradientMaskingWarning", "LinearDemo",
-           "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm", "gradient_ascent", "lbfgs", "lecture_example",
-           "linear_demo", "noise", "pgd", "random_control", "robustness_curve", "TransferMatrix", "transfer_matrix",
-           "SubstituteResult", "jacobian_augmentation", "substitute", "substitute_net",
-           "PatchResult", "UniversalResult", "apply_patch", "patch", "universal", "one_pixel", "fooling_images"]
+__all__ = ["ATTACKS", "MINIMAL", "REGISTRY", "Attack", "entry", "get", "names", "AttackResult", "ControlResult",
+           "GradientMaskingWarning", "LinearDemo", "RobustnessCurve", "parse_eps", "cw", "deepfool", "fgsm",
+           "gradient_ascent", "lbfgs", "lecture_example", "linear_demo", "noise", "pgd", "random_control",
+           "robustness_curve", "TransferMatrix", "transfer_matrix", "SubstituteResult", "jacobian_augmentation",
+           "substitute", "substitute_net", "PatchResult", "UniversalResult", "apply_patch", "patch", "universal",
+           "one_pixel", "fooling_images"]

@@ -1,4 +1,4 @@
-"""What every attack shares: the result type, argument checks, the losses on logits, the
+"""What every attack shares: the result type, the norm and budget checks, the losses on logits, the
 eval-mode context and the gradient-masking check.
 
 Conventions (every attack in :mod:`underhood.adversarial`):
@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import parse_eps, pixels
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.inputs import check_inputs
+from ..core.results import Result
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -43,8 +45,13 @@ class GradientMaskingWarning(UserWarning):
     """
 
 
-@dataclass
-class AttackResult:
+def col(v: torch.Tensor) -> torch.Tensor:
+    """A per-sample ``[N]`` tensor shaped ``[N, 1, 1, 1]`` to broadcast against ``[N, C, H, W]``."""
+    return v.view(-1, 1, 1, 1)
+
+
+@dataclass(repr=False)
+class AttackResult(Result):
     """What an attack returns; every tensor is per sample, on the model's device.
 
     Attributes:
@@ -93,34 +100,35 @@ class AttackResult:
         ``labels`` are the true classes)."""
         return float((self.predicted == self.labels).float().mean())
 
+    @property
+    def inputs(self) -> torch.Tensor:
+        """``[N, C, H, W]`` the attacked inputs, ``adversarial - perturbation``."""
+        return self.adversarial - self.perturbation
+
     def median_norm(self, norm: str = "l2") -> float:
         """Median ``norm`` of the perturbation over the successful samples (``nan`` if none)."""
         values = self.norms[check_norm(norm)][self.success]
         return float(values.median()) if len(values) else math.nan
 
-    def summary(self) -> dict[str, Any]:
-        """Plain numbers for a manifest or a table: method, size, rates and median norms."""
+    def scalars(self) -> dict[str, Any]:
+        """Method, size, rates and median norms, and the budget and seed when the attack has them."""
         return {"method": self.info.get("method"), "n": len(self), "targeted": self.targeted,
                 "success_rate": self.success_rate, "accuracy": self.accuracy,
                 "median_linf": self.median_norm("linf"), "median_l2": self.median_norm("l2"),
                 **{k: self.info[k] for k in ("eps", "norm", "seed") if k in self.info}}
 
+    def figure(self, **kwargs: Any):
+        """The lectures' three panels per image (:func:`underhood.viz.adversarial.attack_figure`); images made
+        from scratch (:func:`~underhood.adversarial.fooling_images`) as a grid
+        (:func:`~underhood.viz.adversarial.fooling_figure`). ``kwargs`` go to the figure function."""
+        from ..viz.adversarial import attack_figure, fooling_figure
 
-# ---------------------------------------------------------------------------- argument checks
+        if self.info.get("from_scratch"):
+            return fooling_figure(self, **kwargs)
+        return attack_figure(self.inputs, self, **kwargs)
 
 
-def parse_eps(value: float | int | str, name: str = "eps") -> float:
-    """A budget as a float: a number, or a string such as ``"0.03"`` or ``"8/255"``."""
-    if isinstance(value, str):
-        try:
-            num, _, den = value.partition("/")
-            return float(num) / float(den) if den else float(num)
-        except (ValueError, ZeroDivisionError):
-            raise InputError(f"{name}: cannot read {value!r} as a number; give a float or a fraction "
-                             "such as 8/255") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name}: expected a number such as 8/255, got {type(value).__name__}")
-    return float(value)
+# ---------------------------------------------------------------------------- norms and budgets
 
 
 def check_norm(norm: str | float) -> str:
@@ -144,37 +152,6 @@ def check_eps(eps: float | str, norm: str, shape: tuple[int, ...], name: str = "
         hint = "pixels are in [0, 1], e.g. 8/255" if norm == "linf" else "an L2 radius in pixel units, e.g. 0.5"
         raise InputError(f"{name}: expected a budget in [0, {top:.4g}] for the {norm} norm, got {value!r}; {hint}")
     return value
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` if it is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
-    """``value`` as a finite float ``>= low`` (``> low`` with ``strict``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or value < low or (strict and value == low):
-        raise InputError(f"{name}: expected a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    """``value`` if it is one of ``choices``."""
-    if value not in choices:
-        raise InputError(f"{name}: unknown value {value!r}; choose one of {', '.join(choices)}")
-    return str(value)
-
-
-def check_box(x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
-    """``x`` if every value is finite and inside ``[0, 1]`` (float round-off of 1e-6 is clamped)."""
-    lo, hi = float(x.min()), float(x.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise InputError(f"{name}: pixel values must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
-                         "give un-normalised pixels (the model applies its own normalisation)")
-    return x.clamp(0, 1)
 
 
 def _classes(value: Labels, n: int, k: int, device: torch.device, name: str, none_hint: str) -> torch.Tensor:
@@ -225,7 +202,7 @@ def setup(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, target:
     otherwise one sample is, to learn the number of classes. A target equal to a sample's
     label is an error: a targeted attack needs another class.
     """
-    x = check_box(check_inputs(model, inputs))
+    x = pixels(check_inputs(model, inputs))
     full = labels is None or clean
     logits = model(x if full else x[:1])
     if logits.ndim != 2:

@@ -12,18 +12,10 @@ import torch
 from torch import nn
 
 from ..core.batching import batches, resolve_batch_size
+from ..core.checks import number, positive_int
 from ..core.errors import InputError
 from ..core.seeding import generator
-from .base import (
-    AttackResult,
-    Labels,
-    attacking,
-    check_number,
-    check_positive_int,
-    finish,
-    is_adversarial,
-    setup,
-)
+from .base import AttackResult, Labels, attacking, finish, is_adversarial, setup
 
 
 def _pick_three(n: int, population: int, g: torch.Generator) -> torch.Tensor:
@@ -115,9 +107,8 @@ def one_pixel(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
 
     Cost: ``population * (1 + generations)`` model queries (images classified) per image
     (``info["queries"]``), plus the clean batch when ``labels`` is None. With the paper's defaults,
-    an image that resists costs 40,400 queries (about 100 s for the built-in shapes model on one
-    CPU thread); on 16 held-out shapes images one pixel fooled none (the true class's probability
-    fell from 0.90-0.98 to 0.59-0.94) and three pixels fooled 5.
+    an image that resists costs 40,400 queries; on 16 held-out shapes images one pixel fooled none
+    (the true class's probability fell from 0.90-0.98 to 0.59-0.94) and three pixels fooled 5.
 
     Args:
         model: a classifier returning logits ``[N, K]`` on ``[N, C, H, W]`` pixels in ``[0, 1]``.
@@ -142,13 +133,13 @@ def one_pixel(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
         >>> r = one_pixel(model, x, pixels=3, population=100, iterations=50)   # doctest: +SKIP
         >>> r.success_rate, r.info["positions"][0]                               # doctest: +SKIP
     """
-    pixels = check_positive_int("pixels", pixels)
-    population = check_positive_int("population", population)
+    pixels = positive_int("pixels", pixels)
+    population = positive_int("population", population)
     if population < 4:
         raise InputError(f"population: DE/rand/1 needs at least 4 candidates per image (a parent and three "
                          f"others), got {population}")
-    iterations = check_positive_int("iterations", iterations)
-    f = check_number("f", f, strict=True)
+    iterations = positive_int("iterations", iterations)
+    f = number("f", f, strict=True)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         x, device = p.x, p.x.device

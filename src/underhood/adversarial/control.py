@@ -1,45 +1,28 @@
-"""Controls and evaluation: random perturbations, the linear-model demonstration, robustness curves.
+"""Controls: random perturbations and the linear-model demonstration.
 
 An attack's success means little without its controls: random perturbations as large as the
-adversarial one (or twice as large, as in the EE-559 lecture) should not change the label, and
-accuracy should be measured across budgets, not at one.
+adversarial one (or twice as large, as in the EE-559 lecture) should not change the label.
+Accuracy across budgets and across models: :mod:`underhood.adversarial.evaluation`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.batching import batches, resolve_batch_size
+from ..core.batching import batches, logits, resolve_batch_size
+from ..core.checks import number, parse_eps, pixels, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
+from ..core.results import Result
 from ..core.seeding import generator
-from .base import (
-    AttackResult,
-    Labels,
-    attacking,
-    check_box,
-    check_eps,
-    check_norm,
-    check_number,
-    check_positive_int,
-    finish,
-    parse_eps,
-    setup,
-)
+from .base import AttackResult, Labels, attacking, check_eps, check_norm, col, finish, setup
 
 BLOCK = 64  # random directions are drawn in blocks of this many, whatever the batch size
-NORM_OPTION = ("pgd", "noise", "deepfool")  # attacks with a ``norm`` option
-BUILT_IN = ("gradient_ascent", "fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs")
-
-
-def _col(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 # ---------------------------------------------------------------------------- random perturbations
@@ -69,13 +52,13 @@ def noise(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, eps:
             delta = (torch.randint(0, 2, p.x.shape, generator=g) * 2 - 1).float() * eps
         else:
             d = torch.randn(p.x.shape, generator=g)
-            delta = d * _col(eps / d.flatten(1).norm(dim=1).clamp_min(1e-12))
+            delta = d * col(eps / d.flatten(1).norm(dim=1).clamp_min(1e-12))
         info = {"method": "noise", "eps": eps, "norm": norm, "seed": seed}
         return finish(model, p, (p.x + delta.to(p.x)).clamp(0, 1), info)
 
 
-@dataclass
-class ControlResult:
+@dataclass(repr=False)
+class ControlResult(Result):
     """The random-sphere control of an attack (see :func:`random_control`).
 
     Attributes:
@@ -93,6 +76,12 @@ class ControlResult:
     clipped: torch.Tensor
     labels: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, Any]:
+        """The share of draws that changed the class, the samples and draws, the radius factor and seed."""
+        return {"share": self.share, "samples": len(self.changed), "n": self.info.get("n"),
+                "factor": self.info.get("factor"), "median_radius": float(self.radius.median()),
+                "seed": self.info.get("seed")}
 
 
 def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Tensor | AttackResult, *,
@@ -117,11 +106,11 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
         >>> r = pgd(model, x)                                     # doctest: +SKIP
         >>> random_control(model, x, r, n=1000).share              # doctest: +SKIP
     """
-    n = check_positive_int("n", n)
-    factor = check_number("factor", factor)
+    n = positive_int("n", n)
+    factor = number("factor", factor)
     adv = adversarial.adversarial if isinstance(adversarial, AttackResult) else adversarial
-    x = check_box(check_inputs(model, inputs))
-    adv = check_box(check_inputs(model, adv, "adversarial"), "adversarial")
+    x = pixels(check_inputs(model, inputs))
+    adv = pixels(check_inputs(model, adv, "adversarial"), "adversarial")
     if adv.shape != x.shape:
         raise InputError(f"adversarial: shape {tuple(adv.shape)} differs from the inputs' {tuple(x.shape)}; "
                          "give one adversarial image per input")
@@ -133,15 +122,15 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
     g = generator(seed)
     with attacking(model), torch.no_grad():
         size = resolve_batch_size(batch_size, model, shape)
-        ref = torch.cat([model(x[s]).argmax(1) for s in batches(len(x), size)])
+        ref = logits(model, x, size).argmax(1)
         for start in tqdm(range(0, n, BLOCK), desc="random control", disable=not progress, leave=False):
             b = min(BLOCK, n - start)
             u = torch.randn((b, *shape), generator=g)
-            u = (u / _col(u.flatten(1).norm(dim=1))).to(x)
+            u = (u / col(u.flatten(1).norm(dim=1))).to(x)
             for part in batches(len(x) * b, size):
                 k = torch.arange(part.start, part.stop, device=x.device)
                 i, j = k // b, k % b
-                copies = (x[i] + _col(radius[i]) * u[j]).clamp(0, 1)
+                copies = (x[i] + col(radius[i]) * u[j]).clamp(0, 1)
                 changed.index_add_(0, i, (model(copies).argmax(1) != ref[i]).float())
                 clipped.index_add_(0, i, (copies - x[i]).flatten(1).norm(dim=1))
     changed, clipped = changed / n, clipped / n
@@ -152,8 +141,8 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
 # ---------------------------------------------------------------------------- the linear demonstration
 
 
-@dataclass
-class LinearDemo:
+@dataclass(repr=False)
+class LinearDemo(Result):
     """A logistic regression ``p(class 1 | x) = sigmoid(w . x + b)`` and one step along ``sign(w)``.
 
     Attributes:
@@ -192,6 +181,22 @@ class LinearDemo:
     def dims(self) -> int:
         """Number of input dimensions ``D``: the larger, the smaller the step that flips (Goodfellow et al.)."""
         return len(self.w)
+
+    def scalars(self) -> dict[str, Any]:
+        """The probabilities of class 1 before and after the step, the step, the smallest step that flips,
+        and the dimension."""
+        return {"prob": self.prob, "prob_adv": self.prob_adv, "eps": self.eps, "eps_needed": self.eps_needed,
+                "dims": self.dims, "classes": " vs ".join(self.classes)}
+
+    def figure(self, **kwargs: Any):
+        """Input, step and stepped input as images (:func:`underhood.viz.adversarial.linear_figure`; ``kwargs``
+        go to it); only for a demo with an ``image_shape`` (:func:`linear_demo`, not the lecture's vector)."""
+        from ..viz.adversarial import linear_figure
+
+        if self.image_shape is None:
+            raise InputError("figure: this demonstration has no image shape (the lecture's 10-d vector); "
+                             "use linear_demo() for images")
+        return linear_figure(self, **kwargs)
 
 
 def _linear_model(w: torch.Tensor, b: float, shape: tuple[int, ...]) -> nn.Module:
@@ -269,8 +274,8 @@ def linear_demo(*, classes: tuple[int, int] = (4, 9), confidence: float = 0.99, 
     a, b_ = classes
     if a == b_ or not all(isinstance(c, int) and 0 <= c <= 9 for c in classes):
         raise InputError(f"classes: expected two different digits 0..9, got {classes!r}")
-    reg = check_number("regularization", regularization, strict=True)
-    confidence = check_number("confidence", confidence)
+    reg = number("regularization", regularization, strict=True)
+    confidence = number("confidence", confidence)
     if confidence >= 1:
         raise InputError(f"confidence: expected a probability below 1, got {confidence!r}")
     train, test = digits(split="train", size=size), digits(split="test", size=size)
@@ -296,216 +301,3 @@ def linear_demo(*, classes: tuple[int, int] = (4, 9), confidence: float = 0.99, 
             "regularization": reg, "confidence": confidence}
     return _demo(xs[index], w, bias, None if eps is None else parse_eps(eps), (0.0, 1.0), (1, size, size),
                  (str(a), str(b_)), info)
-
-
-# ---------------------------------------------------------------------------- robustness curves
-
-
-@dataclass
-class RobustnessCurve:
-    """Accuracy under attack against the budget.
-
-    Attributes:
-        eps: ``[E]`` budgets (or norm thresholds for a minimal-norm attack), pixel units.
-        accuracy: ``[E]`` share of samples still classified as their label within that budget.
-        clean_accuracy: accuracy on the clean inputs.
-        attack: the attack's name; ``norm``: the norm of ``eps``.
-        norms: ``[N]`` per-sample minimal adversarial norms, sorted (minimal-norm attacks only):
-            0 where the clean input is already misclassified, ``inf`` where the attack failed.
-        info: seed, batch size, attack options.
-    """
-
-    eps: torch.Tensor
-    accuracy: torch.Tensor
-    clean_accuracy: float
-    attack: str
-    norm: str
-    norms: torch.Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def _data(model: nn.Module, data: Any, labels: Labels) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        images, labels = data[0], data[1] if labels is None else labels
-    else:
-        images = getattr(data, "images", data)
-        labels = getattr(data, "labels", None) if labels is None else labels
-    if not isinstance(images, torch.Tensor):
-        raise InputError(f"data: expected an ImageSet, an (images, labels) pair or an [N, C, H, W] tensor, "
-                         f"got {type(data).__name__}")
-    x = check_box(check_inputs(model, images, "data"), "data")
-    return x, None if labels is None else torch.as_tensor(labels).to(x.device).long().flatten()
-
-
-def _attack(attack: str | Callable[..., AttackResult]) -> tuple[Callable[..., AttackResult], str, bool]:
-    """``(function, name, whether it is a minimal-norm attack)``; attacks without a budget are refused."""
-    from . import MINIMAL, get  # the registry lives in the package, which imports this module
-
-    fn = get(attack)
-    name = getattr(fn, "__name__", str(attack))
-    if name in ("gradient_ascent", "one_pixel"):
-        raise InputError(f"attack: {name} has no budget to sweep; use pgd, fgsm, noise or a minimal-norm "
-                         "attack (deepfool, cw, lbfgs)")
-    return fn, name, name in MINIMAL
-
-
-def _norm_option(name: str, norm: str | None, options: dict[str, Any], default: str) -> str:
-    """The norm of the budgets; put into ``options`` for attacks that take one (and for callables given one)."""
-    given = norm if norm is not None else options.get("norm")
-    norm = check_norm(given if given is not None else default)
-    if name in NORM_OPTION or (given is not None and name not in BUILT_IN):
-        options["norm"] = norm
-    elif norm != default:
-        raise InputError(f"norm: {name} works in the {default} norm only, got {given!r}")
-    return norm
-
-
-def robustness_curve(model: nn.Module, data: Any, attack: str | Callable[..., AttackResult] = "pgd",
-                     eps_list: Sequence[float | str] | None = None, *, labels: Labels = None,
-                     norm: str | None = None, batch_size: int | str | None = None, seed: int = 0,
-                     progress: bool = False, **options: Any) -> RobustnessCurve:
-    """Accuracy against the attack budget, over a dataset.
-
-    A budgeted attack (``"pgd"``, ``"fgsm"``, ``"noise"``, or a callable taking ``eps``) runs
-    once per budget in ``eps_list`` (``eps = 0`` is the clean accuracy, not attacked). A
-    minimal-norm attack (``"deepfool"``, ``"cw"``, ``"lbfgs"``) runs once: each sample's
-    minimal adversarial norm ``d_i`` gives the whole curve, ``accuracy(e) = mean(d_i > e)``,
-    at ``eps_list`` or, when it is ``None``, at every distinct ``d_i`` (a step curve).
-
-    Args:
-        data: an ImageSet, an ``(images, labels)`` pair, or images (labels: the clean predictions).
-        attack: a name from :data:`underhood.adversarial.ATTACKS` or a callable with the attack
-            signature ``attack(model, inputs, labels, *, eps=..., seed=..., **options)``.
-        norm: the norm of ``eps``: the attack's ``norm`` option (default ``"linf"`` for budgeted
-            attacks, ``"l2"`` for minimal ones).
-        batch_size: images per attack call (default: measured, see :mod:`underhood.core.batching`);
-            every chunk is attacked with the same ``seed``.
-        options: passed to the attack (``steps``, ``restarts``, ...).
-
-    Returns:
-        :class:`RobustnessCurve`.
-
-    Example:
-        >>> c = robustness_curve(model, data, "pgd", [0, 2/255, 4/255, 8/255], steps=10)   # doctest: +SKIP
-        >>> c = robustness_curve(model, data, "deepfool")                                   # doctest: +SKIP
-    """
-    from tqdm.auto import tqdm
-
-    fn, name, minimal = _attack(attack)
-    norm = _norm_option(name, norm, options, default="l2" if minimal else "linf")
-    x, y = _data(model, data, labels)
-    size = resolve_batch_size(batch_size, model, tuple(x.shape[1:]), grad=True)
-    chunks = list(batches(len(x), size))
-    with attacking(model), torch.no_grad():
-        clean_pred = torch.cat([model(x[s]).argmax(1) for s in chunks])
-    y = clean_pred if y is None else y
-    if len(y) != len(x):
-        raise InputError(f"labels: {len(y)} labels for {len(x)} images; give one per image")
-    correct = clean_pred == y
-    info: dict[str, Any] = {"seed": seed, "batch_size": size, "options": dict(options), "n": len(x)}
-
-    def run(**kw: Any) -> list[AttackResult]:
-        return [fn(model, x[s], y[s], seed=seed, **kw, **options)
-                for s in tqdm(chunks, desc=name, disable=not progress, leave=False)]
-
-    if minimal:
-        results = run()
-        success = torch.cat([r.success for r in results])
-        d = torch.cat([r.norms[norm] for r in results])
-        d = torch.where(success, d, torch.inf)
-        d = torch.where(correct, d, 0.0).sort().values
-        if eps_list is None:
-            grid = torch.cat([d.new_zeros(1), d[torch.isfinite(d) & (d > 0)].unique()])
-        else:
-            grid = torch.tensor([parse_eps(e, "eps_list") for e in eps_list], device=d.device)
-        acc = (d[None, :] > grid[:, None]).float().mean(1)
-        return RobustnessCurve(eps=grid.cpu(), accuracy=acc.cpu(), clean_accuracy=float(correct.float().mean()),
-                               attack=name, norm=norm, norms=d.cpu(), info=info)
-    if eps_list is None or len(eps_list) == 0:
-        raise InputError(f"eps_list: {name} needs the budgets to try, e.g. [0, 2/255, 4/255, 8/255]")
-    grid = torch.tensor([check_eps(e, norm, tuple(x.shape[1:]), "eps_list") for e in eps_list])
-    acc = []
-    for e in grid.tolist():
-        if e == 0:
-            acc.append(float(correct.float().mean()))
-            continue
-        results = run(eps=e)
-        acc.append(float(torch.cat([r.predicted == r.labels for r in results]).float().mean()))
-    return RobustnessCurve(eps=grid, accuracy=torch.tensor(acc), clean_accuracy=float(correct.float().mean()),
-                           attack=name, norm=norm, info=info)
-
-
-# ---------------------------------------------------------------------------- transfer across models
-
-
-@dataclass
-class TransferMatrix:
-    """How adversarial examples crafted on one model fool others.
-
-    Attributes:
-        names: the models' names (rows: source, columns: target).
-        accuracy: ``[S, S]``: accuracy of model ``j`` on the adversarial inputs crafted on model
-            ``i``; the diagonal is white-box robust accuracy.
-        clean: ``[S]`` each model's clean accuracy.
-        attack: the attack's name; ``eps``, ``norm``: its budget.
-        info: seed, batch size, attack options.
-    """
-
-    names: list[str]
-    accuracy: torch.Tensor
-    clean: torch.Tensor
-    attack: str
-    eps: float | None
-    norm: str
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def transfer_matrix(models: Mapping[str, nn.Module] | Sequence[nn.Module], data: Any,
-                    attack: str | Callable[..., AttackResult] = "pgd", *, eps: float | str = 8 / 255,
-                    labels: Labels = None, norm: str | None = None, batch_size: int = 64, seed: int = 0,
-                    progress: bool = False, **options: Any) -> TransferMatrix:
-    """Black-box transfer (Szegedy et al. 2014; Papernot et al. 2016): attack each model, score every model.
-
-    Each source model is attacked on ``data`` (chunks of ``batch_size``, the same ``seed``); every
-    model then classifies those adversarial inputs. Models must take the same inputs. A
-    minimal-norm attack ignores ``eps``.
-
-    Args:
-        models: ``{name: model}``, or a sequence (named ``model0``, ``model1``, ...).
-        data: an ImageSet, an ``(images, labels)`` pair, or images (labels: the first model's
-            clean predictions).
-
-    Returns:
-        :class:`TransferMatrix`.
-
-    Example:
-        >>> m = transfer_matrix({"vgg": load_model("shapes"), "resnet": load_model("shapes-resnet")},
-        ...                     data, "pgd", eps=8/255)                                   # doctest: +SKIP
-    """
-    from tqdm.auto import tqdm
-
-    named = dict(models) if isinstance(models, Mapping) else {f"model{i}": m for i, m in enumerate(models)}
-    if not named or not all(isinstance(m, nn.Module) for m in named.values()):
-        raise InputError("models: expected a non-empty {name: nn.Module} mapping or sequence of modules")
-    batch_size = check_positive_int("batch_size", batch_size)
-    fn, name, minimal = _attack(attack)
-    norm = _norm_option(name, norm, options, default="l2" if minimal else "linf")
-    first = next(iter(named.values()))
-    x, y = _data(first, data, labels)
-    chunks = list(batches(len(x), batch_size))
-
-    def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        with attacking(model), torch.no_grad():
-            return torch.cat([model(images[s].to(x.device)).argmax(1) for s in chunks])
-
-    if y is None:
-        y = predict(first, x)
-    budget = {} if minimal else {"eps": check_eps(eps, norm, tuple(x.shape[1:]))}
-    clean = torch.tensor([float((predict(m, x) == y).float().mean()) for m in named.values()])
-    rows = []
-    for source in tqdm(list(named.values()), desc=f"{name} transfer", disable=not progress, leave=False):
-        adv = torch.cat([fn(source, x[s], y[s], seed=seed, **budget, **options).adversarial for s in chunks])
-        rows.append([float((predict(m, adv) == y).float().mean()) for m in named.values()])
-    return TransferMatrix(names=list(named), accuracy=torch.tensor(rows), clean=clean, attack=name,
-                          eps=budget.get("eps"), norm=norm,
-                          info={"seed": seed, "batch_size": batch_size, "options": dict(options), "n": len(x)})

@@ -13,28 +13,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.batching import batches, resolve_batch_size
+from ..core.batching import logits, resolve_batch_size
+from ..core.checks import choice, number, positive_int
 from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.inputs import expected_channels
 from ..core.seeding import generator
-from .base import (
-    AttackResult,
-    Problem,
-    attacking,
-    check_choice,
-    check_number,
-    check_positive_int,
-    finish,
-)
+from .base import AttackResult, Problem, attacking, col, finish
 
 METHODS = ("evolution", "gradient")
 STEPS = {"evolution": 100, "gradient": 50}
 SCALES = (1, 4, 16)  # widths in pixels of the blocks an offspring's mutation moves together
-
-
-def _col(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 def _check_classes(classes: int | Sequence[int] | None, k: int) -> list[int]:
@@ -63,13 +52,13 @@ def _image_shape(model: nn.Module, size: int | tuple[int, int] | None, channels:
     """``(C, H, W)`` of the images to make: ``size`` and ``channels``, else the model's ``input_size``."""
     known = getattr(model, "input_size", None)
     c = channels if channels is not None else (known[0] if known else expected_channels(model) or 3)
-    c = check_positive_int("channels", c)
+    c = positive_int("channels", c)
     if size is None:
         if not known:
             raise InputError("size: the model has no input_size; pass size=(H, W)")
         return c, int(known[1]), int(known[2])
     h, w = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
-    return c, check_positive_int("size", h), check_positive_int("size", w)
+    return c, positive_int("size", h), positive_int("size", w)
 
 
 def _mutate(images: torch.Tensor, rate: float, sigma: float, g: torch.Generator) -> torch.Tensor:
@@ -87,13 +76,8 @@ def _mutate(images: torch.Tensor, rate: float, sigma: float, g: torch.Generator)
         mask = torch.rand(n, 1, rows, cols, generator=g) < rate
         noise = sigma * torch.randn(n, c, rows, cols, generator=g) * mask
         noise = F.interpolate(noise, size=(h, w), mode="nearest")
-        step = torch.where(_col(which == j), noise, step)
+        step = torch.where(col(which == j), noise, step)
     return (images + step).clamp(0, 1)
-
-
-def _logits(model: nn.Module, images: torch.Tensor, size: int) -> torch.Tensor:
-    device = model_device(model)
-    return torch.cat([model(images[s].to(device)).float().cpu() for s in batches(len(images), size)])
 
 
 @torch.no_grad()
@@ -104,7 +88,7 @@ def _evolve(model: nn.Module, start: torch.Tensor, cls: torch.Tensor, n: int, *,
     images per (map, class), map-major. Returns the elites and the random images they started from,
     both ``[k * n, C, H, W]`` class-major, and the counts."""
     k = len(cls)
-    logp = _logits(model, start, size).log_softmax(1)[:, cls]  # [n * k * population, k]
+    logp = logits(model, start, size).cpu().log_softmax(1)[:, cls]  # [n * k * population, k]
     # the initial elite of (map, class): the map's random image that scores highest for the class
     logp = logp.view(n, k * population, k)
     best = logp.argmax(1)  # [n, k]
@@ -119,7 +103,7 @@ def _evolve(model: nn.Module, start: torch.Tensor, cls: torch.Tensor, n: int, *,
             break
         parents = elites.flatten(0, 1)[slots].repeat_interleave(population, 0)
         offspring = _mutate(parents, rate, sigma, g)
-        logp = _logits(model, offspring, size).log_softmax(1)[:, cls]  # [B, k]
+        logp = logits(model, offspring, size).cpu().log_softmax(1)[:, cls]  # [B, k]
         queries, generations = queries + len(offspring), generations + 1
         # an offspring may replace the elite of any class of its map that it beats (MAP-Elites)
         owner = (slots // k).repeat_interleave(population)
@@ -145,8 +129,8 @@ def _ascend(model: nn.Module, start: torch.Tensor, target: torch.Tensor, *, step
         (grad,) = torch.autograd.grad(value.sum(), xa)
         queries, iterations = queries + len(active), iterations + 1
         keep = value.detach() < torch.tensor(confidence).log()  # reached: this image stops here
-        step = step_size * grad / _col(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
-        x[active] = torch.where(_col(keep), (xa.detach() + step).clamp(0, 1), xa.detach())
+        step = step_size * grad / col(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
+        x[active] = torch.where(col(keep), (xa.detach() + step).clamp(0, 1), xa.detach())
         active = active[keep]
         if len(active) == 0:
             break
@@ -182,10 +166,9 @@ def fooling_images(model: nn.Module, classes: int | Sequence[int] | None = None,
 
     In both, an image stops improving once ``p_class >= confidence`` (it costs no more queries)
     or after ``steps`` generations / steps (:data:`STEPS`: 100 / 50). On the built-in shapes model
-    (8 classes, 64x64), one CPU thread: gradient ascent takes 16 steps (81 image gradients, under
-    a second) to pass 0.99 for every class; evolution, about 6,000 queries (some 14 s), reaches
-    0.99 for 5 classes and at least 0.92 for all. Randomness (the noise, the mutations) is drawn on
-    the CPU from ``seed``.
+    (8 classes, 64x64): gradient ascent takes 16 steps (81 image gradients) to pass 0.99 for every
+    class; evolution, about 6,000 queries, reaches 0.99 for 5 classes and at least 0.92 for all.
+    Randomness (the noise, the mutations) is drawn on the CPU from ``seed``.
 
     Args:
         model: a classifier returning logits ``[N, K]`` on ``[N, C, H, W]`` pixels in ``[0, 1]``.
@@ -211,22 +194,23 @@ def fooling_images(model: nn.Module, classes: int | Sequence[int] | None = None,
         ``predicted`` / ``confidence`` on the images, ``success`` where the prediction is the target
         with probability ``>= confidence``. ``info``: ``method``, ``steps``, ``iterations`` (run),
         ``queries`` (images evaluated; forward and backward passes for the gradient method),
-        ``seed``, ``confidence`` and the method's options.
+        ``seed``, ``confidence``, the method's options and ``from_scratch`` (``True``: its
+        :meth:`~AttackResult.figure` is a grid of the images).
 
     Example:
         >>> r = fooling_images(model, method="gradient")              # doctest: +SKIP
         >>> r.confidence, r.success.all()                              # doctest: +SKIP
         >>> r = fooling_images(model, [0, 3], n=2, method="evolution")   # doctest: +SKIP
     """
-    method = check_choice("method", method, METHODS)
-    n = check_positive_int("n", n)
-    steps = check_positive_int("steps", STEPS[method] if steps is None else steps)
-    population = check_positive_int("population", population)
+    method = choice("method", method, METHODS)
+    n = positive_int("n", n)
+    steps = positive_int("steps", STEPS[method] if steps is None else steps)
+    population = positive_int("population", population)
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise InputError(f"confidence: expected a probability in (0, 1), got {confidence!r}")
-    rate = check_number("rate", rate, strict=True)
-    sigma = check_number("sigma", sigma, strict=True)
-    step_size = check_number("step_size", step_size, strict=True)
+    rate = number("rate", rate, strict=True)
+    sigma = number("sigma", sigma, strict=True)
+    step_size = number("step_size", step_size, strict=True)
     shape = _image_shape(model, size, channels)
     device = model_device(model)
     g = generator(seed)
@@ -238,7 +222,8 @@ def fooling_images(model: nn.Module, classes: int | Sequence[int] | None = None,
         k = probe.shape[1]
         cls = torch.tensor(_check_classes(classes, k), dtype=torch.long)
         target = cls.repeat_interleave(n).to(device)
-        options = {"method": method, "steps": steps, "seed": seed, "confidence": float(confidence)}
+        options = {"method": method, "steps": steps, "seed": seed, "confidence": float(confidence),
+                   "from_scratch": True}
         if method == "evolution":
             size_ = resolve_batch_size(batch_size, model, shape)
             start = torch.rand(n * len(cls) * population, *shape, generator=g)

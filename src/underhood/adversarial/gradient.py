@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from ..core.checks import choice, number, positive_int
 from ..core.seeding import generator
 from .base import (
     LOSSES,
@@ -19,11 +20,9 @@ from .base import (
     GradientCheck,
     Labels,
     attacking,
-    check_choice,
     check_eps,
     check_norm,
-    check_number,
-    check_positive_int,
+    col,
     finish,
     is_adversarial,
     objective,
@@ -33,16 +32,11 @@ from .base import (
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _col(v: torch.Tensor) -> torch.Tensor:
-    """A per-sample ``[N]`` tensor shaped to broadcast against ``[N, C, H, W]``."""
-    return v.view(-1, 1, 1, 1)
-
-
 def direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """The steepest-ascent direction of unit ``norm``: ``sign(g)`` (L-inf) or ``g / ||g||_2`` (L2)."""
     if norm == "linf":
         return grad.sign()
-    return grad / _col(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
+    return grad / col(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
 
 
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -50,7 +44,7 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     if norm == "linf":
         return delta.clamp(-eps, eps)
     scale = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0)
-    return delta * _col(scale)
+    return delta * col(scale)
 
 
 def ball_noise(shape: torch.Size, eps: float, norm: str, g: torch.Generator) -> torch.Tensor:
@@ -62,9 +56,9 @@ def ball_noise(shape: torch.Size, eps: float, norm: str, g: torch.Generator) -> 
     if norm == "linf":
         return (torch.rand(shape, generator=g) * 2 - 1) * eps
     d = torch.randn(shape, generator=g)
-    d = d / _col(d.flatten(1).norm(dim=1).clamp_min(1e-12))
+    d = d / col(d.flatten(1).norm(dim=1).clamp_min(1e-12))
     radius = torch.rand(shape[0], generator=g).pow(1.0 / math.prod(shape[1:]))
-    return d * _col(eps * radius)
+    return d * col(eps * radius)
 
 
 def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, steps: int = 15,
@@ -90,9 +84,9 @@ def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = Non
         >>> r = gradient_ascent(model, x, steps=15)      # doctest: +SKIP
         >>> r.history[:, 0]                               # doctest: +SKIP
     """
-    steps = check_positive_int("steps", steps)
-    lr = check_number("lr", lr, strict=True)
-    optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
+    steps = positive_int("steps", steps)
+    lr = number("lr", lr, strict=True)
+    optimizer = choice("optimizer", optimizer, OPTIMIZERS)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         x = p.x.clone().requires_grad_(True)
@@ -134,13 +128,13 @@ def fgsm(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, eps: 
         >>> r = fgsm(model, x, eps=8/255)       # doctest: +SKIP
         >>> r.accuracy                           # doctest: +SKIP
     """
-    loss = check_choice("loss", loss, LOSSES)
+    loss = choice("loss", loss, LOSSES)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         eps = check_eps(eps, "linf", tuple(p.x.shape[1:]))
         if step_size is None:
             step_size = 1.25 * eps if random_start else eps
-        step_size = check_number("step_size", step_size)
+        step_size = number("step_size", step_size)
         start = p.x.clone()
         if random_start:
             start = (start + ball_noise(p.x.shape, eps, "linf", generator(seed)).to(start)).clamp(0, 1)
@@ -172,7 +166,7 @@ def _pgd_run(model: nn.Module, x0: torch.Tensor, labels: torch.Tensor, target: t
         x, logits = x.detach(), logits.detach()
         ok = is_adversarial(logits, labels, target)
         new = ok & ~hit
-        first = torch.where(_col(new), x, first)
+        first = torch.where(col(new), x, first)
         first_logits = logits if first_logits is None else torch.where(new[:, None], logits, first_logits)
         hit |= ok
         check.update(grad, rows)
@@ -181,7 +175,7 @@ def _pgd_run(model: nn.Module, x0: torch.Tensor, labels: torch.Tensor, target: t
         logits = model(x)
     ok = is_adversarial(logits, labels, target)
     last = ok | ~hit
-    return (torch.where(_col(last), x, first), torch.where(last[:, None], logits, first_logits), ok | hit,
+    return (torch.where(col(last), x, first), torch.where(last[:, None], logits, first_logits), ok | hit,
             objective(logits, labels, target, loss))
 
 
@@ -209,13 +203,13 @@ def pgd(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, eps: f
         >>> r = pgd(model, x, y, eps=0.5, norm="l2", target=3)    # doctest: +SKIP
     """
     norm = check_norm(norm)
-    steps = check_positive_int("steps", steps)
-    restarts = check_positive_int("restarts", restarts)
-    loss = check_choice("loss", loss, LOSSES)
+    steps = positive_int("steps", steps)
+    restarts = positive_int("restarts", restarts)
+    loss = choice("loss", loss, LOSSES)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         eps = check_eps(eps, norm, tuple(p.x.shape[1:]))
-        step_size = check_number("step_size", 2.5 * eps / steps if step_size is None else step_size)
+        step_size = number("step_size", 2.5 * eps / steps if step_size is None else step_size)
         n, device = len(p.x), p.x.device
         g = generator(seed)
         adv, found = p.x.clone(), torch.zeros(n, dtype=torch.bool, device=device)
@@ -235,7 +229,7 @@ def pgd(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, eps: f
                                                     step_size=step_size, steps=steps, loss=loss, check=check,
                                                     rows=rows if run else None)
             take = ok | (value > best[rows]) | best[rows].isneginf()  # the first run sets every sample
-            adv[rows] = torch.where(_col(take), cand, adv[rows])
+            adv[rows] = torch.where(col(take), cand, adv[rows])
             adv_logits[rows] = torch.where(take[:, None], cand_logits.float(), adv_logits[rows])
             best[rows] = torch.where(take, value, best[rows])
             found[rows] = ok

@@ -10,29 +10,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import number, positive_int
 from .base import (
     AttackResult,
     GradientCheck,
     Labels,
     attacking,
     check_norm,
-    check_number,
-    check_positive_int,
+    col,
     finish,
     is_adversarial,
     margin,
     setup,
 )
-
-
-def _col(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * 3))
-
 
 # ---------------------------------------------------------------------------- DeepFool
 
@@ -56,7 +52,7 @@ def deepfool(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, s
     Nothing is random: ``seed`` is only recorded. DeepFool is fast (2-9 iterations on the
     built-in shapes model) but greedy: its norms there are about 1.5x Carlini & Wagner's.
 
-    Cost per iteration: one forward and ``candidates`` backward passes of the unfinished samples.
+    Cost per iteration: one forward and ``candidates - 1`` backward passes of the unfinished samples.
 
     Returns:
         :class:`AttackResult`; ``info["iterations"]`` ``[N]`` counts each sample's steps.
@@ -66,54 +62,89 @@ def deepfool(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, s
         >>> r.norms["l2"].median()                 # doctest: +SKIP
     """
     norm = check_norm(norm)
-    steps = check_positive_int("steps", steps)
-    overshoot = check_number("overshoot", overshoot)
-    candidates = check_positive_int("candidates", candidates)
+    steps = positive_int("steps", steps)
+    overshoot = number("overshoot", overshoot)
+    candidates = positive_int("candidates", candidates)
     with attacking(model):
         p = setup(model, inputs, labels, clean=True)
-        x, y, n = p.x, p.labels, len(p.x)
-        m = max(2, min(candidates, p.classes))
-        others = p.logits.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)[:, :m - 1]
-        cls = torch.cat([y[:, None], others], 1)  # [N, m]: the label first
-        r_tot = torch.zeros_like(x)
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
-        iterations = torch.zeros(n, dtype=torch.long, device=x.device)
-        check = GradientCheck(n, x.device)
-        for it in range(steps + 1):  # the last pass only checks the final iterates
-            active = (~done).nonzero().squeeze(1)
-            if len(active) == 0:
-                break
-            xa = (x[active] + (1 + overshoot) * r_tot[active]).clamp(0, 1).requires_grad_(True)
-            logits = model(xa)
-            fooled = logits.detach().argmax(1) != y[active]
-            done[active] |= fooled
-            if it == steps:
-                break
-            r, w = _deepfool_step(logits, xa, cls[active], norm)
-            check.update(w[~fooled], active[~fooled])
-            r_tot[active] += torch.where(_col(fooled), 0.0, r)
-            iterations[active] += (~fooled).long()
-        check.usable |= done & (iterations == 0)  # misclassified from the start: no gradient needed
-        adv = (x + (1 + overshoot) * r_tot).clamp(0, 1)
-        info = {"method": "deepfool", "norm": norm, "steps": steps, "overshoot": overshoot, "candidates": m,
-                "seed": seed, "iterations": iterations, "masked": check.warn("deepfool")}
-        return finish(model, p, adv, info)
+        check = GradientCheck(len(p.x), p.x.device)
+        run = deepfool_run(model, p.x, p.labels, p.logits, steps=steps, overshoot=overshoot, candidates=candidates,
+                           norm=norm, check=check)
+        check.usable |= run.success & (run.iterations == 0)  # misclassified from the start: no gradient needed
+        info = {"method": "deepfool", "norm": norm, "steps": steps, "overshoot": overshoot,
+                "candidates": max(2, min(candidates, p.classes)), "seed": seed, "iterations": run.iterations,
+                "masked": check.warn("deepfool")}
+        return finish(model, p, run.adversarial, info)
+
+
+class DeepFoolRun(NamedTuple):
+    """What :func:`deepfool_run` returns."""
+
+    adversarial: torch.Tensor  # [B, C, H, W] the last iterates clip_[0,1](x + (1 + overshoot) r)
+    success: torch.Tensor  # [B] bool: the last iterate is not classified as y
+    iterations: torch.Tensor  # [B] steps taken per sample
+    forwards: int  # images forwarded
+    backwards: int  # per-image backward passes
+
+
+def deepfool_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, *, steps: int,
+                 overshoot: float, candidates: int, norm: str, check: GradientCheck,
+                 rows: torch.Tensor | None = None) -> DeepFoolRun:
+    """DeepFool's iterations from ``x`` ``[B, C, H, W]`` away from ``y`` ``[B]`` (see :func:`deepfool`), in the
+    model's current mode: the loop that :func:`deepfool` and :func:`~underhood.adversarial.universal` share.
+
+    ``logits`` ``[B, K]`` are those of ``x``: the candidates are ``y`` and the ``candidates - 1`` best other
+    classes there. Each input gradient is recorded in ``check``, at row ``rows[i]`` for sample ``i``
+    (default: ``i``). The last pass only checks the final iterates, without a graph.
+    """
+    n = len(x)
+    m = max(2, min(candidates, logits.shape[1]))
+    others = logits.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)[:, :m - 1]
+    cls = torch.cat([y[:, None], others], 1)  # [B, m]: the label first
+    rows = torch.arange(n, device=x.device) if rows is None else rows
+    r_tot = torch.zeros_like(x)
+    done = torch.zeros(n, dtype=torch.bool, device=x.device)
+    iterations = torch.zeros(n, dtype=torch.long, device=x.device)
+    forwards = backwards = 0
+    for it in range(steps + 1):  # the last pass only checks the final iterates
+        active = (~done).nonzero().squeeze(1)
+        if len(active) == 0:
+            break
+        xa = (x[active] + (1 + overshoot) * r_tot[active]).clamp(0, 1).requires_grad_(it < steps)
+        with torch.set_grad_enabled(it < steps):
+            out = model(xa)
+        forwards += len(active)
+        fooled = out.detach().argmax(1) != y[active]
+        done[active] |= fooled
+        if it == steps:
+            break
+        r, w = _deepfool_step(out, xa, cls[active], norm)
+        backwards += (m - 1) * len(active)
+        check.update(w[~fooled], rows[active[~fooled]])
+        r_tot[active] += torch.where(col(fooled), 0.0, r)
+        iterations[active] += (~fooled).long()
+    return DeepFoolRun((x + (1 + overshoot) * r_tot).clamp(0, 1), done, iterations, forwards, backwards)
 
 
 def _deepfool_step(logits: torch.Tensor, x: torch.Tensor, cls: torch.Tensor,
                    norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepFool's step to the nearest linearised boundary: ``(r [A, C, H, W], w'_l [A, C, H, W])``."""
+    """DeepFool's step to the nearest linearised boundary: ``(r [A, C, H, W], w'_l [A, C, H, W])``.
+
+    ``cls`` ``[A, m]`` holds the label ``y`` first, then the other candidates ``k``. One backward pass per
+    candidate: ``w'_k = grad (z_k - z_y)`` directly, not as a difference of two gradients. ``||.||_q`` is the
+    dual of ``norm``: L2 for L2 steps, L1 for L-inf steps.
+    """
     z = logits.gather(1, cls)  # [A, m]
-    m = z.shape[1]
-    grads = torch.stack([torch.autograd.grad(z[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
-    w = grads[:, 1:] - grads[:, :1]  # [A, m-1, C, H, W]
-    f = (z[:, 1:] - z[:, :1]).detach()  # [A, m-1], negative while the label wins
+    f = z[:, 1:] - z[:, :1]  # [A, m-1], negative while the label wins
+    m = f.shape[1]
+    w = torch.stack([torch.autograd.grad(f[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
+    f = f.detach()
     flat = w.flatten(2)
     size = (flat.norm(dim=2) if norm == "l2" else flat.abs().sum(2)).clamp_min(1e-12)  # dual norm
     pick = (f.abs() / size).argmin(1)
     rows = torch.arange(len(pick), device=pick.device)
     wl, fl, sl = w[rows, pick], f[rows, pick].abs() + 1e-4, size[rows, pick]
-    r = _col(fl / sl**2) * wl if norm == "l2" else _col(fl / sl) * wl.sign()
+    r = col(fl / sl**2) * wl if norm == "l2" else col(fl / sl) * wl.sign()
     return r, wl
 
 
@@ -153,11 +184,11 @@ def cw(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, target:
     Example:
         >>> r = cw(model, x, y, steps=200, search_steps=6)        # doctest: +SKIP
     """
-    kappa = check_number("kappa", kappa)
-    c = check_number("c", c, strict=True)
-    search_steps = check_positive_int("search_steps", search_steps)
-    steps = check_positive_int("steps", steps)
-    lr = check_number("lr", lr, strict=True)
+    kappa = number("kappa", kappa)
+    c = number("c", c, strict=True)
+    search_steps = positive_int("search_steps", search_steps)
+    steps = positive_int("steps", steps)
+    lr = number("lr", lr, strict=True)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         x, n = p.x, len(p.x)
@@ -190,7 +221,7 @@ def cw(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, target:
                 w.grad = (grad + 2 * (xa - x)) * (1 - (2 * xa - 1) ** 2) / 2
                 better = ok & (d2 < best_d2)
                 best_d2 = torch.where(better, d2, best_d2)
-                best = torch.where(_col(better), xa, best)
+                best = torch.where(col(better), xa, best)
                 succeeded |= ok
                 opt.step()
                 if abort_early and (it + 1) % every == 0:
@@ -322,9 +353,9 @@ def lbfgs(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, targ
     Example:
         >>> r = lbfgs(model, x, y, target=3)      # doctest: +SKIP
     """
-    c = check_number("c", c, strict=True)
-    search_steps = check_positive_int("search_steps", search_steps)
-    steps = check_positive_int("steps", steps)
+    c = number("c", c, strict=True)
+    search_steps = positive_int("search_steps", search_steps)
+    steps = positive_int("steps", steps)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         x, n = p.x, len(p.x)
@@ -343,7 +374,7 @@ def lbfgs(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, targ
                 r = (z - x[rows]).detach()
                 size = r.flatten(1).norm(dim=1)
                 # d ||r|| / dr = r / ||r||, and 0 (a subgradient) at r = 0
-                grad = grad + _col(const[rows] / size.clamp_min(1e-12)) * r
+                grad = grad + col(const[rows] / size.clamp_min(1e-12)) * r
                 return const[rows] * size + loss.detach(), grad
 
             xa = minimize_lbfgs(fun, x, steps=steps)
@@ -352,7 +383,7 @@ def lbfgs(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, targ
             size = (xa - x).flatten(1).norm(dim=1)
             better = ok & (size < best_norm)
             best_norm = torch.where(better, size, best_norm)
-            best = torch.where(_col(better), xa, best)
+            best = torch.where(col(better), xa, best)
             good = torch.where(ok, torch.maximum(good, const), good)
             bad = torch.where(ok, bad, torch.minimum(bad, const))
             bracketed = (good > 0) & torch.isfinite(bad)

@@ -34,10 +34,9 @@ Conventions (besides those of :mod:`underhood.adversarial.base`):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,31 +44,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.batching import batches
+from ..core.batching import batches, logits
+from ..core.checks import choice, number, pixels, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
-from ..core.seeding import generator
-from .base import (
-    AttackResult,
-    Labels,
-    Problem,
-    _classes,
-    attacking,
-    check_box,
-    check_choice,
-    check_eps,
-    check_number,
-    check_positive_int,
-    finish,
-)
+from ..core.results import Result
+from ..core.seeding import generator, seeded
+from .base import AttackResult, Labels, Problem, _classes, attacking, check_eps, finish
 from .gradient import fgsm, pgd
 
 CRAFT = ("fgsm", "pgd")
 Factory = Callable[[tuple[int, ...], int], nn.Module]
 
 
-@dataclass
-class SubstituteResult:
+@dataclass(repr=False)
+class SubstituteResult(Result):
     """What :func:`substitute` returns.
 
     Attributes:
@@ -104,6 +93,17 @@ class SubstituteResult:
     labels: torch.Tensor
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def scalars(self) -> dict[str, Any]:
+        """Transfer rate and agreement, queries, and the crafting attack with its budget."""
+        return {"transfer_rate": self.transfer_rate, "agreement": self.agreement, "queries": self.queries,
+                "rounds": self.info.get("rounds"), "attack": self.info.get("attack"), "eps": self.info.get("eps"),
+                "n": len(self.result), "seed": self.info.get("seed")}
+
+    def figure(self, **kwargs: Any):
+        """The transferred adversarial images in the lectures' three panels (:meth:`AttackResult.figure` of
+        :attr:`result`; ``kwargs`` go to :func:`underhood.viz.adversarial.attack_figure`)."""
+        return self.result.figure(**kwargs)
 
 
 def substitute_net(shape: tuple[int, ...], classes: int) -> nn.Module:
@@ -147,10 +147,9 @@ def jacobian_augmentation(net: nn.Module, inputs: torch.Tensor, labels: torch.Te
     return torch.cat(out)
 
 
-@torch.no_grad()
 def _labels(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The black box: the target's labels, nothing else (``len(x)`` queries)."""
-    return torch.cat([model(x[s]).argmax(1) for s in batches(len(x), batch_size)])
+    return logits(model, x, batch_size).argmax(1)
 
 
 @torch.no_grad()
@@ -191,16 +190,6 @@ def _train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr:
     return total / len(x)
 
 
-@contextlib.contextmanager
-def _reseeded(seed: int, device: torch.device) -> Iterator[None]:
-    """The default generator(s) of ``device`` seeded for the block, the global RNG state restored after."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
-        yield
-
-
 def _grow(model: nn.Module, net: nn.Module, s0: torch.Tensor, test: torch.Tensor, test_pred: torch.Tensor, *,
           rounds: int, lam: float, tau: int | None, max_queries: int | None, progress: bool,
           train: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
@@ -237,7 +226,7 @@ def _build(spec: nn.Module | Factory | None, shape: tuple[int, ...], classes: in
     if spec is not None and not callable(spec):
         raise InputError(f"substitute: expected an nn.Module or a factory (shape, classes) -> nn.Module, "
                          f"got {type(spec).__name__}")
-    with _reseeded(seed, torch.device("cpu")):  # built on the CPU: the same weights on every device
+    with seeded(seed):  # built on the CPU: the same weights on every device
         net = (spec or substitute_net)(shape, classes)
     if not isinstance(net, nn.Module):
         raise InputError(f"substitute: the factory returned {type(net).__name__}, expected an nn.Module")
@@ -271,10 +260,10 @@ def substitute(model: nn.Module, inputs: torch.Tensor, *, test_inputs: torch.Ten
     ``S_0 = inputs``: the paper uses 150 held-out images, ``lam = 0.1``, 6 rounds of 10 epochs and
     FGSM with ``eps = 0.3`` on MNIST; ``eps`` defaults to 8/255 like the other attacks here, and
     transfer needs larger budgets than white-box attacks. On the built-in digits model (LeNet; the
-    paper's MNIST setting: 150 seed images and the defaults, about 25 s on one CPU thread) the
-    substitute agrees with the target on 93% of held-out digits, and FGSM on it fools the target
-    on 1%, 18% and 95% of them at ``eps`` = 16/255, 32/255 and 0.3 (random noise: 0%, 0%, 1%; an
-    untrained substitute: 0%, 1%, 17%); ``lam = -0.1`` does better (97% agreement; 5%, 43%, 99%).
+    paper's MNIST setting: 150 seed images and the defaults) the substitute agrees with the target
+    on 93% of held-out digits, and FGSM on it fools the target on 1%, 18% and 95% of them at
+    ``eps`` = 16/255, 32/255 and 0.3 (random noise: 0%, 0%, 1%; an untrained substitute: 0%, 1%,
+    17%); ``lam = -0.1`` does better (97% agreement; 5%, 43%, 99%).
     On the shapes model 150 images teach a substitute little (16% agreement, 8 classes): its
     transfer at 32/255 (57%) is no better than an untrained substitute's (49%).
 
@@ -312,17 +301,17 @@ def substitute(model: nn.Module, inputs: torch.Tensor, *, test_inputs: torch.Ten
         ...                test_labels=data.labels[1000:1256])                  # doctest: +SKIP
         >>> r.agreement, r.transfer_rate, r.queries                              # doctest: +SKIP
     """
-    rounds = check_positive_int("rounds", rounds)
+    rounds = positive_int("rounds", rounds)
     lam = _check_lam(lam)
-    tau = None if tau is None else check_positive_int("tau", tau)
-    epochs = check_positive_int("epochs", epochs)
-    lr = check_number("lr", lr, strict=True)
-    batch_size = check_positive_int("batch_size", batch_size)
-    attack = check_choice("attack", attack, CRAFT)
-    max_queries = None if max_queries is None else check_positive_int("max_queries", max_queries)
+    tau = None if tau is None else positive_int("tau", tau)
+    epochs = positive_int("epochs", epochs)
+    lr = number("lr", lr, strict=True)
+    batch_size = positive_int("batch_size", batch_size)
+    attack = choice("attack", attack, CRAFT)
+    max_queries = None if max_queries is None else positive_int("max_queries", max_queries)
     with attacking(model):
-        s0 = check_box(check_inputs(model, inputs))
-        test = s0 if test_inputs is None else check_box(check_inputs(model, test_inputs, "test_inputs"),
+        s0 = pixels(check_inputs(model, inputs))
+        test = s0 if test_inputs is None else pixels(check_inputs(model, test_inputs, "test_inputs"),
                                                         "test_inputs")
         if test.shape[1:] != s0.shape[1:]:
             raise InputError(f"test_inputs: images of shape {tuple(test.shape[1:])}, the inputs' are "
@@ -335,19 +324,18 @@ def substitute(model: nn.Module, inputs: torch.Tensor, *, test_inputs: torch.Ten
         y_test = test_pred if test_labels is None else _classes(test_labels, len(test), classes, test.device,
                                                                 "test_labels", "None for the target's labels")
         net = _build(substitute, tuple(s0.shape[1:]), classes, seed, s0.device)
-        with _reseeded(seed, s0.device):  # dropout in a user's substitute draws from the global generator
+        with seeded(seed, s0.device):  # dropout in a user's substitute draws from the global generator
             x, y, history = _grow(model, net, s0, test, test_pred, rounds=rounds, lam=lam, tau=tau,
                                   max_queries=max_queries, progress=progress,
                                   train={"epochs": epochs, "lr": lr, "batch_size": batch_size, "g": generator(seed)})
         crafted = (fgsm(net, test, y_test, eps=eps, seed=seed) if attack == "fgsm"
                    else pgd(net, test, y_test, eps=eps, seed=seed))
-        with torch.no_grad():
-            logits = torch.cat([model(crafted.adversarial[s]) for s in batches(len(test), batch_size)])
+        scores = logits(model, crafted.adversarial, batch_size)
         info = {"method": "substitute", "attack": attack, "eps": eps, "norm": "linf", "rounds": len(history),
                 "lam": lam, "tau": tau, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                 "max_queries": max_queries, "seed": seed, "training_queries": len(x), "test_queries": 2 * len(test),
                 "substitute_success_rate": crafted.success_rate}
-        result = finish(model, Problem(test, y_test, None, classes), crafted.adversarial, info, logits=logits)
+        result = finish(model, Problem(test, y_test, None, classes), crafted.adversarial, info, logits=scores)
     correct = test_pred == y_test
     rate = float(result.success[correct].float().mean()) if correct.any() else math.nan
     return SubstituteResult(substitute=net, result=result, transfer_rate=rate,

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core import seeding
 from ..core.checks import parse_eps
 from ..core.device import model_device
 from ..core.errors import InputError
@@ -163,7 +164,7 @@ def training_loss(method: str, *, eps: float | str | None = None, steps: int = 7
         >>> train("shapes", loss=training_loss("fgsm", eps="8/255"))   # doctest: +SKIP
     """
     radius = DEFAULT_EPS.get(method) if eps is None else parse_eps(eps, "adversarial_eps")
-    fn = loss(method, eps=radius, steps=steps, generator=torch.Generator().manual_seed(seed + 1))
+    fn = loss(method, eps=radius, steps=steps, generator=seeding.generator(seed + 1))
     pgd_steps = {"steps": steps} if method == "pgd" else {}
     command = f" --adversarial {method} --adversarial-eps {radius:.6g}" + (
         f" --adversarial-steps {steps}" if method == "pgd" else "")

@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.batching import batches
+from ..core.batching import batches, logits
+from ..core.checks import choice, number, pixels, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
+from ..core.results import Result
 from ..core.seeding import generator
 from .base import (
     AttackResult,
@@ -34,21 +36,14 @@ from .base import (
     Problem,
     _classes,
     attacking,
-    check_box,
-    check_choice,
     check_eps,
     check_norm,
-    check_number,
-    check_positive_int,
     finish,
 )
 from .gradient import direction, project
+from .minimal import deepfool_run
 
 SHAPES = ("square", "circle")
-
-
-def _col(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 def _split(value: Any, model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -60,36 +55,35 @@ def _split(value: Any, model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.
     if not isinstance(images, torch.Tensor):
         raise InputError(f"held_out: expected images [N, C, H, W], an (images, labels) pair or an ImageSet, "
                          f"got {type(value).__name__}")
-    x = check_box(check_inputs(model, images, "held_out"), "held_out")
+    x = pixels(check_inputs(model, images, "held_out"), "held_out")
     if tuple(x.shape[1:]) != shape:
         raise InputError(f"held_out: images of shape {tuple(x.shape[1:])} differ from the inputs' {shape}; "
                          "give images of the same size")
     return x, labels
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, size: int, v: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits of ``clip(x + v)`` (of ``x`` when ``v`` is None), ``size`` images per forward pass."""
-    return torch.cat([model(x[s] if v is None else (x[s] + v).clamp(0, 1)).float() for s in batches(len(x), size)])
+def _perturbed(model: nn.Module, x: torch.Tensor, size: int, v: torch.Tensor) -> torch.Tensor:
+    """Logits of ``clip(x + v)``, ``size`` images per forward pass (:func:`underhood.core.batching.logits`)."""
+    return logits(model, x, size, transform=lambda b: (b + v).clamp(0, 1))
 
 
 def _problem(model: nn.Module, x: torch.Tensor, labels: Labels, size: int) -> Problem:
     """:func:`setup`'s problem for checked images ``x``, their clean logits computed ``size`` images at a time
     (a dataset need not fit in one forward pass)."""
-    logits = _logits(model, x, size)
-    if logits.ndim != 2:
-        raise InputError(f"model: attacks need [N, classes] logits, the model gives {tuple(logits.shape)}")
-    k = logits.shape[1]
-    y = logits.argmax(1) if labels is None else _classes(labels, len(x), k, x.device, "labels",
-                                                         "None for the model's predictions")
-    return Problem(x, y, None, k, logits)
+    out = logits(model, x, size)
+    if out.ndim != 2:
+        raise InputError(f"model: attacks need [N, classes] logits, the model gives {tuple(out.shape)}")
+    k = out.shape[1]
+    y = out.argmax(1) if labels is None else _classes(labels, len(x), k, x.device, "labels",
+                                                      "None for the model's predictions")
+    return Problem(x, y, None, k, out)
 
 
 # ---------------------------------------------------------------------------- universal perturbations
 
 
-@dataclass
-class UniversalResult:
+@dataclass(repr=False)
+class UniversalResult(Result):
     """What :func:`universal` returns.
 
     Attributes:
@@ -121,62 +115,28 @@ class UniversalResult:
                              f"{tuple(getattr(images, 'shape', ())) or type(images).__name__}")
         return (images + self.perturbation.to(images)).clamp(0, 1)
 
+    def scalars(self) -> dict[str, Any]:
+        """The fooling rates, the budget, the passes run and the seed."""
+        return {"fooling_rate": self.fooling_rate, "held_out_fooling_rate": self.held_out_fooling_rate,
+                "eps": self.eps, "norm": self.norm, "variant": self.info.get("variant"),
+                "passes": self.info.get("passes"), "n": len(self.result), "seed": self.info.get("seed")}
 
-def _step(logits: torch.Tensor, x: torch.Tensor, cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DeepFool's L2 step (:func:`underhood.adversarial.minimal._deepfool_step`) with one backward pass per
-    candidate ``k``: ``w'_k = grad (z_k - z_y)`` directly, not as a difference of two gradients."""
-    z = logits.gather(1, cls)  # [A, m]: the label first
-    f = z[:, 1:] - z[:, :1]  # [A, m-1], negative while the label wins
-    m = f.shape[1]
-    w = torch.stack([torch.autograd.grad(f[:, j].sum(), x, retain_graph=j < m - 1)[0] for j in range(m)], 1)
-    f = f.detach()
-    size = w.flatten(2).norm(dim=2).clamp_min(1e-12)
-    pick = (f.abs() / size).argmin(1)
-    rows = torch.arange(len(pick), device=pick.device)
-    wl, fl, sl = w[rows, pick], f[rows, pick].abs() + 1e-4, size[rows, pick]
-    return _col(fl / sl**2) * wl, wl
+    def figure(self, n: int = 6, **kwargs: Any):
+        """The perturbation and the first ``n`` images of :attr:`result` before and after
+        (:func:`underhood.viz.adversarial.universal_figure`; ``kwargs`` go to it)."""
+        from ..viz.adversarial import universal_figure
 
-
-def _minimal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, *, steps: int,
-             overshoot: float, candidates: int, check: GradientCheck, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """L2 DeepFool from ``x`` away from ``y``, as :func:`underhood.adversarial.deepfool` computes it:
-    ``(perturbation [B, C, H, W], success [B], images forwarded, per-image backward passes)``.
-
-    ``logits`` are those of ``x`` (the candidates are ``y`` and the best other classes there).
-    """
-    n = len(x)
-    m = max(2, min(candidates, logits.shape[1]))
-    others = logits.scatter(1, y[:, None], -torch.inf).argsort(1, descending=True)[:, :m - 1]
-    cls = torch.cat([y[:, None], others], 1)
-    r_tot = torch.zeros_like(x)
-    done = torch.zeros(n, dtype=torch.bool, device=x.device)
-    forwards = backwards = 0
-    for it in range(steps + 1):  # the last pass only checks the final iterates
-        active = (~done).nonzero().squeeze(1)
-        if len(active) == 0:
-            break
-        xa = (x[active] + (1 + overshoot) * r_tot[active]).clamp(0, 1).requires_grad_(it < steps)
-        with torch.set_grad_enabled(it < steps):
-            out = model(xa)
-        forwards += len(active)
-        fooled = out.detach().argmax(1) != y[active]
-        done[active] |= fooled
-        if it == steps:
-            break
-        r, w = _step(out, xa, cls[active])
-        backwards += (m - 1) * len(active)
-        check.update(w[~fooled], rows[active[~fooled]])
-        r_tot[active] += torch.where(_col(fooled), 0.0, r)
-    delta = (x + (1 + overshoot) * r_tot).clamp(0, 1) - x
-    return delta, done, forwards, backwards
+        r = self.result
+        return universal_figure(self.perturbation, r.inputs[:n], r.labels[:n].tolist(), r.predicted[:n].tolist(),
+                                **kwargs)
 
 
 def _sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, *, eps: float, norm: str,
               step_size: float, check: GradientCheck, rows: torch.Tensor) -> torch.Tensor:
     """One step of the gradient variant: ascend the mini-batch's mean cross-entropy in ``v``, then project."""
     v = v.detach().requires_grad_(True)
-    logits = model((x + v).clamp(0, 1))
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y), v)
+    out = model((x + v).clamp(0, 1))
+    (grad,) = torch.autograd.grad(F.cross_entropy(out.float(), y), v)
     check.update(grad.expand_as(x), rows)
     return project((v.detach() + step_size * direction(grad[None], norm)[0])[None], eps, norm)[0]
 
@@ -204,19 +164,19 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
     order; one forward pass finds those not yet fooled by the current ``v``, their DeepFool runs
     together from that same ``v``, and their ``dv_i`` are then added in order, with the projection
     after each. With ``batch_size=1`` this is exactly Algorithm 1; larger batches use slightly
-    stale ``dv_i`` and run faster (1.7x at 32 on one CPU thread, more on a GPU). ``batch_size`` is
-    therefore part of the result (no automatic measurement), like ``seed``.
+    stale ``dv_i`` and run faster. ``batch_size`` is therefore part of the result (no automatic
+    measurement), like ``seed``.
 
     DeepFool's candidate classes are ``y`` and the ``candidates - 1`` best other classes at
     ``clip(x_i + v)``; our default of 2 (the runner-up only) costs one backward pass per iteration
     (the authors used 10 of ImageNet's 1000 classes; raise it for models with many classes).
 
     Cost per pass: one forward pass of ``inputs``, plus, for each point not yet fooled, one forward
-    and ``candidates - 1`` backward passes per DeepFool iteration (3-4 on the built-in shapes model).
-    A model that no perturbation of size ``eps`` fools runs every pass: the shapes model at
-    ``eps = 10/255`` (L-inf), whose fooling rate stays below 1% (as for random noise of that size),
-    takes about 25 s of one CPU thread on 256 images; at ``24/255`` it reaches 48% on them and 38%
-    on held-out images.
+    and ``candidates - 1`` backward passes per DeepFool iteration (3-4 on the built-in shapes model),
+    DeepFool's loop being :func:`underhood.adversarial.minimal.deepfool_run`. A model that no
+    perturbation of size ``eps`` fools runs every pass: the shapes model at ``eps = 10/255``
+    (L-inf), whose fooling rate stays below 1% (as for random noise of that size); at ``24/255``
+    it reaches 48% on 256 images and 38% on held-out images.
 
     ``method="sgd"`` offers the gradient variant instead (Shafahi et al. 2020, "Universal
     adversarial training"): each mini-batch of ``batch_size`` shuffled points takes one step
@@ -224,7 +184,7 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
     batch's mean cross-entropy w.r.t. ``v``; ``step_size`` defaults to ``eps / 4``. It costs one
     forward+backward pass of each point per pass and, on models where DeepFool's per-point
     minimal steps cancel out (the shapes model), fools far more: built on 64 shapes images at
-    24/255 (L-inf, mini-batches of 16), it passes 80% after 6 passes (2 s) and fools 88% of 64
+    24/255 (L-inf, mini-batches of 16), it passes 80% after 6 passes and fools 88% of 64
     held-out images, where Algorithm 1 fools 5% of them.
 
     Args:
@@ -253,28 +213,28 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
         >>> u.held_out_fooling_rate, u.apply(test.images).shape                   # doctest: +SKIP
     """
     norm = check_norm(norm)
-    passes = check_positive_int("passes", passes)
-    fooling = check_number("fooling", fooling)
+    passes = positive_int("passes", passes)
+    fooling = number("fooling", fooling)
     if fooling > 1:
         raise InputError(f"fooling: expected a share in [0, 1], got {fooling!r}")
-    overshoot = check_number("overshoot", overshoot)
-    deepfool_steps = check_positive_int("deepfool_steps", deepfool_steps)
-    candidates = check_positive_int("candidates", candidates)
-    batch_size = check_positive_int("batch_size", batch_size)
-    method = check_choice("method", method, ("deepfool", "sgd"))
+    overshoot = number("overshoot", overshoot)
+    deepfool_steps = positive_int("deepfool_steps", deepfool_steps)
+    candidates = positive_int("candidates", candidates)
+    batch_size = positive_int("batch_size", batch_size)
+    method = choice("method", method, ("deepfool", "sgd"))
     from tqdm.auto import tqdm
 
     with attacking(model):
-        p = _problem(model, check_box(check_inputs(model, inputs)), labels, batch_size)
+        p = _problem(model, pixels(check_inputs(model, inputs)), labels, batch_size)
         x, y, n = p.x, p.labels, len(p.x)
         shape = tuple(x.shape[1:])
         eps = check_eps(eps, norm, shape)
-        step_size = check_number("step_size", eps / 4 if step_size is None else step_size)
+        step_size = number("step_size", eps / 4 if step_size is None else step_size)
         q = None if held_out is None else _problem(model, *_split(held_out, model, shape), batch_size)
         g = generator(seed)
         v = torch.zeros(shape, device=x.device)
-        logits = p.logits
-        rate = float((logits.argmax(1) != y).float().mean())
+        scores = p.logits  # of clip(x + v), [N, K]
+        rate = float((scores.argmax(1) != y).float().mean())
         history: list[float] = []
         check = GradientCheck(n, x.device)
         attempted = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -299,15 +259,15 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
                     continue
                 rows, xv, out = rows[keep], xv[keep], out[keep]
                 attempted[rows] = True
-                delta, ok, fwd, bwd = _minimal(model, xv, y[rows], out, steps=deepfool_steps, overshoot=overshoot,
-                                               candidates=candidates, check=check, rows=rows)
-                queries, gradients = queries + fwd, gradients + bwd
-                for dv in delta[ok]:  # Algorithm 1's sequential update, with the projection after each step
+                run = deepfool_run(model, xv, y[rows], out, steps=deepfool_steps, overshoot=overshoot,
+                                   candidates=candidates, norm="l2", check=check, rows=rows)
+                queries, gradients = queries + run.forwards, gradients + run.backwards
+                for dv in (run.adversarial - xv)[run.success]:  # Algorithm 1's update, projected after each step
                     v = project((v + dv)[None], eps, norm)[0]
                     updates += 1
-            logits = _logits(model, x, batch_size, v)
+            scores = _perturbed(model, x, batch_size, v)
             queries += n
-            rate = float((logits.argmax(1) != y).float().mean())
+            rate = float((scores.argmax(1) != y).float().mean())
             history.append(rate)
             bar.update(1)
             bar.set_postfix(fooling=f"{rate:.2f}")
@@ -319,9 +279,9 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
                 "candidates": candidates, "batch_size": batch_size, "queries": queries, "gradients": gradients,
                 "updates": updates, "masked": check.warn("universal")}
         if q is None:
-            result, held_rate = finish(model, p, x + v, info, logits=logits), None
+            result, held_rate = finish(model, p, x + v, info, logits=scores), None
         else:
-            result = finish(model, q, q.x + v, info, logits=_logits(model, q.x, batch_size, v))
+            result = finish(model, q, q.x + v, info, logits=_perturbed(model, q.x, batch_size, v))
             held_rate = result.success_rate
     return UniversalResult(perturbation=v, fooling_rate=rate, held_out_fooling_rate=held_rate, result=result,
                            history=history, eps=eps, norm=norm, info=info)
@@ -393,7 +353,7 @@ def _check_patch(patch: torch.Tensor, channels: int) -> torch.Tensor:
             or not patch.is_floating_point():
         raise InputError(f"patch: expected a float [{channels}, h, w] tensor, got "
                          f"{tuple(patch.shape) if isinstance(patch, torch.Tensor) else type(patch).__name__}")
-    check_box(patch.detach(), "patch")
+    pixels(patch.detach(), "patch")
     return patch.float()
 
 
@@ -429,10 +389,10 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, *,
             or not images.is_floating_point():
         raise InputError(f"images: expected a non-empty float [N, C, H, W] tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    check_box(images.detach(), "images")
+    pixels(images.detach(), "images")
     x = images.float()
     patch = _check_patch(patch, x.shape[1]).to(x)
-    shape = check_choice("shape", shape, SHAPES)
+    shape = choice("shape", shape, SHAPES)
     n = len(x)
     if position is None:
         pos = torch.rand(n, 2, generator=generator(seed)).to(x.device)
@@ -449,8 +409,8 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, *,
     return _paste(x, patch, _mask(shape, *patch.shape[1:], x.device), pos, factor, turn)
 
 
-@dataclass
-class PatchResult:
+@dataclass(repr=False)
+class PatchResult(Result):
     """What :func:`patch` returns.
 
     Attributes:
@@ -475,6 +435,17 @@ class PatchResult:
         """:func:`apply_patch` with this patch (and its ``shape``); ``options`` as there."""
         options.setdefault("shape", self.info.get("shape", "square"))
         return apply_patch(images, self.patch, **options)
+
+    def scalars(self) -> dict[str, Any]:
+        """The target, the success rate on the evaluated images, the patch's side and the training run."""
+        return {"target": self.target, "success_rate": self.success_rate, "evaluated": self.info.get("evaluated"),
+                "side": self.info.get("side"), "shape": self.info.get("shape"), "steps": self.info.get("steps"),
+                "seed": self.info.get("seed")}
+
+    def figure(self, **kwargs: Any):
+        """The patched evaluation images in the lectures' three panels (:meth:`AttackResult.figure` of
+        :attr:`result`; ``kwargs`` go to :func:`underhood.viz.adversarial.attack_figure`)."""
+        return self.result.figure(**kwargs)
 
 
 def _check_target(target: object, classes: int) -> int:
@@ -523,9 +494,9 @@ def patch(model: nn.Module, inputs: torch.Tensor, target: int, *, size: float = 
 
     Cost: ``steps`` forward and backward passes of ``batch_size`` images, one forward pass of the
     evaluation images (and of the clean ones when their labels are not given). On the built-in
-    shapes model, the defaults take about 6 s of one CPU thread with 256 training images; the
-    patch (9% of the image) then turns 100% of held-out images into a "cross", 86% into a "tee",
-    41% into a "circle" and 3% into a "triangle".
+    shapes model, with the defaults and 256 training images, the patch (9% of the image) turns
+    100% of held-out images into a "cross", 86% into a "tee", 41% into a "circle" and 3% into a
+    "triangle".
 
     Args:
         inputs: ``[N, C, H, W]`` pixels in ``[0, 1]``: the images the patch is trained on.
@@ -545,24 +516,24 @@ def patch(model: nn.Module, inputs: torch.Tensor, target: int, *, size: float = 
         >>> r = patch(model, train.images, target=0, held_out=test)      # doctest: +SKIP
         >>> r.success_rate, r.apply(test.images[:4], position=(0, 0))     # doctest: +SKIP
     """
-    size = check_number("size", size, strict=True)
+    size = number("size", size, strict=True)
     if size > 1:
         raise InputError(f"size: expected the patch's side as a fraction in (0, 1] of the image side, got {size!r}")
     scale = _check_scale(scale)
-    rotate = (180.0 if rotate else 0.0) if isinstance(rotate, bool) else check_number("rotate", rotate)
-    shape = check_choice("shape", shape, SHAPES)
-    steps = check_positive_int("steps", steps)
-    lr = check_number("lr", lr, strict=True)
-    batch_size = check_positive_int("batch_size", batch_size)
+    rotate = (180.0 if rotate else 0.0) if isinstance(rotate, bool) else number("rotate", rotate)
+    shape = choice("shape", shape, SHAPES)
+    steps = positive_int("steps", steps)
+    lr = number("lr", lr, strict=True)
+    batch_size = positive_int("batch_size", batch_size)
     from tqdm.auto import tqdm
 
     with attacking(model):
-        x = check_box(check_inputs(model, inputs))
+        x = pixels(check_inputs(model, inputs))
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
         target = _check_target(target, classes)
         xe, labels = _split(held_out, model, tuple(x.shape[1:])) if held_out is not None else (x, None)
-        labels = _logits(model, xe, batch_size).argmax(1) if labels is None else \
+        labels = logits(model, xe, batch_size).argmax(1) if labels is None else \
             _classes(labels, len(xe), classes, xe.device, "labels", "None for the model's predictions")
         keep = labels != target
         if not keep.any():
@@ -597,6 +568,6 @@ def patch(model: nn.Module, inputs: torch.Tensor, target: int, *, size: float = 
             patched = _paste(xe, p, mask, *draws)
         q = Problem(xe[keep], labels[keep], torch.full_like(labels[keep], target), classes)
         info.update(evaluated=int(keep.sum()), excluded=int((~keep).sum()))
-        result = finish(model, q, patched[keep], info, logits=_logits(model, patched[keep], batch_size))
+        result = finish(model, q, patched[keep], info, logits=logits(model, patched[keep], batch_size))
     return PatchResult(patch=p, target=target, success_rate=result.success_rate, result=result, history=history,
                        info=info)
