@@ -50,7 +50,8 @@ from run import report, timed
 from underhood import attribution
 from underhood.attribution.perturbation import superpixels
 from underhood.core import batching
-from underhood.core.layers import last_conv, resolve
+from underhood.core.hooks import capture, hooked
+from underhood.core.layers import last_conv
 from underhood.models.architectures import BasicBlock
 
 
@@ -139,13 +140,11 @@ def watched(model: nn.Module, limit: int | None = None, keep: bool = False) -> I
         if keep:
             calls.inputs.append(args[0].detach())
 
-    handle = model.register_forward_pre_hook(hook)
-    try:
-        yield calls
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
+    with hooked(model, pre={model: hook}):
+        try:
+            yield calls
+        except _Stop:
+            pass
 
 
 @contextlib.contextmanager
@@ -269,12 +268,9 @@ def bench_occlusion(case: Case) -> None:
 def bench_scorecam(case: Case) -> None:
     m, x = case.model, case.images[:case.n_scorecam]
     layer = case.scorecam_layer or last_conv(m)
-    acts = []
-    handle = resolve(m, layer).register_forward_hook(lambda mod, i, o: acts.append(o.clone()))
-    with torch.no_grad():
+    with capture(m, layer) as cap, torch.no_grad():
         m(x)
-    handle.remove()
-    flat = acts[-1].flatten(2)
+    flat = cap.activations[layer].flatten(2)
     passes = int(((flat.amax(2) - flat.amin(2)) > 0).sum())  # scorecam scores each non-constant channel
     method = lambda: attribution.scorecam(m, x, layer=layer)
     got, ref = versus(m, method, forward_passes(m), copies=passes, repeat=case.repeat)
@@ -370,13 +366,10 @@ def bench_occlusion_memory(case: Case, b: int, window: int = 32, batches: int = 
     h, w = x.shape[-2:]
     copies = (h - window + 1) * (w - window + 1)
     rss: list[int | None] = []
-    handle = m.register_forward_pre_hook(lambda module, args: rss.append(_rss()))  # runs before watched's
     t0 = time.perf_counter()
-    try:
+    with hooked(m, pre={m: lambda module, args: rss.append(_rss())}):  # registered first: runs before watched's
         with watched(m, 1 + batches) as calls:  # the clean forward, then the batches of copies
             attribution.occlusion(m, x, window=window, stride=1)
-    finally:
-        handle.remove()
     seconds = time.perf_counter() - t0
     full = copies * x[0].numel() * 4 / 2**30
     report(f"occlusion stride 1 {case.label} {h}x{w}",

@@ -7,7 +7,9 @@ import torch
 
 from underhood import Unit
 from underhood.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from underhood.attribution.metrics import completeness
 from underhood.core.errors import InputError
+from underhood.core.hooks import hooked
 from underhood.core.seeding import generator
 
 from .attribution_models import Broken, Linear, Quadratic
@@ -36,11 +38,8 @@ def test_unit_target_is_the_gradient_of_the_unit(shapes_model):
     grad = saliency(shapes_model, x, Unit("features.4", 3, y=5, x=6))
     probe = x.clone().requires_grad_(True)
     acts = {}
-    handle = shapes_model.net.features[4].register_forward_hook(lambda m, i, o: acts.setdefault("a", o.clone()))
-    try:
+    with hooked(shapes_model, {shapes_model.net.features[4]: lambda m, i, o: acts.setdefault("a", o.clone())}):
         shapes_model(probe)
-    finally:
-        handle.remove()
     (ref,) = torch.autograd.grad(acts["a"][:, 3, 5, 6].sum(), probe)
     assert torch.allclose(grad, ref, atol=1e-6)
     assert grad[0].abs().sum() > 0
@@ -49,7 +48,8 @@ def test_unit_target_is_the_gradient_of_the_unit(shapes_model):
 def test_integrated_gradients_of_a_linear_model_is_exact():
     model = Linear().eval()
     x, base = torch.rand(2, 3, 6, 6), torch.rand(3, 6, 6)
-    ig, gap = integrated_gradients(model, x, 1, baseline=base, steps=3, return_error=True)
+    ig = integrated_gradients(model, x, 1, baseline=base, steps=3)
+    gap = completeness(model, x, ig, 1, baseline=base)
     assert torch.allclose(ig, (x - base) * model.row(1), atol=1e-5)
     assert gap.abs().max() < 1e-4
 
@@ -71,7 +71,8 @@ def test_integrated_gradients_right_riemann_sum_reference():
 
 def test_integrated_gradients_completeness_on_the_builtin_model(shapes_model, shapes_small):
     x = shapes_small.images[:2]
-    ig, gap = integrated_gradients(shapes_model, x, baseline=0.0, steps=128, return_error=True)
+    ig = integrated_gradients(shapes_model, x, baseline=0.0, steps=128)
+    gap = completeness(shapes_model, x, ig, baseline=0.0)
     with torch.no_grad():
         logits, at_zero = shapes_model(x), shapes_model(torch.zeros_like(x))
     c = logits.argmax(1)

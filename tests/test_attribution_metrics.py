@@ -18,9 +18,11 @@ from underhood.attribution.metrics import (
     RandomizationResult,
     data_randomization,
     deletion_auc,
+    deletion_curve,
     energy_in_mask,
     heatmap,
     insertion_auc,
+    insertion_curve,
     mask_shares,
     model_randomization,
     pointing_game,
@@ -195,9 +197,9 @@ def test_curves_match_brute_force(pixel_case, insert, baseline):
     maps = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(4))
     if baseline == "tensor":
         baseline = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(5))
-    fn = insertion_auc if insert else deletion_auc
-    auc, curves = fn(model, x, maps, 1, steps=5, baseline=baseline, blur_sigma=1.0, batch_size=4,
-                     return_curves=True)
+    fn = insertion_curve if insert else deletion_curve
+    res = fn(model, x, maps, 1, steps=5, baseline=baseline, blur_sigma=1.0, batch_size=4)
+    auc, curves = res.auc, res.curves
     base = metrics._baseline(x, baseline, 1.0)
     ref = brute_curves(model, x, heatmap(maps), base, 5, insert, [1, 1, 1])
     assert curves.shape == (3, 6) and auc.shape == (3,)
@@ -211,7 +213,7 @@ def test_curves_match_brute_force(pixel_case, insert, baseline):
 
 def test_zero_map_removes_pixels_in_raster_order(pixel_case):
     model, x, w = pixel_case
-    _, curves = deletion_auc(model, x[:1], torch.zeros(1, 1, 4, 4), 1, steps=16, batch_size=5, return_curves=True)
+    curves = deletion_curve(model, x[:1], torch.zeros(1, 1, 4, 4), 1, steps=16, batch_size=5).curves
     for k in range(17):
         kept = x[:1].clone().flatten(2)
         kept[..., :k] = 0
@@ -231,9 +233,8 @@ def test_perfect_map_beats_reversed_map(pixel_case):
 def test_batch_size_and_default_target(pixel_case):
     model, x, w = pixel_case
     maps = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(6))
-    one = deletion_auc(model, x, maps, steps=7, batch_size=1, return_curves=True)
-    big = deletion_auc(model, x, maps, steps=7, batch_size=1000, return_curves=True)
-    auto = deletion_auc(model, x, maps, steps=7, return_curves=True)
+    one, big, auto = ((r.auc, r.curves) for r in (deletion_curve(model, x, maps, steps=7, batch_size=b)
+                                                  for b in (1, 1000, None)))
     for a, b in zip(one, big):
         assert torch.allclose(a, b, atol=1e-7)
     assert torch.allclose(auto[1], big[1], atol=1e-7)
@@ -244,7 +245,7 @@ def test_batch_size_and_default_target(pixel_case):
 def test_callable_target_is_scored_raw(pixel_case):
     model, x, w = pixel_case
     maps = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(7))
-    _, curves = deletion_auc(model, x, maps, lambda out: out[:, 1], steps=4, batch_size=8, return_curves=True)
+    curves = deletion_curve(model, x, maps, lambda out: out[:, 1], steps=4, batch_size=8).curves
     assert torch.allclose(curves[:, 0], model(x)[:, 1], atol=1e-6)
     assert torch.allclose(curves[:, -1], torch.zeros(3), atol=1e-6)
 
@@ -309,10 +310,15 @@ def test_model_randomization_cascade(cascade):
 
 def test_result_summary_and_table(cascade):
     res = cascade[-1]
-    summary = res.summary()
-    assert list(summary) == res.stages and summary["original"] == {"spearman": 1.0, "ssim": pytest.approx(1.0)}
+    means = res.means()
+    assert list(means) == res.stages and means["original"] == {"spearman": 1.0, "ssim": pytest.approx(1.0)}
     table = res.table()
     assert table.splitlines()[0].split() == ["stage", "spearman", "ssim"] and "classifier" in table
+    summary = res.summary()
+    assert isinstance(summary, str) and summary == table
+    with pytest.warns(DeprecationWarning, match="means"):
+        assert summary["original"] == means["original"]   # the old dict form still answers
+    assert res.method == "saliency" and res.scalars()["last_stage"] == res.stages[-1]
 
 
 def test_model_randomization_deterministic_layers_and_signed(shapes_model):
@@ -368,9 +374,9 @@ def test_model_randomization_lifecycle_when_method_raises():
 
 
 def test_method_by_name_is_resolved_lazily(monkeypatch, shapes_model):
-    import underhood.attribution as attribution
+    import underhood.attribution.registry as registry
 
-    monkeypatch.setattr(attribution, "get", lambda name: {"saliency": saliency}[name], raising=False)
+    monkeypatch.setattr(registry, "get", lambda name: {"saliency": saliency}[name])
     res = model_randomization(shapes_model, torch.rand(1, 3, 16, 16), "saliency", layers=["classifier"])
     assert res.stages == ["original", "classifier"]
 

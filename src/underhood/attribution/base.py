@@ -3,6 +3,7 @@ and batched scoring of many perturbed copies of the inputs."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -11,6 +12,12 @@ from torch import nn
 from ..core.batching import batches, resolve_batch_size
 from ..core.inputs import check_inputs
 from ..core.targets import Target, fix, is_class_target, scores, select
+
+
+def deprecated(old: str, new: str, *, depth: int = 1) -> None:
+    """Warn that the call form ``old`` is deprecated in favour of ``new``: a ``DeprecationWarning``
+    pointing at the caller of the public function, ``depth`` frames above this call."""
+    warnings.warn(f"{old} is deprecated; use {new}", DeprecationWarning, stacklevel=2 + depth)
 
 
 def prepare(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

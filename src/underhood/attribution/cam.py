@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import InputError, LayerError
-from ..core.hooks import frozen, graph_from
+from ..core.hooks import frozen, graph_from, hooked
 from ..core.layers import last_conv, named_layers, resolve
 from ..core.targets import Target, class_indices, fix, is_class_target, scores
 from .base import fixed_target, prepare, score_copies
@@ -175,13 +175,8 @@ def pooled_maps(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torc
                 maps.append((name, output.detach().clone()))
         return hook
 
-    handles = [m.register_forward_hook(make(n)) for n, m in layers.items()]
-    try:
-        with frozen(model):
-            outputs = model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    with frozen(model), hooked(model, {m: make(n) for n, m in layers.items()}):
+        outputs = model(x)
     if not head:
         raise LayerError("model: cam needs a linear head and no nn.Linear ran in forward; use gradcam")
     linear, features = head[-1]

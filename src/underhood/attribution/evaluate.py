@@ -25,26 +25,34 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..core.checks import positive_int
 from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import frozen
+from ..core.results import Result, Summary
 from ..data.imageset import ImageSet
-from . import METHODS
-from . import metrics as M
 from .base import fixed_target
+from .cam import pooled_maps
+from .metrics import (
+    deletion_curve,
+    energy_in_mask,
+    insertion_curve,
+    mask_shares,
+    pointing_game,
+    randomized_copy,
+    similarities,
+)
+from .registry import METHODS, REGISTRY, get
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
            "model_ssim": "down", "data_rand": "down", "data_ssim": "down", "marker": "up", "object": "down"}
-# LIME hides superpixels with grey: a shapes object is one flat-coloured superpixel, so the lime
-# package's default fill (each superpixel's mean colour) would leave it unchanged and hide nothing
-FAST = {"smoothgrad": {"n_samples": 16}, "integrated_gradients": {"steps": 16},
-        "lime": {"n_samples": 300, "baseline": 0.5}, "occlusion": {"window": 8, "stride": 4}}
-FULL = {"smoothgrad": {"n_samples": 50}, "integrated_gradients": {"steps": 50},
-        "lime": {"n_samples": 1000, "baseline": 0.5}, "occlusion": {"window": 8, "stride": 2}}
+# the presets of the registry (MethodInfo.fast / .full), by method
+FAST = {name: dict(m.fast) for name, m in REGISTRY.items() if m.fast}
+FULL = {name: dict(m.full) for name, m in REGISTRY.items() if m.full}
 
 
-@dataclass
-class Evaluation:
+@dataclass(repr=False)
+class Evaluation(Result):
     """``values[method][column]`` (means over images), the settings used and seconds per method."""
 
     values: dict[str, dict[str, float]]
@@ -55,6 +63,21 @@ class Evaluation:
     @property
     def columns(self) -> list[str]:
         return [c for c in COLUMNS if any(c in row for row in self.values.values())]
+
+    def scalars(self) -> dict[str, object]:
+        """Methods and images evaluated, curve steps, and the seconds it took."""
+        return {"methods": len(self.values), "images": self.settings.get("n"), "steps": self.settings.get("steps"),
+                "seconds": round(sum(self.seconds.values()), 2)}
+
+    def summary(self) -> Summary:
+        """The method x metric table (:meth:`table`)."""
+        return Summary(self.table(), self.scalars())
+
+    def figure(self):
+        """The table as a heatmap, each column coloured from worst to best."""
+        from ..viz.attribution import metric_table_figure
+
+        return metric_table_figure(self.values, {c: COLUMNS[c] for c in self.columns})
 
     def rows(self) -> list[list[str]]:
         """Formatted rows: method, then each column (``-`` when not measured)."""
@@ -79,8 +102,6 @@ def cam_layer(model: nn.Module) -> str | None:
     Grad-CAM and relatives are shown at this layer in the report so the CAM family is compared
     on one feature map; ``None`` when no such layer exists (methods then use the last Conv2d).
     """
-    from .cam import pooled_maps
-
     size = getattr(model, "input_size", None)
     if not size:
         return None
@@ -117,8 +138,11 @@ def reference_models(model: nn.Module, n: int = 64) -> dict[str, object]:
 
 
 def applicable_methods(model: nn.Module) -> list[str]:
-    """Every method that applies to ``model``: all of them, less CAM without a GAP + linear head."""
-    return [m for m in METHODS if m != "cam" or cam_layer(model) is not None]
+    """Every registered method that applies to ``model``: all of them, less those needing a GAP + linear
+    head (CAM) when it has none, and those needing the ReLU rules when it is TorchScript."""
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    has_head = cam_layer(model) is not None if any(m.head for m in REGISTRY.values()) else True
+    return [name for name, m in REGISTRY.items() if (has_head or not m.head) and not (scripted and m.rule)]
 
 
 def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = False,
@@ -130,15 +154,15 @@ def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = Fal
     as many occluded copies as a 64-pixel one.
     """
     layer = cam_layer(model)
-    preset = FULL if full else FAST
     size = size or (getattr(model, "input_size", None) or (0, 64, 64))[-2:]
     out = {}
     for m in methods:
-        opts = dict(preset.get(m, {}))
+        entry = REGISTRY.get(m)
+        opts = dict((entry.full if full else entry.fast) if entry else {})
         if m == "occlusion":
             window = max(opts["window"], round(min(size) / 8))
             opts.update(window=window, stride=max(1, window * opts["stride"] // opts["window"]))
-        if layer and m in ("cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam"):
+        if layer and entry and entry.layer:
             opts["layer"] = layer
         opts.update((overrides or {}).get(m, {}))
         out[m] = opts
@@ -159,8 +183,7 @@ def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(ME
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise InputError(f"methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if not isinstance(n, int) or n < 1:
-        raise InputError(f"n: expected a positive number of images, got {n!r}")
+    positive_int("n", n)  # images
     device = model_device(model)
     x = data.images[:n].to(device)
     opts = method_options(model, methods, full=full, overrides=options)
@@ -179,8 +202,6 @@ def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(ME
 
 
 def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[str, float], dict[str, list[float]]]:
-    from . import get
-
     fn = get(name)
     with frozen(model):
         fixed, _ = fixed_target(model, x, None)   # the predicted classes, explained by every model below
@@ -188,25 +209,23 @@ def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[
     row = {}
     if data.masks is not None:
         masks = data.masks[: len(x)].to(x.device)
-        row["pointing"] = float(M.pointing_game(maps, masks).float().mean())
-        row["energy"] = float(M.energy_in_mask(maps, masks).mean())
+        row["pointing"] = float(pointing_game(maps, masks).float().mean())
+        row["energy"] = float(energy_in_mask(maps, masks).mean())
     curves = {}
-    for kind, auc in (("deletion", M.deletion_auc), ("insertion", M.insertion_auc)):
-        area, curve = auc(model, x, maps, steps=steps, return_curves=True)
-        row[kind], curves[kind] = float(area.mean()), [round(float(v), 5) for v in curve.mean(0)]
+    for kind, curve in (("deletion", deletion_curve), ("insertion", insertion_curve)):
+        res = curve(model, x, maps, steps=steps)
+        row[kind], curves[kind] = float(res.auc.mean()), [round(float(v), 5) for v in res.curves.mean(0)]
     # the maps of a fully re-initialised copy, and of a copy trained on permuted labels, for the
     # classes the trained model predicts (the last columns of the sanity checks)
-    for column, other in (("model", M.randomized_copy(model, seed=seed)), ("data", random_model)):
+    for column, other in (("model", randomized_copy(model, seed=seed)), ("data", random_model)):
         if other is not None:
-            rank, structure = M.similarities(maps, fn(other, x, fixed, **opts))
+            rank, structure = similarities(maps, fn(other, x, fixed, **opts))
             row[f"{column}_rand"], row[f"{column}_ssim"] = float(rank.nanmean()), float(structure.nanmean())
     return row, curves
 
 
 def _shortcut(model, data, n, name, opts) -> dict[str, float]:
-    from . import get
-
     x = data.images[:n].to(model_device(model))
     maps = get(name)(model, x, None, **opts)
-    obj, marker = M.mask_shares(maps, data.masks[:n].to(x.device), data.marker_masks[:n].to(x.device))
+    obj, marker = mask_shares(maps, data.masks[:n].to(x.device), data.marker_masks[:n].to(x.device))
     return {"marker": float(marker.mean()), "object": float(obj.mean())}

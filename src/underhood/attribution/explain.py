@@ -12,6 +12,10 @@ from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.targets import Target
 from .base import fixed_target, prepare
+from .cam import combine, gradcam_pp_weights, layer_gradients
+from .gradient import saliency
+from .registry import get
+from .rules import guided_backprop
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "gradcam")
 SHARED_OPTIONS = ("layer", "batch_size", "seed", "progress")
@@ -46,10 +50,6 @@ def explain(model: nn.Module, inputs: torch.Tensor, methods: Sequence[str] = DEF
         >>> maps = explain(model, x, ["saliency", "smoothgrad", "gradcam"], layer="features.14",
         ...                smoothgrad={"n_samples": 25})                       # doctest: +SKIP
     """
-    from . import get
-    from .cam import combine, gradcam_pp_weights, layer_gradients
-    from .gradient import saliency
-    from .rules import guided_backprop
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]

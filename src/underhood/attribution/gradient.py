@@ -9,11 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.checks import choice, number, positive_int
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.seeding import generator
 from ..core.targets import Target
-from .base import accumulate_gradients, fixed_target, input_gradient, prepare
+from .base import accumulate_gradients, deprecated, fixed_target, input_gradient, prepare
 
 
 def saliency(model: nn.Module, inputs: torch.Tensor, target: Target = None) -> torch.Tensor:
@@ -45,12 +46,6 @@ def input_x_gradient(model: nn.Module, inputs: torch.Tensor, target: Target = No
     return x * saliency(model, x, target)
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
 def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 50,
                noise_std: float = 0.15, square: bool = False, seed: int = 0, batch_size: int | str | None = None,
                progress: bool = False) -> torch.Tensor:
@@ -67,9 +62,8 @@ def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
         >>> sg = smoothgrad(model, x, n_samples=50, noise_std=0.15, seed=0)   # doctest: +SKIP
     """
     x = prepare(model, inputs)
-    n_samples = _check_count("n_samples", n_samples)
-    if not isinstance(noise_std, (int, float)) or noise_std < 0:
-        raise InputError(f"noise_std: expected a fraction >= 0 of each input's value range, got {noise_std!r}")
+    n_samples = positive_int("n_samples", n_samples)
+    noise_std = number("noise_std", noise_std)  # a fraction of each input's value range
     noise = torch.randn((n_samples, *x.shape[1:]), generator=generator(seed)).to(x.device)
     sigma = noise_std * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
 
@@ -117,27 +111,28 @@ def _baseline(baseline: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                          baseline: float | torch.Tensor = 0.0, steps: int = 50, rule: str = "right",
-                         batch_size: int | str | None = None, return_error: bool = False,
-                         progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                         batch_size: int | str | None = None, progress: bool = False,
+                         return_error: bool = False) -> torch.Tensor:
     """Integrated gradients (Sundararajan, Taly & Yan 2017).
 
     ``IG(x) = (x - x') * integral_0^1 d score(x' + a (x - x')) / dx da``, the integral taken by a
     Riemann sum over ``steps`` points (``rule="right"`` as in the paper: ``a = k / steps``,
     ``k = 1..steps``; also "left", "middle", "trapezoid"). ``baseline`` ``x'`` is a float or a
     tensor broadcastable to ``inputs`` (a black image, a blurred copy, ...). Completeness says
-    ``sum IG = score(x) - score(x')``; ``return_error=True`` also returns that gap per sample,
-    which shrinks as ``steps`` grows.
+    ``sum IG = score(x) - score(x')``; :func:`underhood.attribution.metrics.completeness` measures
+    the gap per sample, which shrinks as ``steps`` grows. (``return_error=True``, which returned
+    ``(maps, gap)``, is deprecated.)
 
     Returns:
-        ``[N, C, H, W]`` signed; with ``return_error`` also ``[N]`` = ``sum IG - (f(x) - f(x'))``.
+        ``[N, C, H, W]``, signed.
 
     Example:
-        >>> ig, gap = integrated_gradients(model, x, baseline=0.0, steps=64, return_error=True)  # doctest: +SKIP
+        >>> ig = integrated_gradients(model, x, baseline=0.0, steps=64)         # doctest: +SKIP
+        >>> gap = metrics.completeness(model, x, ig, baseline=0.0)             # doctest: +SKIP
     """
     x = prepare(model, inputs)
-    steps = _check_count("steps", steps)
-    if rule not in RULES:
-        raise InputError(f"rule: expected one of {', '.join(RULES)}, got {rule!r}")
+    steps = positive_int("steps", steps)
+    choice("rule", rule, RULES)
     base = _baseline(baseline, x)
     alphas, weights = (t.to(x.device, x.dtype) for t in _path(steps, rule))
     m = len(alphas)
@@ -155,5 +150,7 @@ def integrated_gradients(model: nn.Module, inputs: torch.Tensor, target: Target 
         attributions = (x - base) * path_grad
         if not return_error:
             return attributions
+        deprecated("integrated_gradients(..., return_error=True)",
+                   "underhood.attribution.metrics.completeness(model, inputs, maps, target, baseline=...)")
         _, at_baseline = fixed_target(model, base, fixed)
     return attributions, attributions.flatten(1).sum(1) - (clean - at_baseline)

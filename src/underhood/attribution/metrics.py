@@ -7,28 +7,33 @@ Every metric reads a map through :func:`heatmap`, one non-negative importance pe
 
 - localisation against ground-truth masks: :func:`pointing_game`, :func:`energy_in_mask`,
   :func:`mask_shares` (object vs spurious marker);
-- faithfulness: :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al. 2018, RISE);
+- faithfulness: :func:`deletion_curve`, :func:`insertion_curve` (Petsiuk et al. 2018, RISE) and
+  their areas :func:`deletion_auc`, :func:`insertion_auc`; :func:`completeness`, the gap of
+  integrated gradients' completeness axiom;
 - sanity checks (Adebayo et al. 2018): :func:`model_randomization`,
   :func:`data_randomization`, with the similarities :func:`spearman` and :func:`ssim`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import choice, number, positive_int
 from ..core.errors import InputError
-from ..core.hooks import frozen
+from ..core.hooks import frozen, trace
 from ..core.layers import named_layers, resolve
+from ..core.results import Result, Summary
+from ..core.seeding import seeded
 from ..core.targets import Target
-from .base import fixed_target, prepare, score_copies
+from .base import deprecated, fixed_target, prepare, score_copies
 
 Method = Callable[..., torch.Tensor]
 
@@ -161,8 +166,7 @@ def _gaussian_kernel(sigma: float, radius: int, like: torch.Tensor) -> torch.Ten
 
 def _blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur per channel: kernel radius ``int(3 sigma + 0.5)``, reflect padding (scipy's "mirror")."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
-        raise InputError(f"blur_sigma: expected a positive number of pixels, got {sigma!r}")
+    number("blur_sigma", sigma, strict=True)  # pixels
     r = max(0, min(int(3 * sigma + 0.5), inputs.shape[2] - 1, inputs.shape[3] - 1))
     padded = F.pad(inputs, (r, r, r, r), mode="reflect") if r else inputs
     return _smooth(padded, _gaussian_kernel(float(sigma), r, inputs))
@@ -186,16 +190,11 @@ def _baseline(inputs: torch.Tensor, baseline: str | float | torch.Tensor, sigma:
     raise InputError(f"baseline: expected 'zeros', 'blur', a number or a tensor like the inputs, got {baseline!r}")
 
 
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps: expected a positive int (number of curve intervals, e.g. 50), got {steps!r}")
-
-
 def _curves(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target, *, steps: int,
             baseline: str | float | torch.Tensor, blur_sigma: float, batch_size: int | str | None,
             progress: bool, insert: bool) -> torch.Tensor:
     """Probability curves ``[N, steps + 1]``: top-k pixels from the baseline (deletion) or the image (insertion)."""
-    _check_steps(steps)
+    positive_int("steps", steps)  # the number of curve intervals
     x = prepare(model, inputs)
     heat = heatmap(maps).to(x.device)
     n, hw = x.shape[0], x.shape[2] * x.shape[3]
@@ -222,16 +221,47 @@ def _curves(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: 
     return s.view(n, steps + 1).cpu()
 
 
-def _auc(curves: torch.Tensor, return_curves: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    auc = torch.trapezoid(curves, dx=1.0 / (curves.shape[1] - 1), dim=1)
-    return (auc, curves) if return_curves else auc
+@dataclass(repr=False)
+class CurveResult(Result):
+    """A deletion or insertion curve per image, and the area under it (see :func:`deletion_curve`).
+
+    Attributes:
+        kind: ``"deletion"`` or ``"insertion"``.
+        auc: ``[N]``, the area under each curve (deletion: lower = a more faithful map;
+            insertion: higher).
+        curves: ``[N, steps + 1]``, the target's probability at each step.
+        fractions: ``[steps + 1]``, the curves' x axis ``i / steps``: the share of pixels removed
+            (deletion) or restored (insertion), ``round(i HW / steps)`` pixels exactly.
+    """
+
+    kind: str
+    auc: torch.Tensor
+    curves: torch.Tensor
+    fractions: torch.Tensor
+
+    def scalars(self) -> dict[str, float | int | str]:
+        return {"kind": self.kind, "auc": float(self.auc.mean()), "images": len(self.auc),
+                "steps": len(self.fractions) - 1}
+
+    def figure(self, *, max_images: int = 8):
+        """Each image's curve (up to ``max_images``) and their mean, against the fraction of pixels."""
+        from ..viz.attribution import curves_figure
+
+        lines = {f"image {i}": {self.kind: c.tolist()} for i, c in enumerate(self.curves[:max_images])}
+        lines["mean"] = {self.kind: self.curves.mean(0).tolist()}
+        return curves_figure(lines, kinds=(self.kind,))
 
 
-def deletion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
-                 steps: int = 50, baseline: str | float | torch.Tensor = "zeros", blur_sigma: float = 5.0,
-                 batch_size: int | str | None = None, return_curves: bool = False,
-                 progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Area under the deletion curve (Petsiuk et al. 2018, RISE): lower = a more faithful map.
+def _curve_result(curves: torch.Tensor, kind: str) -> CurveResult:
+    steps = curves.shape[1] - 1
+    auc = torch.trapezoid(curves, dx=1.0 / steps, dim=1)
+    return CurveResult(kind, auc, curves, torch.arange(steps + 1, dtype=curves.dtype) / steps)
+
+
+def deletion_curve(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                   steps: int = 50, baseline: str | float | torch.Tensor = "zeros", blur_sigma: float = 5.0,
+                   batch_size: int | str | None = None, progress: bool = False) -> CurveResult:
+    """The deletion curve (Petsiuk et al. 2018, RISE) and the area under it: lower = a more faithful map.
 
     Pixels are ranked by decreasing :func:`heatmap` (ties by raster index). Step ``i`` of
     ``0..steps`` replaces the top ``k_i = round(i HW / steps)`` pixels (all channels) by the
@@ -250,36 +280,106 @@ def deletion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, tar
             kernel radius ``int(3 sigma + 0.5)``, reflect padding), a number, or a tensor
             broadcastable to ``inputs``.
         batch_size: copies per forward pass; ``None`` measures the fastest.
-        return_curves: also return the curves.
         progress: show a progress bar.
 
     Returns:
-        ``auc [N]`` on CPU, or ``(auc [N], curves [N, steps + 1])``.
+        A :class:`CurveResult` on CPU: ``auc [N]``, ``curves [N, steps + 1]``, ``fractions [steps + 1]``.
+
+    Example:
+        >>> res = deletion_curve(model, x, saliency(model, x), steps=50)   # doctest: +SKIP
+        >>> res.auc.mean(), res.curves.shape                               # doctest: +SKIP
+    """
+    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                     batch_size=batch_size, progress=progress, insert=False)
+    return _curve_result(curves, "deletion")
+
+
+def insertion_curve(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                    steps: int = 50, baseline: str | float | torch.Tensor = "blur", blur_sigma: float = 5.0,
+                    batch_size: int | str | None = None, progress: bool = False) -> CurveResult:
+    """The insertion curve (Petsiuk et al. 2018, RISE) and the area under it: higher = a more faithful map.
+
+    As :func:`deletion_curve`, but step ``i`` starts from the baseline (default: the blurred
+    image) and puts the top ``k_i`` original pixels back, so ``p_0`` is the baseline's
+    probability and ``p_steps`` the clean one. Arguments and result as :func:`deletion_curve`.
+
+    Example:
+        >>> res = insertion_curve(model, x, gradcam(model, x))   # doctest: +SKIP
+    """
+    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                     batch_size=batch_size, progress=progress, insert=True)
+    return _curve_result(curves, "insertion")
+
+
+def _area(res: CurveResult, return_curves: bool, name: str) -> torch.Tensor:
+    if not return_curves:
+        return res.auc
+    deprecated(f"{name}_auc(..., return_curves=True)",
+               f"underhood.attribution.metrics.{name}_curve(...), which returns .auc and .curves", depth=2)
+    return res.auc, res.curves
+
+
+def deletion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                 steps: int = 50, baseline: str | float | torch.Tensor = "zeros", blur_sigma: float = 5.0,
+                 batch_size: int | str | None = None, progress: bool = False,
+                 return_curves: bool = False) -> torch.Tensor:
+    """Area under the deletion curve ``[N]`` on CPU: lower = a more faithful map.
+
+    ``deletion_curve(...).auc``; see :func:`deletion_curve` for the definition and arguments, and
+    for the curves themselves (``return_curves=True``, which returned ``(auc, curves)``, is deprecated).
 
     Example:
         >>> deletion_auc(model, x, saliency(model, x), steps=50).mean()  # doctest: +SKIP
     """
-    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
-                     batch_size=batch_size, progress=progress, insert=False)
-    return _auc(curves, return_curves)
+    res = deletion_curve(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                         batch_size=batch_size, progress=progress)
+    return _area(res, return_curves, "deletion")
 
 
 def insertion_auc(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
                   steps: int = 50, baseline: str | float | torch.Tensor = "blur", blur_sigma: float = 5.0,
-                  batch_size: int | str | None = None, return_curves: bool = False,
-                  progress: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Area under the insertion curve (Petsiuk et al. 2018, RISE): higher = a more faithful map.
+                  batch_size: int | str | None = None, progress: bool = False,
+                  return_curves: bool = False) -> torch.Tensor:
+    """Area under the insertion curve ``[N]`` on CPU: higher = a more faithful map.
 
-    As :func:`deletion_auc`, but step ``i`` starts from the baseline (default: the blurred
-    image) and puts the top ``k_i`` original pixels back, so ``p_0`` is the baseline's
-    probability and ``p_steps`` the clean one. Arguments and returns as :func:`deletion_auc`.
+    ``insertion_curve(...).auc``; see :func:`insertion_curve` (``return_curves=True`` is deprecated).
 
     Example:
-        >>> auc, curves = insertion_auc(model, x, gradcam(model, x), return_curves=True)  # doctest: +SKIP
+        >>> insertion_auc(model, x, gradcam(model, x)).mean()  # doctest: +SKIP
     """
-    curves = _curves(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
-                     batch_size=batch_size, progress=progress, insert=True)
-    return _auc(curves, return_curves)
+    res = insertion_curve(model, inputs, maps, target, steps=steps, baseline=baseline, blur_sigma=blur_sigma,
+                          batch_size=batch_size, progress=progress)
+    return _area(res, return_curves, "insertion")
+
+
+def completeness(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: Target = None, *,
+                 baseline: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """The completeness gap of a map (Sundararajan et al. 2017): ``sum(maps) - (f(x) - f(x'))`` per sample.
+
+    Integrated gradients satisfy ``sum IG = score(x) - score(x')`` as their Riemann sum converges,
+    so the gap measures its error (it shrinks as ``steps`` grows); for other maps it says how far
+    they are from distributing the score. ``score`` is the target's logit (the class fixed on the
+    clean inputs; a Unit or callable target is scored raw), ``x'`` the ``baseline`` the map was
+    computed from (a number or a tensor broadcastable to ``inputs``).
+
+    Returns:
+        ``[N]``, in the score's units, on the inputs' device.
+
+    Example:
+        >>> ig = integrated_gradients(model, x, steps=64)                 # doctest: +SKIP
+        >>> completeness(model, x, ig).abs().max()                        # doctest: +SKIP
+    """
+    x = prepare(model, inputs)
+    if not isinstance(maps, torch.Tensor) or maps.shape[0] != x.shape[0]:
+        raise InputError(f"maps: expected one map per input ({x.shape[0]}), got "
+                         f"{tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__}")
+    if isinstance(baseline, str):
+        raise InputError(f"baseline: expected a number or a tensor like the inputs, got {baseline!r}")
+    base = _baseline(x, baseline, 1.0)
+    with frozen(model):
+        fixed, clean = fixed_target(model, x, target)
+        _, at_baseline = fixed_target(model, base, fixed)
+    return maps.detach().to(x.device).flatten(1).sum(1) - (clean - at_baseline)
 
 
 # ---------------------------------------------------------------------------- similarities
@@ -365,8 +465,17 @@ def _minmax(h: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- sanity checks
 
-@dataclass
-class RandomizationResult:
+class _StageTable(Summary):
+    """The table of :meth:`RandomizationResult.summary`; indexing it by a stage (the old dict) warns."""
+
+    def _old(self) -> dict:
+        warnings.warn("RandomizationResult.summary() is a text table now; use means() for the per-stage "
+                      "numbers", DeprecationWarning, stacklevel=3)
+        return self._values
+
+
+@dataclass(repr=False)
+class RandomizationResult(Result):
     """Maps of one method across model stages, and their similarity to the original maps.
 
     Attributes:
@@ -374,29 +483,48 @@ class RandomizationResult:
         maps: one ``[N, C, H, W]`` tensor per stage, on CPU.
         spearman: ``[S, N]`` rank correlation with the original maps (1 at stage 0).
         ssim: ``[S, N]`` SSIM of min-max normalised heatmaps with the original ones (1 at stage 0).
+        method: the attribution method's name (``""`` when unknown).
     """
 
     stages: list[str]
     maps: list[torch.Tensor]
     spearman: torch.Tensor
     ssim: torch.Tensor
+    method: str = ""
 
-    def summary(self) -> dict[str, dict[str, float]]:
+    def means(self) -> dict[str, dict[str, float]]:
         """Stage -> ``{"spearman": mean, "ssim": mean}`` over samples (NaNs from constant maps ignored)."""
         return {stage: {"spearman": float(self.spearman[i].nanmean()), "ssim": float(self.ssim[i].nanmean())}
                 for i, stage in enumerate(self.stages)}
 
+    def scalars(self) -> dict[str, float | int | str]:
+        """The method, and the similarities left at the last stage."""
+        last = self.means()[self.stages[-1]]
+        return {"method": self.method, "last_stage": self.stages[-1], "last_spearman": last["spearman"],
+                "last_ssim": last["ssim"]}
+
     def table(self) -> str:
-        """The summary as aligned text, one stage per line."""
+        """Mean similarities as aligned text, one stage per line."""
         width = max(len(s) for s in self.stages)
         rows = [f"{'stage':<{width}}  spearman    ssim"]
-        rows += [f"{s:<{width}}  {v['spearman']:8.3f}  {v['ssim']:6.3f}" for s, v in self.summary().items()]
+        rows += [f"{s:<{width}}  {v['spearman']:8.3f}  {v['ssim']:6.3f}" for s, v in self.means().items()]
         return "\n".join(rows)
+
+    def summary(self) -> Summary:
+        """:meth:`table` (indexing it by a stage, the old dict form of :meth:`means`, warns)."""
+        return _StageTable(self.table(), self.means())
+
+    def figure(self, index: int = 0):
+        """Sample ``index``'s map at every stage, left to right (the sanity-check strip)."""
+        from ..viz.attribution import strips_figure
+
+        name = self.method or "maps"
+        return strips_figure(None, {name: [m[index] for m in self.maps]}, self.stages)
 
 
 def _resolve_method(method: str | Method) -> Method:
     if isinstance(method, str):
-        from . import get  # the registry; imported late so that metrics loads on its own
+        from .registry import get  # imported late so that metrics loads without every method
 
         return get(method)
     if not callable(method):
@@ -427,27 +555,21 @@ def similarities(ref: torch.Tensor, maps: torch.Tensor,
             ssim(_minmax(heatmap(ref)), _minmax(heatmap(maps))))
 
 
-def _result(stages: list[str], maps: list[torch.Tensor], similarity_on: str) -> RandomizationResult:
+def _name(method: str | Method) -> str:
+    return method if isinstance(method, str) else getattr(method, "__name__", "")
+
+
+def _result(stages: list[str], maps: list[torch.Tensor], similarity_on: str, method: str) -> RandomizationResult:
     sims = [similarities(maps[0], m, similarity_on) for m in maps]
-    return RandomizationResult(stages, maps, torch.stack([s[0] for s in sims]), torch.stack([s[1] for s in sims]))
+    return RandomizationResult(stages, maps, torch.stack([s[0] for s in sims]), torch.stack([s[1] for s in sims]),
+                               method)
 
 
 def _forward_order(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """Layer name -> index of its first call in one forward pass (layers never called are absent)."""
     order: dict[str, int] = {}
-
-    def hook(name: str) -> Callable:
-        def record(module: nn.Module, args: tuple) -> None:
-            order.setdefault(name, len(order))
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in named_layers(model).items()]
-    try:
-        with frozen(model), torch.no_grad():
-            model(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
+    for name in trace(model, x[:1]).entered:
+        order.setdefault(name, len(order))
     return order
 
 
@@ -468,18 +590,6 @@ def _stages(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None) -> 
     return sorted(names, key=lambda n: -order[n])
 
 
-@contextlib.contextmanager
-def _reseeded(seed: int, device: torch.device) -> Iterator[None]:
-    """The default generator(s) of ``device`` seeded for the block, the global RNG state restored after."""
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for i in cuda:
-            torch.cuda.default_generators[i].manual_seed(seed)
-        yield
-
-
 def _randomize(module: nn.Module, name: str, seed: int) -> None:
     """Re-initialise every parameter-owning module inside ``module`` (named ``name``) as a freshly built one would be.
 
@@ -492,7 +602,7 @@ def _randomize(module: nn.Module, name: str, seed: int) -> None:
         own = list(m.parameters(recurse=False))
         if not own:
             continue
-        with _reseeded((int(seed) * 1_000_003 + zlib.crc32(sub.encode())) % (2**63), own[0].device):
+        with seeded((int(seed) * 1_000_003 + zlib.crc32(sub.encode())) % (2**63), own[0].device):
             if callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
             else:
@@ -563,11 +673,10 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
 
     Example:
         >>> res = model_randomization(model, x, "gradcam")  # doctest: +SKIP
-        >>> print(res.table())                               # doctest: +SKIP
+        >>> print(res.summary())                             # doctest: +SKIP
     """
-    if similarity_on not in ("abs", "signed"):
-        raise InputError(f"similarity_on: expected 'abs' or 'signed', got {similarity_on!r}")
-    method = _resolve_method(method)
+    choice("similarity_on", similarity_on, ("abs", "signed"))
+    label, method = _name(method), _resolve_method(method)
     x = prepare(model, inputs)
     fixed = _fix_target(model, x, target)
     maps = [_run(method, model, x, fixed, options)]
@@ -581,7 +690,7 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
     for name in names:
         _randomize(layer_of[name], name, seed)
         maps.append(_run(method, twin, x, fixed, options))
-    return _result(["original", *names], maps, similarity_on)
+    return _result(["original", *names], maps, similarity_on, label)
 
 
 def data_randomization(model: nn.Module, random_model: nn.Module, inputs: torch.Tensor, method: str | Method,
@@ -599,11 +708,10 @@ def data_randomization(model: nn.Module, random_model: nn.Module, inputs: torch.
     Example:
         >>> res = data_randomization(model, load_model("shapes-random-labels"), x, "saliency")  # doctest: +SKIP
     """
-    if similarity_on not in ("abs", "signed"):
-        raise InputError(f"similarity_on: expected 'abs' or 'signed', got {similarity_on!r}")
-    method = _resolve_method(method)
+    choice("similarity_on", similarity_on, ("abs", "signed"))
+    label, method = _name(method), _resolve_method(method)
     x = prepare(model, inputs)
     fixed = _fix_target(model, x, target)
     y = prepare(random_model, inputs)
     maps = [_run(method, model, x, fixed, options), _run(method, random_model, y, fixed, options)]
-    return _result(["original", "random labels"], maps, similarity_on)
+    return _result(["original", "random labels"], maps, similarity_on, label)

@@ -5,7 +5,8 @@ Both explain a prediction by changing the input and watching the score: occlusio
 at random and fits a weighted linear surrogate (Ribeiro, Singh & Guestrin 2016). Every
 perturbed copy is built lazily, one batch at a time, by
 :func:`underhood.attribution.base.score_copies`, so memory is bounded by the batch size however
-many copies there are. Both return ``[N, 1, H, W]`` maps, signed, without normalisation.
+many copies there are. Both return ``[N, 1, H, W]`` maps, signed, without normalisation;
+:func:`lime_fit` also returns LIME's fitted surrogates (a :class:`LimeFit`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.checks import number, positive_int
 from ..core.errors import InputError
 from ..core.hooks import frozen
+from ..core.results import Result
 from ..core.seeding import generator
 from ..core.targets import Target
-from .base import fixed_target, prepare, score_copies
+from .base import deprecated, fixed_target, prepare, score_copies
 
 
 def _rows(t: torch.Tensor, index: torch.Tensor, part: slice, per: int) -> torch.Tensor:
@@ -131,11 +134,12 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
 # ----------------------------------------------------------------------------- LIME
 
 
-@dataclass
-class LimeFit:
-    """The local surrogates LIME fitted, one per sample.
+@dataclass(repr=False)
+class LimeFit(Result):
+    """The local surrogates LIME fitted, one per sample, and the maps they paint (see :func:`lime_fit`).
 
     Attributes:
+        maps: ``[N, 1, H, W]``, each superpixel's coefficient painted onto its pixels (what :func:`lime` returns).
         segments: ``[N, H, W]`` long, superpixel labels ``0..K_i - 1`` of each sample.
         coefficients: ``N`` tensors ``[K_i]``, the weight of each superpixel.
         intercept: ``[N]``, the surrogate's value with every superpixel replaced.
@@ -143,23 +147,29 @@ class LimeFit:
         r2: ``[N]``, the surrogate's weighted R^2 on the perturbed samples.
     """
 
+    maps: torch.Tensor
     segments: torch.Tensor
     coefficients: list[torch.Tensor]
     intercept: torch.Tensor
     score: torch.Tensor
     r2: torch.Tensor
 
+    def scalars(self) -> dict[str, float | int]:
+        """Images, mean superpixels per image, and the surrogates' fit: mean and lowest R^2."""
+        return {"images": len(self.r2), "superpixels": float(np.mean([len(c) for c in self.coefficients])),
+                "r2_mean": float(self.r2.mean()), "r2_min": float(self.r2.min())}
 
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InputError(f"{name}: expected an int >= {minimum}, got {value!r}")
-    return value
+    def figure(self, *, max_images: int = 8):
+        """Each image's superpixels (colours) beside the surrogate's weights (red: supports the score)."""
+        from matplotlib import colormaps
 
+        from ..viz.attribution import attribution_figure
 
-def _positive(name: str, value: object, *, zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero):
-        raise InputError(f"{name}: expected a number {'>=' if zero else '>'} 0, got {value!r}")
-    return float(value)
+        seg = self.segments[:max_images].cpu()
+        colours = torch.from_numpy(colormaps["tab20"](np.arange(20))[:, :3]).float()
+        tiles = colours[seg % 20].permute(0, 3, 1, 2)  # [N, 3, H, W]: a colour per superpixel
+        titles = [f"{len(c)} superpixels, R² {float(r):.2f}" for c, r in zip(self.coefficients, self.r2)]
+        return attribution_figure(tiles, {"lime": self.maps[:max_images].cpu()}, row_titles=titles[:max_images])
 
 
 def superpixels(inputs: torch.Tensor, n_segments: int = 50, compactness: float = 10.0) -> torch.Tensor:
@@ -185,8 +195,8 @@ def superpixels(inputs: torch.Tensor, n_segments: int = 50, compactness: float =
     if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4 or not inputs.is_floating_point():
         got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise InputError(f"inputs: expected a float tensor [N, C, H, W], got {got}; add a batch axis with x[None]")
-    _count("n_segments", n_segments, 1)
-    _positive("compactness", compactness)
+    positive_int("n_segments", n_segments)
+    number("compactness", compactness, strict=True)
     images = inputs.detach().cpu().double().permute(0, 2, 3, 1).numpy()
     lab = images.shape[-1] == 3
     out = []
@@ -273,18 +283,19 @@ def _r2(z: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, coef: torch.Ten
 
 
 def _check_lime(n_samples: object, baseline: object, kernel_width: object, alpha: object, n_segments: object) -> None:
-    _count("n_samples", n_samples, 2)
-    _count("n_segments", n_segments, 1)
-    _positive("kernel_width", kernel_width)
-    _positive("alpha", alpha, zero=True)
+    if positive_int("n_samples", n_samples) < 2:
+        raise InputError(f"n_samples: expected an int >= 2 (the original and a perturbed copy), got {n_samples!r}")
+    positive_int("n_segments", n_segments)
+    number("kernel_width", kernel_width, strict=True)
+    number("alpha", alpha)
     if not (isinstance(baseline, str) and baseline == "mean") and (
             isinstance(baseline, bool) or not isinstance(baseline, (int, float))):
         raise InputError(f"baseline: expected 'mean' (each superpixel's mean colour) or a float, got {baseline!r}")
 
 
 def _fit(z: torch.Tensor, y: torch.Tensor, ks: list[int], seg: torch.Tensor, kernel_width: float,
-         alpha: float) -> tuple[torch.Tensor, LimeFit]:
-    """One surrogate per sample; maps ``[N, 1, H, W]`` with each coefficient painted on its superpixel."""
+         alpha: float) -> LimeFit:
+    """One surrogate per sample, with maps ``[N, 1, H, W]`` that paint each coefficient on its superpixel."""
     n, _, kmax = z.shape
     painted, coefs, intercepts, r2s = y.new_zeros(n, kmax), [], [], []
     for i, k in enumerate(ks):
@@ -295,14 +306,13 @@ def _fit(z: torch.Tensor, y: torch.Tensor, ks: list[int], seg: torch.Tensor, ker
         intercepts.append(b.float())
         r2s.append(_r2(zi, y[i], pi, coef, b).float())
     maps = painted.gather(1, seg.flatten(1)).view(n, 1, *seg.shape[1:])
-    return maps, LimeFit(seg, coefs, torch.stack(intercepts), y[:, 0].clone(), torch.stack(r2s))
+    return LimeFit(maps, seg, coefs, torch.stack(intercepts), y[:, 0].clone(), torch.stack(r2s))
 
 
-def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
-         n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
-         kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
-         batch_size: int | str | None = None, progress: bool = False,
-         return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, LimeFit]:
+def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
+             n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
+             kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
+             batch_size: int | str | None = None, progress: bool = False) -> LimeFit:
     """LIME (Ribeiro, Singh & Guestrin 2016, "Why should I trust you?"): a weighted linear
     surrogate over superpixels, its coefficients painted back onto the pixels.
 
@@ -335,14 +345,14 @@ def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_sam
         segments: precomputed integer labels ``[N, H, W]`` or ``[H, W]`` (one for all).
         batch_size: copies per forward pass; ``None`` measures the fastest.
         progress: show a progress bar.
-        return_weights: also return a :class:`LimeFit`.
 
     Returns:
-        ``[N, 1, H, W]`` signed superpixel weights; with ``return_weights``, ``(maps, LimeFit)``.
+        A :class:`LimeFit`: ``maps`` ``[N, 1, H, W]`` (signed superpixel weights, what :func:`lime`
+        returns), the segments, each surrogate's coefficients, intercept and weighted R^2.
 
     Example:
-        >>> maps, fit = lime(model, x, n_samples=1000, return_weights=True)   # doctest: +SKIP
-        >>> fit.r2                                                            # doctest: +SKIP
+        >>> fit = lime_fit(model, x, n_samples=1000)   # doctest: +SKIP
+        >>> fit.maps.shape, fit.r2                     # doctest: +SKIP
     """
     x = prepare(model, inputs)
     _check_lime(n_samples, baseline, kernel_width, alpha, n_segments)
@@ -367,5 +377,27 @@ def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_sam
         fixed, _ = fixed_target(model, x, target)
         y = score_copies(model, make, n * n_samples, fixed, batch_size=batch_size, shape=(c, h, w),
                          kind="probability", progress=progress, desc="lime").to(x.device).view(n, n_samples)
-    maps, fit = _fit(z, y, ks, seg, kernel_width, alpha)
-    return (maps, fit) if return_weights else maps
+    return _fit(z, y, ks, seg, kernel_width, alpha)
+
+
+def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
+         n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
+         kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
+         batch_size: int | str | None = None, progress: bool = False,
+         return_weights: bool = False) -> torch.Tensor:
+    """LIME's maps: ``lime_fit(...).maps``, ``[N, 1, H, W]`` signed superpixel weights.
+
+    See :func:`lime_fit` for the method and its options, and for the fitted surrogates
+    (``return_weights=True``, which returned ``(maps, LimeFit)``, is deprecated).
+
+    Example:
+        >>> heat = lime(model, x, n_samples=1000, n_segments=50, seed=0)   # doctest: +SKIP
+    """
+    fit = lime_fit(model, inputs, target, n_samples=n_samples, n_segments=n_segments, seed=seed,
+                   compactness=compactness, baseline=baseline, kernel_width=kernel_width, alpha=alpha,
+                   segments=segments, batch_size=batch_size, progress=progress)
+    if return_weights:
+        deprecated("lime(..., return_weights=True)",
+                   "underhood.attribution.lime_fit(...), which returns a LimeFit with .maps")
+        return fit.maps, fit
+    return fit.maps

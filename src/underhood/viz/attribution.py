@@ -106,9 +106,11 @@ def attribution_figure(images: torch.Tensor, maps: Mapping[str, torch.Tensor], *
     return fig
 
 
-def strips_figure(image: torch.Tensor, rows: Mapping[str, Sequence[torch.Tensor]], stages: Sequence[str], *,
+def strips_figure(image: torch.Tensor | None, rows: Mapping[str, Sequence[torch.Tensor]], stages: Sequence[str], *,
                   cell: float = 1.2, title: str | None = None, styles: Mapping[str, str] | None = None):
-    """Sanity-check strips: one row per method, one column per stage (e.g. cascading randomisation)."""
+    """Sanity-check strips: one row per method, one column per stage (e.g. cascading randomisation).
+
+    ``image`` is drawn under the overlay styles (grey when ``None``)."""
     plt = pyplot()
     names = list(rows)
     fig, axes = plt.subplots(len(names), len(stages), figsize=(len(stages) * cell + 0.8, len(names) * cell + 0.4),
@@ -163,25 +165,29 @@ def metric_table_figure(values: Mapping[str, Mapping[str, float]], directions: M
     return fig
 
 
-def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None):
+def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None,
+                  kinds: Sequence[str] = ("deletion", "insertion")):
     """Deletion and insertion curves (Petsiuk et al. 2018), one line per method: the class probability
-    against the fraction of pixels removed (deletion, lower is better) or restored (insertion, higher)."""
+    against the fraction of pixels removed (deletion, lower is better) or restored (insertion, higher).
+    ``kinds`` picks the panels (e.g. ``("deletion",)``)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.75 * len(kinds), 3.4), sharey=True, squeeze=False)
+    axes = list(axes[0])
     cmap = plt.get_cmap("tab20")
     for i, (name, c) in enumerate(curves.items()):
-        for ax, kind in zip(axes, ("deletion", "insertion")):
+        for ax, kind in zip(axes, kinds):
             if kind in c:
                 y = np.asarray(c[kind], dtype=float)
                 ax.plot(np.linspace(0, 1, len(y)), y, color=cmap(i % 20), lw=1.4, label=LABELS.get(name, name))
-    for ax, kind, better in zip(axes, ("Deletion", "Insertion"), ("lower", "higher")):
-        ax.set_title(f"{kind} (area {better} is better)", fontsize=9)
-        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'Deletion' else 'restored'}, most important first",
+    for ax, kind in zip(axes, kinds):
+        better = "lower" if kind == "deletion" else "higher"
+        ax.set_title(f"{kind.capitalize()} (area {better} is better)", fontsize=9)
+        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}, most important first",
                       fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[0].set_ylabel("class probability", fontsize=8)
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from markupsafe import Markup
 
-from ...attribution import explain
 from ...attribution.evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options, reference_models
+from ...attribution.explain import explain
+from ...attribution.metrics import completeness, data_randomization, mask_shares, model_randomization
 from ...core.device import model_device
 from ...viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
 from ..base import Context, figure, paragraph, section, table
@@ -45,9 +46,6 @@ def attribution_maps(ctx: Context) -> Markup:
     ctx.cache["attribution_maps"] = (idx, maps)
     layer = cam_layer(model)
     fig = attribution_figure(x.cpu(), {k: v.cpu() for k, v in maps.items()}, row_titles=_titles(model, x))
-    from ...attribution.gradient import integrated_gradients
-
-    _, gap = integrated_gradients(model, x, **opts["integrated_gradients"], return_error=True)
     caption = ("Each row explains the predicted class (title: class and probability) with every method. "
                "Saliency, input x gradient, SmoothGrad and integrated gradients: max over colour channels of |map| "
                "(white = large). Deconvnet, guided backprop and guided Grad-CAM: the signed map as colour around "
@@ -55,9 +53,12 @@ def attribution_maps(ctx: Context) -> Markup:
                + (f", all at layer {layer} (the feature map the classifier averages)" if layer else "")
                + ". Occlusion and LIME: red where hiding the region lowers the class score, blue where it raises it.")
     settings = "; ".join(f"{LABELS[m]} " + ", ".join(f"{k}={v}" for k, v in o.items()) for m, o in opts.items() if o)
-    text = (f"Settings: {settings}. Integrated gradients "
-            f"completeness gap |sum(IG) - (f(x) - f(0))|: at most {gap.abs().max():.3g} logits "
-            f"(it shrinks as steps grow).")
+    text = f"Settings: {settings}."
+    if "integrated_gradients" in maps:  # the maps explain the predicted class, as completeness scores it
+        gap = completeness(model, x, maps["integrated_gradients"],
+                           baseline=opts["integrated_gradients"].get("baseline", 0.0))
+        text += (f" Integrated gradients completeness gap |sum(IG) - (f(x) - f(0))|: at most {gap.abs().max():.3g} "
+                 "logits (it shrinks as steps grow).")
     return figure(ctx, figure_to_png(fig, dpi=120), "attribution-maps", caption) + paragraph(text)
 
 
@@ -93,8 +94,6 @@ def attribution_trust(ctx: Context) -> Markup:
 
 
 def _strips(ctx: Context, random_model) -> Markup:
-    from ...attribution.metrics import data_randomization, model_randomization
-
     model = ctx.model
     x = ctx.data.images[:1].to(model_device(model))
     opts = method_options(model, STRIP_METHODS)
@@ -116,8 +115,6 @@ def _strips(ctx: Context, random_model) -> Markup:
 
 
 def _shortcut(ctx: Context, spurious, data) -> Markup:
-    from ...attribution.metrics import mask_shares
-
     device = model_device(spurious)
     x = data.images[:3].to(device)
     names = ("saliency", "smoothgrad", "guided_backprop", "gradcam", "occlusion", "lime")
