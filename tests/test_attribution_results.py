@@ -193,8 +193,6 @@ def test_results_save_and_load(results, tmp_path):
     assert isinstance(fit, LimeFit) and len(fit.coefficients) == 2 and torch.equal(fit.maps, results["lime"].maps)
 
 
-@pytest.mark.xfail(reason="core.io.write_tensors passes metadata={}: safetensors then writes a header it cannot "
-                          "read back when a result holds no tensor", strict=False)
 def test_evaluation_saves_and_loads(results, tmp_path):
     ev = results["evaluation"]
     again = load(ev.save(tmp_path / "ev"))

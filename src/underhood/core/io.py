@@ -69,5 +69,5 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, Any], metadata: di
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={k: json.dumps(v, default=str) for k, v in (metadata or {}).items()})
+                  metadata={k: json.dumps(v, default=str) for k, v in metadata.items()} if metadata else None)
     return Path(path)

@@ -34,7 +34,9 @@ def seeded(seed: int, device: str | torch.device | None = None) -> Iterator[None
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it would reseed every GPU for good
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:
