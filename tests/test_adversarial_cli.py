@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import underhood
 from underhood import adversarial as adv
 from underhood.cli import EXAMPLES, main
-from underhood.commands.adversarial import eps_grid
+from underhood.cli.adversarial import eps_grid
 from underhood.core.errors import InputError
 
 from .adversarial_models import one_thread  # noqa: F401

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 import underhood
 from underhood import attribution as A
 from underhood.attribution.evaluate import COLUMNS, cam_layer, evaluate
-from underhood.cli import _method_names, main
+from underhood.cli import main
+from underhood.cli.attribution import method_names
 from underhood.viz import attribution_figure, metric_table_figure, render_map, strips_figure
 from underhood.viz.render import to_png
 
@@ -28,7 +29,7 @@ def images(tmp_path):
 
 
 def test_cli_method_names_are_the_registry():
-    assert _method_names() == list(A.METHODS)
+    assert method_names() == list(A.METHODS)
 
 
 def test_explain_writes_figure_maps_and_manifest(images, tmp_path, capsys):

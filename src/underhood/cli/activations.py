@@ -1,25 +1,31 @@
-"""Commands of the weights and activations families.
+"""Commands of the activations family: ``activations``, ``statistics``, ``dissect``, ``embed``,
+``neighbors`` and ``ablate``.
 
-``filters``, ``toy2d`` (weights); ``activations``, ``statistics``, ``dissect``, ``embed``,
-``neighbors``, ``ablate`` (activations). The dataset-scale ones (``dissect``, ``embed``,
-``statistics``) shard their data over ``torchrun`` processes and resume (see
-:mod:`underhood.core.distributed`).
+The dataset-scale ones (``dissect``, ``embed``, ``statistics``) shard their data over ``torchrun``
+processes and resume (see :mod:`underhood.core.distributed`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
-from pathlib import Path
 
 from ..core.errors import InputError
+from .common import (
+    Add,
+    dataset_from,
+    load_images,
+    model_from,
+    out_dir,
+    parse_channels,
+    parse_names,
+    positive,
+    resolved_device,
+    run_shards,
+    sharded_job,
+)
 
 EXAMPLES = {
-    "filters": "underhood filters --model shapes                 # first-layer kernels as RGB images\n"
-               "  underhood filters --model shapes --layer features.7   # 20 filters x 15 channels, grey",
-    "toy2d": "underhood toy2d --data moons --hidden 20 --steps 5000   # GIF + strip of the hidden units' lines\n"
-             "  underhood toy2d --data spiral --hidden 40",
     "activations": "underhood activations star.png --model shapes --layers features.2,features.9 --k 8\n"
                    "  underhood activations star.png --random --k 16",
     "statistics": "underhood statistics --model shapes --data shapes:4096 --layer features.16\n"
@@ -33,155 +39,19 @@ EXAMPLES = {
 }
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def _model(args: argparse.Namespace, device: str | None = None):
-    from ..models.loading import load_model
-
-    return load_model(args.model, device=device or args.device, trust=getattr(args, "trust", False))
-
-
-def _dataset(args: argparse.Namespace, model):
-    from ..data import from_spec
-
-    size = getattr(model, "input_size", None)
-    spec = args.data
-    if spec is None:
-        meta = getattr(model, "meta", {}) or {}
-        spec = {"digits": "digits"}.get(meta.get("dataset"), "shapes:2000")
-    return from_spec(spec, size=tuple(size[1:]) if size else None, channels=size[0] if size else None)
-
-
-def _images(args: argparse.Namespace, model):
-    import torch
-
-    from ..data.io import load_image
-
-    size = getattr(model, "input_size", None)
-    return torch.cat([load_image(p, size=tuple(size[1:]) if size else None, channels=size[0] if size else 3)
-                      for p in args.images])
-
-
-def _channels(value: str | None) -> list[int] | None:
-    """``"0:16"``, ``"3,5,9"`` or ``None`` (all)."""
-    if not value:
-        return None
-    try:
-        if ":" in value:
-            a, _, b = value.partition(":")
-            ids = list(range(int(a or 0), int(b)))
-        else:
-            ids = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"--channels: expected A:B or a comma-separated list of ids, got {value!r}") from None
-    if not ids or min(ids) < 0:
-        raise InputError(f"--channels: {value!r} names no valid channel; e.g. 0:16")
-    return ids
-
-
-def _out(args: argparse.Namespace, command: str) -> Path:
-    return Path(args.out) if args.out else Path("underhood-out") / command
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise InputError(f"{name}: expected a positive number, got {value}")
-
-
-def _job(args: argparse.Namespace, name: str, model, data, config: dict, layers: list[str]):
-    """The sharded job of a command: its shards live under ``--out``, keyed by everything the result depends on.
-
-    The layers are checked first, so a typo fails before any shard is planned.
-    """
-    from ..core.distributed import ShardedJob, model_digest
-    from ..core.layers import resolve
-
-    for layer in layers:
-        if layer != "input":
-            resolve(model, layer)
-
-    _positive("--shard-size", args.shard_size)
-    return ShardedJob(_out(args, name), name, {"model": args.model, "weights": model_digest(model), "data": args.data,
-                                               "n": len(data), **config}, len(data), args.shard_size, fresh=args.fresh)
-
-
-def _run(job, work: Callable, world, args: argparse.Namespace):
-    """Run ``work(slice)`` over the job's missing shards; rank 0 gets every shard's result, others ``None``."""
-    parts = job.run(work, world, progress=not args.no_progress)
-    if parts is not None and job.resumed:
-        print(f"resumed: {job.resumed} of {len(job.slices)} shards were already done")
-    return parts
-
-
-def _device(args: argparse.Namespace):
-    from ..core.device import resolve_device
-
-    return resolve_device(args.device)
-
-
-# ----------------------------------------------------------------------------- weights
-
-
-def cmd_filters(args: argparse.Namespace) -> None:
-    from ..core.io import write_manifest, write_tensors
-    from ..core.layers import conv_layers
-    from ..viz import filters_figure, save_figure
-    from ..weights import filters
-
-    model = _model(args)
-    layer = args.layer or (conv_layers(model) or [None])[0]
-    w = filters(model, layer).cpu()
-    out = _out(args, "filters")
-    kind = "RGB" if w.shape[1] == 3 else f"first {min(20, w.shape[0])} filters x {min(15, w.shape[1])} channels"
-    save_figure(filters_figure(w, title=f"{layer}: {w.shape[0]} filters {w.shape[2]}x{w.shape[3]} ({kind})"),
-                out / "filters.png", dpi=130)
-    write_tensors(out / "filters.safetensors", {"weight": w}, {"layer": layer})
-    write_manifest(out, "filters", ["filters.png", "filters.safetensors"], model=args.model, layer=layer,
-                   shape=list(w.shape))
-    print(f"{layer}: {tuple(w.shape)} kernels; figure written to {(out / 'filters.png').resolve()}")
-
-
-def cmd_toy2d(args: argparse.Namespace) -> None:
-    import torch
-
-    from ..core.io import write_manifest, write_tensors
-    from ..viz import save_figure
-    from ..weights import toy2d, toy2d_gif, toy2d_strip
-
-    result = toy2d(args.data, hidden=args.hidden, steps=args.steps, lr=args.lr, n=args.n, noise=args.noise,
-                   seed=args.seed)
-    out = _out(args, "toy2d")
-    save_figure(toy2d_strip(result, k=args.frames), out / "toy2d.png", dpi=120)
-    toy2d_gif(result, out / "toy2d.gif")
-    snaps = result.snapshots
-    write_tensors(out / "toy2d.safetensors", {
-        "x": result.x, "y": result.y, "steps": torch.tensor([s.step for s in snaps]),
-        "weight": torch.stack([s.weight for s in snaps]), "bias": torch.stack([s.bias for s in snaps]),
-        "out_weight": torch.stack([s.out_weight for s in snaps]), "out_bias": torch.stack([s.out_bias for s in snaps]),
-        "loss": torch.tensor([s.loss for s in snaps]), "accuracy": torch.tensor([s.accuracy for s in snaps])},
-        {"data": args.data, "hidden": args.hidden})
-    write_manifest(out, "toy2d", ["toy2d.png", "toy2d.gif", "toy2d.safetensors"], data=args.data,
-                   hidden=args.hidden, steps=args.steps, seed=args.seed, final_accuracy=result.final_accuracy)
-    print(f"{args.data}: {args.hidden} hidden units, training accuracy {result.final_accuracy:.1%} after "
-          f"{args.steps} steps; strip and GIF written to {out.resolve()}")
-
-
-# ----------------------------------------------------------------------------- activations
-
-
 def cmd_activations(args: argparse.Namespace) -> None:
     from ..activations import maps
     from ..activations.maps import stages
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
     from ..viz import feature_maps_figure, save_figure
 
-    _positive("--k", args.k)
-    model = _model(args)
-    images = _images(args, model)
-    names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else stages(model)
-    acts = maps(model, images.to(next(model.parameters()).device), names)
-    out = _out(args, "activations")
+    positive("--k", args.k)
+    model = model_from(args)
+    images = load_images(args.images, model)
+    names = parse_names(args.layers) if args.layers else stages(model)
+    acts = maps(model, images.to(model_device(model)), names)
+    out = out_dir(args, "activations")
     files = []
     for i in range(len(args.images)):
         name = f"maps-{i}.png" if len(args.images) > 1 else "maps.png"
@@ -203,12 +73,12 @@ def cmd_statistics(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.units import statistics_figure
 
-    _positive("--bins", args.bins)
-    with session(_device(args)) as world:
-        model = _model(args)
-        data = _dataset(args, model)
+    positive("--bins", args.bins)
+    with session(resolved_device(args)) as world:
+        model = model_from(args)
+        data = dataset_from(args, model)
         # the histogram edges are fixed once per run (by rank 0) and kept with the shards
-        job = _job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins}, [args.layer])
+        job = sharded_job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins}, [args.layer])
         job.prepare(world)
         edges_file = job.folder / "edges.safetensors"
         edges = None
@@ -222,12 +92,12 @@ def cmd_statistics(args: argparse.Namespace) -> None:
                 write_tensors(edges_file, {"edges": edges})
         edges = broadcast(edges)
         job.fresh = False
-        parts = _run(job, lambda part: accumulate(model, data, args.layer, edges, start=part.start, stop=part.stop,
-                                                  batch_size=args.batch_size), world, args)
+        parts = run_shards(job, lambda part: accumulate(model, data, args.layer, edges, start=part.start,
+                                                        stop=part.stop, batch_size=args.batch_size), world, args)
         if parts is None:
             return
     st = from_state(args.layer, merge(parts))
-    out = _out(args, "statistics")
+    out = out_dir(args, "statistics")
     save_figure(statistics_figure(st), out / "statistics.png", dpi=120)
     write_tensors(out / "statistics.safetensors", {"mean": st.mean, "std": st.std, "active": st.active,
                                                    "dead": st.dead, "edges": st.edges, "histogram": st.histogram},
@@ -250,20 +120,21 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.units import top_patches_figure
 
-    _positive("--k", args.k)
-    channels = _channels(args.channels)
+    positive("--k", args.k)
+    channels = parse_channels(args.channels)
     pattern = None if args.pattern == "none" else args.pattern
-    with session(_device(args)) as world:
-        model = _model(args)
-        data = _dataset(args, model)
+    with session(resolved_device(args)) as world:
+        model = model_from(args)
+        data = dataset_from(args, model)
         if args.k > len(data):
             raise InputError(f"--k: {args.k} images per channel asked, the dataset has only {len(data)}; "
                              f"pass --k {len(data)} or less")
-        job = _job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels},
-                   [args.layer])
-        parts = _run(job, lambda part: scan(model, data, args.layer, args.k, channels=channels,
-                                            batch_size=args.batch_size, start=part.start, stop=part.stop).tensors(),
-                     world, args)
+        job = sharded_job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels},
+                          [args.layer])
+        parts = run_shards(job, lambda part: scan(model, data, args.layer, args.k, channels=channels,
+                                                  batch_size=args.batch_size, start=part.start,
+                                                  stop=part.stop).tensors(),
+                           world, args)
         if parts is None:
             return
         state = merge([Partial(**p) for p in parts], args.k)
@@ -271,7 +142,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         result = finish(model, data.images, args.layer, state, pattern=pattern, crops=True,
                         batch_size=args.batch_size) if len(state.channels) * args.k <= 4096 else \
             finish(model, data.images, args.layer, state, crops=False)
-    out = _out(args, "dissect")
+    out = out_dir(args, "dissect")
     files = ["top_patches.safetensors"]
     tensors = {"channels": result.channels, "values": result.values, "index": result.index,
                "position": result.position, "box": result.box}
@@ -304,20 +175,21 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.embedding import embedding_figure
 
-    with session(_device(args)) as world:
-        model = _model(args)
-        data = _dataset(args, model)
-        layers = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else embedding_layers(model)
-        job = _job(args, "embed", model, data, {"layers": layers, "pool": args.pool}, layers)
-        parts = _run(job, lambda part: features(model, data, layers, pool=args.pool, batch_size=args.batch_size,
-                                                start=part.start, stop=part.stop), world, args)
+    with session(resolved_device(args)) as world:
+        model = model_from(args)
+        data = dataset_from(args, model)
+        layers = parse_names(args.layers) if args.layers else embedding_layers(model)
+        job = sharded_job(args, "embed", model, data, {"layers": layers, "pool": args.pool}, layers)
+        parts = run_shards(job, lambda part: features(model, data, layers, pool=args.pool,
+                                                      batch_size=args.batch_size, start=part.start,
+                                                      stop=part.stop), world, args)
         if parts is None:
             return
     feats = {n: torch.cat([p[n] for p in parts]) for n in layers}
     labelled = data.info.get("labelled", True)
     emb = embed_features(feats, args.method, labels=data.labels if labelled else None, seed=args.seed,
                          perplexity=args.perplexity)
-    out = _out(args, "embed")
+    out = out_dir(args, "embed")
     save_figure(embedding_figure(emb, classes=data.classes if labelled else None, images=data.images,
                                  thumbnails=args.thumbnails), out / "embedding.png", dpi=120)
     write_tensors(out / "features.safetensors", feats, {"layers": layers, "pool": args.pool})
@@ -343,12 +215,12 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.embedding import neighbors_figure
 
-    _positive("--k", args.k)
-    model = _model(args)
-    query = _images(args, model)
-    data = _dataset(args, model)
+    positive("--k", args.k)
+    model = model_from(args)
+    query = load_images(args.images, model)
+    data = dataset_from(args, model)
     result = neighbors(model, query, data, args.layer, k=args.k, metric=args.metric, batch_size=args.batch_size)
-    out = _out(args, "neighbors")
+    out = out_dir(args, "neighbors")
     labelled = data.info.get("labelled", True)
     save_figure(neighbors_figure(query, data.images, result, classes=data.classes if labelled else None,
                                  labels=data.labels if labelled else None), out / "neighbors.png", dpi=120)
@@ -368,14 +240,14 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.ablation import ablation_figure
 
-    model = _model(args)
-    data = _dataset(args, model)
+    model = model_from(args)
+    data = dataset_from(args, model)
     if not data.info.get("labelled", True):
         raise InputError("--data: ablation measures accuracy, so it needs labels; give a folder with one "
                          "sub-folder per class or a built-in dataset")
-    result = ablate(model, data, args.layer, seed=args.seed, units=_channels(args.channels),
+    result = ablate(model, data, args.layer, seed=args.seed, units=parse_channels(args.channels),
                     batch_size=args.batch_size, progress=not args.no_progress)
-    out = _out(args, "ablate")
+    out = out_dir(args, "ablate")
     save_figure(ablation_figure(result), out / "ablation.png", dpi=120)
     tensors = {"single": result.single, "selectivity": result.selectivity,
                **{f"curve.{k}": v for k, v in result.curves.items()},
@@ -389,11 +261,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(f"{args.layer}: baseline accuracy {result.baseline:.1%}; curves written to {out.resolve()}")
 
 
-# ----------------------------------------------------------------------------- parser
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the commands to the ``underhood`` parser (``add`` as in :func:`underhood.cli._parser`)."""
+def register(add: Add) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
 
     def data_options(p: argparse.ArgumentParser, sharded: bool = False) -> None:
         p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
@@ -405,20 +274,6 @@ def register(add: Callable[..., argparse.ArgumentParser]) -> None:
             p.add_argument("--shard-size", type=int, default=1024,
                            help="images per shard: the unit of work of each process and of resuming (default 1024)")
             p.add_argument("--fresh", action="store_true", help="discard finished shards of an earlier run in --out")
-
-    p = add("filters", cmd_filters, "the kernels of a convolutional layer as pictures")
-    p.add_argument("--model", default="shapes")
-    p.add_argument("--layer", help="a Conv2d layer (default: the first)")
-
-    p = add("toy2d", cmd_toy2d, "train a 2-D MLP and draw its hidden units as lines over training", model=False)
-    p.add_argument("--data", default="moons", choices=["moons", "circles", "spiral", "blobs"])
-    p.add_argument("--hidden", type=int, default=20, help="hidden units (default 20)")
-    p.add_argument("--steps", type=int, default=5000, help="optimisation steps (default 5000)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--n", type=int, default=400, help="points (default 400)")
-    p.add_argument("--noise", type=float, default=0.1)
-    p.add_argument("--frames", type=int, default=8, help="frames in the strip (default 8)")
-    p.add_argument("--seed", type=int, default=0)
 
     p = add("activations", cmd_activations, "feature maps of image files at each stage")
     p.add_argument("images", nargs="+", help="image files")

@@ -1,4 +1,5 @@
-"""Commands of the adversarial family: ``attack`` and ``robustness`` (``train --adversarial`` is in the CLI).
+"""Commands of the adversarial family: ``attack`` and ``robustness`` (``train --adversarial`` is in
+:mod:`underhood.cli.models`).
 
 Each writes one figure, the raw tensors as safetensors, a JSON summary and a ``manifest.json``
 under ``--out``.
@@ -12,8 +13,17 @@ import json
 from collections.abc import Callable
 
 from ..core.errors import InputError
-from .synthesis import _classes, _load, _save_images
-from .units import _model, _out, _positive
+from .common import (
+    Add,
+    class_names,
+    dataset_from,
+    load_images,
+    model_from,
+    out_dir,
+    parse_classes,
+    positive,
+    save_images,
+)
 
 EXAMPLES = {
     "attack": "underhood attack star.png --model shapes --method pgd --eps 8/255      # the three-panel figure\n"
@@ -28,11 +38,8 @@ EXAMPLES = {
 PER_IMAGE = ("gradient_ascent", "fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs", "one_pixel")
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
 def _eps(value: str | None, norm: str, name: str = "--eps") -> float | None:
-    from ..adversarial.base import parse_eps
+    from ..core.checks import parse_eps
 
     if value is None:
         return None
@@ -73,7 +80,7 @@ def _per_image(value: str | None, model, n: int, option: str, what: str) -> list
     """One class (index or name) for all ``n`` images, or one per image; None when not given."""
     if value is None:
         return None
-    ids = _classes(value, model, option)
+    ids = parse_classes(value, model, option)
     if len(ids) not in (1, n):
         raise InputError(f"{option}: {len(ids)} {what} for {n} images; give one, or one per image")
     return ids * n if len(ids) == 1 else ids
@@ -87,32 +94,28 @@ def _options(fn: Callable, args: argparse.Namespace) -> dict:
     return {k: v for k, v in wanted.items() if v is not None and k in names}
 
 
-# ----------------------------------------------------------------------------- commands
-
-
 def cmd_attack(args: argparse.Namespace) -> None:
     import torch
 
     from ..adversarial import MINIMAL, get
+    from ..core.device import model_device
+    from ..core.errors import lookup
     from ..core.io import write_manifest, write_tensors, write_text
     from ..viz import save_figure
     from ..viz.adversarial import attack_figure
 
     if args.method not in PER_IMAGE:
-        from ..core.errors import lookup
-
         lookup(args.method, dict.fromkeys(PER_IMAGE), "--method", "per-image attack")
     fn = get(args.method)
     if args.steps is not None:
-        _positive("--steps", args.steps)
+        positive("--steps", args.steps)
     norm = args.norm or "linf"
     if args.method in MINIMAL + ("gradient_ascent", "one_pixel") and args.eps is not None:
         why = "it finds minimal perturbations" if args.method in MINIMAL else "its steps or pixels limit it"
         raise InputError(f"--eps: {args.method} takes no budget ({why}); drop --eps")
-    model = _model(args)
-    device = next(model.parameters()).device
-    images = _load(args.images, model, args.size).to(device)
-    classes = list(getattr(model, "classes", []) or [])
+    model = model_from(args)
+    images = load_images(args.images, model, args.size, need_size=True).to(model_device(model))
+    classes = class_names(model)
     labels = _per_image(args.label, model, len(images), "--label", "labels")
     target = _per_image(args.target, model, len(images), "--target", "targets")
     if target is not None:
@@ -134,8 +137,8 @@ def cmd_attack(args: argparse.Namespace) -> None:
                 raise InputError(f"--target: {_name(classes, t)!r} is already the {what} for {path}; a targeted "
                                  "attack needs another class")
     result = fn(model, images, labels, seed=args.seed, **options)
-    out = _out(args, "attack")
-    files = _save_images(out, result.adversarial, "adversarial")
+    out = out_dir(args, "attack")
+    files = save_images(out, result.adversarial, "adversarial")
     budget = f", ε = {options['eps'] * 255:.3g}/255" if "eps" in options and norm == "linf" else (
         f", ε = {options['eps']:.3g} (L2)" if "eps" in options else "")
     title = f"{args.method}{budget}: {int(result.success.sum())} of {len(result)} fooled"
@@ -153,7 +156,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
                      "predicted": _name(classes, int(result.predicted[i])),
                      "confidence": float(result.confidence[i]), "success": bool(result.success[i]),
                      "linf": float(result.norms["linf"][i]), "l2": float(result.norms["l2"][i])})
-    summary = {**result.summary(), "images": rows,
+    summary = {**result.scalars(), "images": rows,
                "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}}
     write_text(out / "attack.json", json.dumps(summary, indent=2) + "\n")
     write_manifest(out, "attack", ["attack.png", "attack.safetensors", "attack.json", *files], model=args.model,
@@ -177,11 +180,10 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     from ..models.loading import load_model
     from ..viz import save_figure
     from ..viz.adversarial import norms_figure, robustness_figure
-    from .units import _dataset
 
-    _positive("--n", args.n)
+    positive("--n", args.n)
     if args.steps is not None:
-        _positive("--steps", args.steps)
+        positive("--steps", args.steps)
     minimal = args.attack in MINIMAL
     norm = args.norm or ("l2" if minimal else "linf")
     grid = None if args.eps is None and minimal else eps_grid(args.eps or "0:16/255:9", norm)
@@ -190,7 +192,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         raise InputError("--model: name at least one model, e.g. --model shapes,shapes-robust")
     models = {spec: load_model(spec, device=args.device, trust=args.trust) for spec in specs}
     first = next(iter(models.values()))
-    data = _dataset(args, first)
+    data = dataset_from(args, first)
     data = data[:args.n] if len(data) > args.n else data
     curves = {}
     for spec, model in models.items():
@@ -199,8 +201,8 @@ def cmd_robustness(args: argparse.Namespace) -> None:
             options["norm"] = norm
         curves[spec] = robustness_curve(model, data, args.attack, grid, seed=args.seed,
                                         progress=not args.no_progress, **options)
-    out = _out(args, "robustness")
-    classes = len(getattr(first, "classes", []) or []) or None
+    out = out_dir(args, "robustness")
+    classes = len(class_names(first)) or None
     title = f"{args.attack} on {len(data)} images"
     files = ["robustness.png", "robustness.json", "robustness.safetensors"]
     save_figure(robustness_figure(curves, title=title, chance=1 / classes if classes else None),
@@ -230,8 +232,8 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     print(f"written to {out.resolve()}")
 
 
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the commands to the ``underhood`` parser (``add`` as in :func:`underhood.cli._parser`)."""
+def register(add: Add) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
     p = add("attack", cmd_attack, "adversarial examples for images: original, perturbation, adversarial")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")

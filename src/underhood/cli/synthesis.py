@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 
 from ..core.errors import InputError
-from .units import _channels, _model, _out, _positive
+from .common import (
+    Add,
+    class_names,
+    load_images,
+    model_from,
+    out_dir,
+    parse_channels,
+    parse_classes,
+    parse_names,
+    positive,
+    save_images,
+)
 
 EXAMPLES = {
     "render": "underhood render --model shapes --layer features.9 --channels 0:16   # what 16 channels look for\n"
@@ -27,30 +37,10 @@ EXAMPLES = {
 }
 
 
-# ----------------------------------------------------------------------------- shared helpers
-
-
 def _priors(args: argparse.Namespace):
     from ..synthesis import Priors
 
     return Priors.parse(getattr(args, "priors", None))
-
-
-def _load(paths: list[str], model, size: int | None, what: str = "images"):
-    """Image files at ``--size`` (a side in pixels) or the model's input size; channels as the model."""
-    import torch
-
-    from ..data.io import load_image
-
-    known = getattr(model, "input_size", None)
-    if size is not None:
-        _positive("--size", size)
-        shape = (size, size)
-    elif known:
-        shape = tuple(known[1:])
-    else:
-        raise InputError(f"--size: the model has no input size; give --size (e.g. --size 224) for the {what}")
-    return torch.cat([load_image(p, size=shape, channels=known[0] if known else 3) for p in paths])
 
 
 def _layer(model, name: str) -> str:
@@ -70,48 +60,10 @@ def _default_layer(model) -> str:
     return names[len(names) // 2]
 
 
-def _save_images(out, images, prefix: str) -> list[str]:
-    from ..core.io import write_bytes
-    from ..viz import to_png
-
-    files = []
-    scale = max(1, 256 // max(images.shape[-2:]))
-    for i, image in enumerate(images):
-        name = f"images/{prefix}-{i:03d}.png"
-        write_bytes(out / name, to_png(image, scale=scale))
-        files.append(name)
-    return files
-
-
-def _classes(value: str, model, option: str = "--class") -> list[int]:
-    """``all``, indices and class names, comma-separated."""
-    names = list(getattr(model, "classes", []) or [])
-    if value == "all":
-        if not names:
-            raise InputError(f"{option}: the model has no class names; give indices, e.g. {option} 0,1,2")
-        return list(range(len(names)))
-    ids = []
-    for item in (v.strip() for v in value.split(",") if v.strip()):
-        if item.isdigit():
-            ids.append(int(item))
-        elif item in names:
-            ids.append(names.index(item))
-        else:
-            raise InputError(f"{option}: {item!r} is neither an index nor a class name"
-                             + (f" ({', '.join(names)})" if names else "") + "; or give 'all'")
-    if not ids:
-        raise InputError(f"{option}: name at least one class, e.g. {option} 0")
-    if names and max(ids) >= len(names):
-        raise InputError(f"{option}: the model has {len(names)} classes (0..{len(names) - 1}), got {max(ids)}")
-    return ids
-
-
-# ----------------------------------------------------------------------------- commands
-
-
 def cmd_render(args: argparse.Namespace) -> None:
     import torch
 
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
     from ..synthesis import objectives as O
     from ..synthesis import render
@@ -121,13 +73,13 @@ def cmd_render(args: argparse.Namespace) -> None:
     if (args.layer is None) == (args.cls is None):
         raise InputError("--layer / --class: give one of them: --layer L [--channels 0:16] for units, "
                          "or --class K (index, name or 'all') for classes")
-    _positive("--steps", args.steps)
-    _positive("--facets", args.facets)
+    positive("--steps", args.steps)
+    positive("--facets", args.facets)
     priors = _priors(args)
-    model = _model(args)
-    classes = list(getattr(model, "classes", []) or [])
+    model = model_from(args)
+    classes = class_names(model)
     if args.cls is not None:
-        ids = _classes(args.cls, model)
+        ids = parse_classes(args.cls, model)
         objs = [O.class_logit(k) for k in ids]
         titles = [classes[k] if classes else f"class {k}" for k in ids]
         what = "classes"
@@ -136,7 +88,7 @@ def cmd_render(args: argparse.Namespace) -> None:
         if args.objective == "layer":
             ids, objs, titles = [0], [O.layer(args.layer)], [f"{args.layer} (whole layer)"]
         else:
-            ids = _channels(args.channels) or list(range(16))
+            ids = parse_channels(args.channels) or list(range(16))
             make = O.unit if args.objective == "unit" else O.channel
             objs = [make(args.layer, c) for c in ids]
             titles = [f"{args.layer}:{c}" for c in ids]
@@ -156,10 +108,10 @@ def cmd_render(args: argparse.Namespace) -> None:
     else:
         r = render(model, objs, seed=args.seed, **common)
         images, trace, start, final = r.images, r.trace, r.start, r.final
-    out = _out(args, "render")
-    files = _save_images(out, images, "class" if args.cls is not None else "unit")
+    out = out_dir(args, "render")
+    files = save_images(out, images, "class" if args.cls is not None else "unit")
     ncols = min(8, len(images)) if args.facets == 1 else args.facets
-    device = next(model.parameters()).device
+    device = model_device(model)
     probs = None
     if args.cls is not None and args.facets == 1:
         with torch.no_grad():
@@ -188,23 +140,24 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
     from ..synthesis import deep_dream
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure
 
-    _positive("--steps", args.steps)
-    _positive("--octaves", args.octaves)
+    positive("--steps", args.steps)
+    positive("--octaves", args.octaves)
     if args.octave_scale <= 1:
         raise InputError(f"--octave-scale: expected a number above 1 (e.g. 1.4), got {args.octave_scale}")
-    model = _model(args)
+    model = model_from(args)
     layer = _layer(model, args.layer) if args.layer else _default_layer(model)
-    images = _load(args.images, model, args.size)
-    dreams = deep_dream(model, images.to(next(model.parameters()).device), layer, octaves=args.octaves,
+    images = load_images(args.images, model, args.size, need_size=True)
+    dreams = deep_dream(model, images.to(model_device(model)), layer, octaves=args.octaves,
                         octave_scale=args.octave_scale, steps=args.steps, lr=args.lr, seed=args.seed,
                         priors=_priors(args), progress=not args.no_progress)
-    out = _out(args, "dream")
-    files = _save_images(out, dreams, "dream")
+    out = out_dir(args, "dream")
+    files = save_images(out, dreams, "dream")
     save_figure(pairs_figure([(a, b) for a, b in zip(images, dreams)], ["original", f"dreamed at {layer}"],
                              row_titles=[str(p) for p in args.images] if len(images) > 1 else None, cell=2.6),
                 out / "dream.png", dpi=120)
@@ -216,14 +169,15 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
 
 def cmd_invert(args: argparse.Namespace) -> None:
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors, write_text
     from ..synthesis import invert
     from ..viz import save_figure
     from ..viz.synthesis import inversion_figure
 
-    _positive("--steps", args.steps)
-    _positive("--seeds", args.seeds)
-    model = _model(args)
+    positive("--steps", args.steps)
+    positive("--seeds", args.seeds)
+    model = model_from(args)
     if args.layer:
         layers = [_layer(model, n.strip()) for n in args.layer.split(",") if n.strip()]
     else:
@@ -232,12 +186,12 @@ def cmd_invert(args: argparse.Namespace) -> None:
         layers = stages(model)
     if not layers:
         raise InputError("--layer: name at least one layer, e.g. --layer features.9")
-    images = _load(args.images, model, args.size)
+    images = load_images(args.images, model, args.size, need_size=True)
     priors = _priors(args) if args.priors else None
-    results = [invert(model, images.to(next(model.parameters()).device), layer, seeds=range(args.seeds),
+    results = [invert(model, images.to(model_device(model)), layer, seeds=range(args.seeds),
                       steps=args.steps, lr=args.lr, tv=args.tv, alpha=args.alpha, param=args.param, priors=priors,
                       progress=not args.no_progress) for layer in layers]
-    out = _out(args, "invert")
+    out = out_dir(args, "invert")
     files = []
     for i, path in enumerate(args.images):
         name = f"invert-{i}.png" if len(images) > 1 else "invert.png"
@@ -245,7 +199,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
                                      f"({args.seeds} random starts)"), out / name, dpi=120)
         files.append(name)
     for inv in results:
-        files += _save_images(out, inv.images.flatten(0, 1), f"{inv.layer}")
+        files += save_images(out, inv.images.flatten(0, 1), f"{inv.layer}")
     write_tensors(out / "invert.safetensors",
                   {f"{inv.layer}.{k}": getattr(inv, k) for inv in results
                    for k in ("images", "distance_start", "distance_end", "psnr")} | {"original": images},
@@ -264,20 +218,21 @@ def cmd_invert(args: argparse.Namespace) -> None:
 
 
 def cmd_caricature(args: argparse.Namespace) -> None:
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
     from ..synthesis import caricature
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure
 
-    _positive("--steps", args.steps)
-    model = _model(args)
+    positive("--steps", args.steps)
+    model = model_from(args)
     layer = _layer(model, args.layer) if args.layer else _default_layer(model)
-    images = _load(args.images, model, args.size)
-    result = caricature(model, images.to(next(model.parameters()).device), layer, steps=args.steps, lr=args.lr,
+    images = load_images(args.images, model, args.size, need_size=True)
+    result = caricature(model, images.to(model_device(model)), layer, steps=args.steps, lr=args.lr,
                         power=args.power, seed=args.seed, param=args.param, priors=_priors(args),
                         progress=not args.no_progress)
-    out = _out(args, "caricature")
-    files = _save_images(out, result, "caricature")
+    out = out_dir(args, "caricature")
+    files = save_images(out, result, "caricature")
     save_figure(pairs_figure([(a, b) for a, b in zip(images, result)], ["original", f"caricature at {layer}"],
                              cell=2.6), out / "caricature.png", dpi=120)
     write_tensors(out / "caricature.safetensors", {"images": images, "caricatures": result}, {"layer": layer})
@@ -288,26 +243,25 @@ def cmd_caricature(args: argparse.Namespace) -> None:
 
 
 def cmd_style(args: argparse.Namespace) -> None:
+    from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
     from ..synthesis import style_transfer
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure, trace_figure
 
-    _positive("--steps", args.steps)
-    model = _model(args)
-    content = _load([args.content], model, args.size, "content image")
-    style = _load([args.style], model, args.size, "style image")
+    positive("--steps", args.steps)
+    model = model_from(args)
+    content = load_images([args.content], model, args.size, need_size=True, what="content image")
+    style = load_images([args.style], model, args.size, need_size=True, what="style image")
 
-    def names(value):
-        return [n.strip() for n in value.split(",") if n.strip()] if value else None
-
-    device = next(model.parameters()).device
-    result = style_transfer(model, content.to(device), style.to(device), content_layers=names(args.content_layers),
-                            style_layers=names(args.style_layers), content_weight=args.content_weight,
+    device = model_device(model)
+    result = style_transfer(model, content.to(device), style.to(device),
+                            content_layers=parse_names(args.content_layers),
+                            style_layers=parse_names(args.style_layers), content_weight=args.content_weight,
                             style_weight=args.style_weight, tv_weight=args.tv_weight, steps=args.steps, lr=args.lr,
                             optimizer=args.optimizer, init=args.init, seed=args.seed, progress=not args.no_progress)
-    out = _out(args, "style")
-    files = _save_images(out, result.image, "stylised")
+    out = out_dir(args, "style")
+    files = save_images(out, result.image, "stylised")
     save_figure(pairs_figure([(content[0], style[0], result.image[0])], ["content", "style", "result"], cell=2.6),
                 out / "style.png", dpi=120)
     save_figure(trace_figure(result.trace["total"], title="total loss", ylabel="loss"), out / "trace.png", dpi=110)
@@ -321,11 +275,8 @@ def cmd_style(args: argparse.Namespace) -> None:
           f"{', '.join(result.layers['style'])}; written to {out.resolve()}")
 
 
-# ----------------------------------------------------------------------------- parser
-
-
-def register(add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the commands to the ``underhood`` parser (``add`` as in :func:`underhood.cli._parser`)."""
+def register(add: Add) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
 
     def common(p: argparse.ArgumentParser, steps: int, lr: float | None, priors: bool = True,
                size: bool = True) -> None:

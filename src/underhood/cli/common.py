@@ -1,0 +1,247 @@
+"""What every command family shares: the standard options, the subcommand factory, and the
+helpers that turn options into a model, images, a dataset, classes, channels and output files.
+
+Nothing here imports torch at module level, so building the parser (``underhood --help``) stays
+fast; the helpers import what they need when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+Add = Callable[..., argparse.ArgumentParser]
+"""The ``add(name, fn, help, model=True)`` a family's ``register`` receives: returns the command's parser."""
+
+
+# ----------------------------------------------------------------------------- options and the parser
+
+
+def standard_options(p: argparse.ArgumentParser, name: str, model: bool = True) -> None:
+    """``--out``, ``--debug``, ``--device`` and, for commands that load a model, ``--trust``."""
+    p.add_argument("--out", help=f"output folder (default ./underhood-out/{name})")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    if model:
+        p.add_argument("--trust", action="store_true",
+                       help="allow loading pickled Python objects from a checkpoint you trust")
+
+
+class Commands:
+    """The subcommand factory: :meth:`add` is the ``add`` each family's ``register`` calls.
+
+    A command's options are collected on a parser of their own; :meth:`attach` then adds every
+    command to the top-level subparsers, with its example as epilog, in the order asked for
+    (so a family's commands need not be adjacent in ``underhood --help``).
+    """
+
+    def __init__(self, examples: dict[str, str]) -> None:
+        self.examples = examples
+        self.parsers: dict[str, tuple[argparse.ArgumentParser, str]] = {}
+
+    def add(self, name: str, fn: Callable[[argparse.Namespace], None], help: str,
+            model: bool = True) -> argparse.ArgumentParser:
+        """A new command ``name`` running ``fn(args)``, with the standard options; returns its parser."""
+        if name in self.parsers:
+            raise ValueError(f"command {name!r} is registered twice")
+        p = argparse.ArgumentParser(add_help=False)
+        p.set_defaults(fn=fn)
+        standard_options(p, name, model)
+        self.parsers[name] = (p, help)
+        return p
+
+    def attach(self, parser: argparse.ArgumentParser, order: Iterable[str] = ()) -> None:
+        """Add the commands to ``parser`` (as ``args.command``): those named in ``order`` first, in that
+        order, then the rest as they were added."""
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        first = [name for name in order if name in self.parsers]
+        for name in first + [name for name in self.parsers if name not in first]:
+            options, help = self.parsers[name]
+            sub.add_parser(name, parents=[options], help=help, description=help,
+                           epilog=f"example:\n  {self.examples[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# ----------------------------------------------------------------------------- option values
+
+
+def positive(name: str, value: int) -> int:
+    """``value`` if it is at least 1; else a one-line error naming the option ``name``."""
+    from ..core.checks import positive_int
+
+    return positive_int(name, value)
+
+
+def parse_channels(value: str | None, option: str = "--channels") -> list[int] | None:
+    """``"0:16"``, ``"3,5,9"`` or ``None`` (all)."""
+    if not value:
+        return None
+    try:
+        if ":" in value:
+            a, _, b = value.partition(":")
+            ids = list(range(int(a or 0), int(b)))
+        else:
+            ids = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option}: expected A:B or a comma-separated list of ids, got {value!r}") from None
+    if not ids or min(ids) < 0:
+        raise InputError(f"{option}: {value!r} names no valid channel; e.g. 0:16")
+    return ids
+
+
+def parse_names(value: str | None) -> list[str] | None:
+    """A comma-separated list of names (layers, say), blanks dropped; ``None`` when not given."""
+    return [n.strip() for n in value.split(",") if n.strip()] if value else None
+
+
+def class_names(model) -> list[str]:
+    """The model's class names (empty when it has none)."""
+    return list(getattr(model, "classes", []) or [])
+
+
+def parse_target(value: str, model, option: str = "--target") -> int | None:
+    """``auto`` (None: the predicted class), a class index or a class name of the model."""
+    if value == "auto":
+        return None
+    if value.lstrip("-").isdigit():
+        return int(value)
+    names = class_names(model)
+    if value in names:
+        return names.index(value)
+    raise InputError(f"{option}: {value!r} is neither 'auto', a class index nor a class name"
+                     + (f" ({', '.join(names)})" if names else ""))
+
+
+def parse_classes(value: str, model, option: str = "--class") -> list[int]:
+    """``all``, indices and class names, comma-separated."""
+    names = class_names(model)
+    if value == "all":
+        if not names:
+            raise InputError(f"{option}: the model has no class names; give indices, e.g. {option} 0,1,2")
+        return list(range(len(names)))
+    ids = []
+    for item in (v.strip() for v in value.split(",") if v.strip()):
+        if item.isdigit():
+            ids.append(int(item))
+        elif item in names:
+            ids.append(names.index(item))
+        else:
+            raise InputError(f"{option}: {item!r} is neither an index nor a class name"
+                             + (f" ({', '.join(names)})" if names else "") + "; or give 'all'")
+    if not ids:
+        raise InputError(f"{option}: name at least one class, e.g. {option} 0")
+    if names and max(ids) >= len(names):
+        raise InputError(f"{option}: the model has {len(names)} classes (0..{len(names) - 1}), got {max(ids)}")
+    return ids
+
+
+# ----------------------------------------------------------------------------- model, device, images, data
+
+
+def out_dir(args: argparse.Namespace, command: str) -> Path:
+    """``--out``, or ``./underhood-out/<command>``."""
+    return Path(args.out) if args.out else Path("underhood-out") / command
+
+
+def resolved_device(args: argparse.Namespace) -> torch.device:
+    """``--device`` as a usable device (``auto``: CUDA when present)."""
+    from ..core.device import resolve_device
+
+    return resolve_device(args.device)
+
+
+def model_from(args: argparse.Namespace, device: str | torch.device | None = None):
+    """The model of ``--model`` on ``device`` (default ``--device``), pickles only with ``--trust``."""
+    from ..models.loading import load_model
+
+    return load_model(args.model, device=device or args.device, trust=getattr(args, "trust", False))
+
+
+def load_images(paths: Sequence[str], model, size: int | None = None, *, need_size: bool = False,
+                what: str = "images") -> torch.Tensor:
+    """Image files as one ``[N, C, H, W]`` batch for ``model``, with the model's channel count (3 when unknown).
+
+    They are ``size`` x ``size`` pixels when ``size`` (``--size``) is given, else the model's input
+    size; for a model without one they keep their own size, or, with ``need_size``, the error
+    asks for ``--size`` (for the ``what``).
+    """
+    import torch
+
+    from ..data.io import load_image
+
+    known = getattr(model, "input_size", None)
+    if size is not None:
+        positive("--size", size)
+        shape = (size, size)
+    elif known:
+        shape = tuple(known[1:])
+    elif need_size:
+        raise InputError(f"--size: the model has no input size; give --size (e.g. --size 224) for the {what}")
+    else:
+        shape = None
+    return torch.cat([load_image(p, size=shape, channels=known[0] if known else 3) for p in paths])
+
+
+def dataset_from(args: argparse.Namespace, model):
+    """The images of ``--data`` at the model's input size; default the model's held-out set."""
+    from ..data import from_spec
+
+    size = getattr(model, "input_size", None)
+    spec = args.data
+    if spec is None:
+        meta = getattr(model, "meta", {}) or {}
+        spec = {"digits": "digits"}.get(meta.get("dataset"), "shapes:2000")
+    return from_spec(spec, size=tuple(size[1:]) if size else None, channels=size[0] if size else None)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def save_images(out: Path, images: torch.Tensor, prefix: str) -> list[str]:
+    """Each image as ``out/images/<prefix>-NNN.png`` (enlarged to about 256 px); the relative names."""
+    from ..core.io import write_bytes
+    from ..viz import to_png
+
+    files = []
+    scale = max(1, 256 // max(images.shape[-2:]))
+    for i, image in enumerate(images):
+        name = f"images/{prefix}-{i:03d}.png"
+        write_bytes(out / name, to_png(image, scale=scale))
+        files.append(name)
+    return files
+
+
+# ----------------------------------------------------------------------------- sharded jobs
+
+
+def sharded_job(args: argparse.Namespace, name: str, model, data, config: dict[str, Any], layers: list[str]):
+    """The sharded job of a command: its shards live under ``--out``, keyed by everything the result depends on.
+
+    The layers are checked first, so a typo fails before any shard is planned.
+    """
+    from ..core.distributed import ShardedJob, model_digest
+    from ..core.layers import resolve
+
+    for layer in layers:
+        if layer != "input":
+            resolve(model, layer)
+
+    positive("--shard-size", args.shard_size)
+    return ShardedJob(out_dir(args, name), name, {"model": args.model, "weights": model_digest(model),
+                                                  "data": args.data, "n": len(data), **config},
+                      len(data), args.shard_size, fresh=args.fresh)
+
+
+def run_shards(job, work: Callable, world, args: argparse.Namespace):
+    """Run ``work(slice)`` over the job's missing shards; rank 0 gets every shard's result, others ``None``."""
+    parts = job.run(work, world, progress=not args.no_progress)
+    if parts is not None and job.resumed:
+        print(f"resumed: {job.resumed} of {len(job.slices)} shards were already done")
+    return parts

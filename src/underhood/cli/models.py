@@ -1,0 +1,135 @@
+"""Commands of the models family: ``models``, ``layers``, ``predict`` and ``train`` (with ``--adversarial``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import Add, load_images, model_from, out_dir
+
+if TYPE_CHECKING:
+    import torch
+
+EXAMPLES = {
+    "models": "underhood models",
+    "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224",
+    "predict": "underhood predict cat.png dog.jpg --model shapes --top 3",
+    "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors\n"
+             "  underhood train --data shapes --arch shapes --epochs 8 --n-train 10000 --adversarial fgsm "
+             "--out shapes-robust.safetensors",
+}
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from ..models.loading import BUILTIN, list_models
+
+    shipped = set(list_models())
+    width = max(len(name) for name in BUILTIN) + 2
+    for name, text in BUILTIN.items():
+        print(f"{name:{width}s}{text}{'' if name in shipped else '  (weights missing)'}")
+
+
+def cmd_layers(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_text
+    from ..core.layers import format_table, layers, parameter_count
+
+    model = model_from(args)
+    size = tuple(args.input_size) if args.input_size else None
+    rows = layers(model, input_size=size)
+    text = format_table(rows)
+    print(text)
+    print(f"\n{parameter_count(model):,} parameters")
+    out = out_dir(args, "layers")
+    write_text(out / "layers.txt", text + "\n")
+    write_text(out / "layers.json", json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
+    write_manifest(out, "layers", ["layers.txt", "layers.json"], model=args.model)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..core.device import model_device
+    from ..core.io import write_manifest, write_text
+
+    model = model_from(args)
+    images = load_images(args.images, model)
+    with torch.no_grad():
+        probs = torch.softmax(model(images.to(model_device(model))), 1).cpu()
+    results = []
+    for path, p in zip(args.images, probs):
+        top = p.topk(min(args.top, len(p)))
+        ranked = [{"class": model.classes[i], "index": i, "probability": round(float(v), 6)}
+                  for v, i in zip(top.values.tolist(), top.indices.tolist())]
+        results.append({"image": str(path), "top": ranked})
+        print(f"{path}: " + ", ".join(f"{r['class']} {r['probability']:.1%}" for r in ranked))
+    out = out_dir(args, "predict")
+    write_text(out / "predictions.json", json.dumps(results, indent=2) + "\n")
+    write_manifest(out, "predict", ["predictions.json"], model=args.model)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..models.training import train
+
+    loss = None
+    if args.adversarial:
+        from ..adversarial.training import training_loss
+
+        loss = training_loss(args.adversarial, eps=args.adversarial_eps, steps=args.adversarial_steps,
+                             seed=args.seed)
+    out = Path(args.out) if args.out else Path("underhood-out") / "train" / f"{args.arch}.safetensors"
+    if out.suffix != ".safetensors":
+        out = out / f"{args.arch}.safetensors"
+    result = train(args.arch, data=args.data, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
+                   lr=args.lr, n_train=args.n_train, out=out, device=args.device, progress=not args.no_progress,
+                   loss=loss)
+    print(f"held-out accuracy {result.accuracy:.4f}; weights written to {result.path}")
+    if args.adversarial:
+        _robust_table(result.model, args.arch, args.data, args.device)
+
+
+def _robust_table(model: torch.nn.Module, arch: str, data: str, device: str) -> None:
+    """Clean and robust accuracy of an adversarially trained model, beside the standard built-in one."""
+    from ..adversarial.training import robust_accuracy
+    from ..data import test_set
+    from ..models.loading import list_models, load_model
+
+    rows = [("adversarially trained", model.meta["test_accuracy"], model.meta["robust_accuracy"])]
+    if arch in list_models():
+        standard = load_model(arch, device=device)
+        if standard.meta.get("dataset") == data:
+            robust = robust_accuracy(standard, test_set(data))
+            rows.insert(0, (f"standard ({arch!r})", standard.meta["test_accuracy"], robust))
+    print(f"{'model':<26}{'clean':>8}{'robust':>8}   ({model.meta['robust_eval']})")
+    for name, clean, robust in rows:
+        print(f"{name:<26}{clean:>8.1%}{robust:>8.1%}")
+
+
+def register(add: Add) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
+    add("models", cmd_models, "list the built-in models", model=False)
+
+    p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields")
+    p.add_argument("model", help="model spec: built-in name, file or package.module:factory")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size if the model has none")
+
+    p = add("predict", cmd_predict, "classify image files")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image")
+
+    p = add("train", cmd_train, "train a built-in architecture and write safetensors weights", model=False)
+    p.add_argument("--data", default="shapes", help="shapes, shapes-spurious[:p], digits or an image folder")
+    p.add_argument("--arch", default="shapes", help="shapes, shapes-resnet or digits")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
+    p.add_argument("--adversarial", choices=("fgsm", "pgd", "vat"),
+                   help="adversarial training: fast FGSM with random start, PGD, or virtual adversarial training")
+    p.add_argument("--adversarial-eps", metavar="EPS",
+                   help="radius: L-inf for fgsm/pgd (default 8/255), L2 for vat (default 2.0)")
+    p.add_argument("--adversarial-steps", type=int, default=7, metavar="K", help="PGD steps per batch (default 7)")
+    p.add_argument("--no-progress", action="store_true")

@@ -1,0 +1,75 @@
+"""Commands of the weights family: ``filters`` and ``toy2d``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import Add, model_from, out_dir
+
+EXAMPLES = {
+    "filters": "underhood filters --model shapes                 # first-layer kernels as RGB images\n"
+               "  underhood filters --model shapes --layer features.7   # 20 filters x 15 channels, grey",
+    "toy2d": "underhood toy2d --data moons --hidden 20 --steps 5000   # GIF + strip of the hidden units' lines\n"
+             "  underhood toy2d --data spiral --hidden 40",
+}
+
+
+def cmd_filters(args: argparse.Namespace) -> None:
+    from ..core.io import write_manifest, write_tensors
+    from ..core.layers import conv_layers
+    from ..viz import filters_figure, save_figure
+    from ..weights import filters
+
+    model = model_from(args)
+    layer = args.layer or (conv_layers(model) or [None])[0]
+    w = filters(model, layer).cpu()
+    out = out_dir(args, "filters")
+    kind = "RGB" if w.shape[1] == 3 else f"first {min(20, w.shape[0])} filters x {min(15, w.shape[1])} channels"
+    save_figure(filters_figure(w, title=f"{layer}: {w.shape[0]} filters {w.shape[2]}x{w.shape[3]} ({kind})"),
+                out / "filters.png", dpi=130)
+    write_tensors(out / "filters.safetensors", {"weight": w}, {"layer": layer})
+    write_manifest(out, "filters", ["filters.png", "filters.safetensors"], model=args.model, layer=layer,
+                   shape=list(w.shape))
+    print(f"{layer}: {tuple(w.shape)} kernels; figure written to {(out / 'filters.png').resolve()}")
+
+
+def cmd_toy2d(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..core.io import write_manifest, write_tensors
+    from ..viz import save_figure
+    from ..weights import toy2d, toy2d_gif, toy2d_strip
+
+    result = toy2d(args.data, hidden=args.hidden, steps=args.steps, lr=args.lr, n=args.n, noise=args.noise,
+                   seed=args.seed)
+    out = out_dir(args, "toy2d")
+    save_figure(toy2d_strip(result, k=args.frames), out / "toy2d.png", dpi=120)
+    toy2d_gif(result, out / "toy2d.gif")
+    snaps = result.snapshots
+    write_tensors(out / "toy2d.safetensors", {
+        "x": result.x, "y": result.y, "steps": torch.tensor([s.step for s in snaps]),
+        "weight": torch.stack([s.weight for s in snaps]), "bias": torch.stack([s.bias for s in snaps]),
+        "out_weight": torch.stack([s.out_weight for s in snaps]), "out_bias": torch.stack([s.out_bias for s in snaps]),
+        "loss": torch.tensor([s.loss for s in snaps]), "accuracy": torch.tensor([s.accuracy for s in snaps])},
+        {"data": args.data, "hidden": args.hidden})
+    write_manifest(out, "toy2d", ["toy2d.png", "toy2d.gif", "toy2d.safetensors"], data=args.data,
+                   hidden=args.hidden, steps=args.steps, seed=args.seed, final_accuracy=result.final_accuracy)
+    print(f"{args.data}: {args.hidden} hidden units, training accuracy {result.final_accuracy:.1%} after "
+          f"{args.steps} steps; strip and GIF written to {out.resolve()}")
+
+
+def register(add: Add) -> None:
+    """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
+    p = add("filters", cmd_filters, "the kernels of a convolutional layer as pictures")
+    p.add_argument("--model", default="shapes")
+    p.add_argument("--layer", help="a Conv2d layer (default: the first)")
+
+    p = add("toy2d", cmd_toy2d, "train a 2-D MLP and draw its hidden units as lines over training", model=False)
+    p.add_argument("--data", default="moons", choices=["moons", "circles", "spiral", "blobs"])
+    p.add_argument("--hidden", type=int, default=20, help="hidden units (default 20)")
+    p.add_argument("--steps", type=int, default=5000, help="optimisation steps (default 5000)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--n", type=int, default=400, help="points (default 400)")
+    p.add_argument("--noise", type=float, default=0.1)
+    p.add_argument("--frames", type=int, default=8, help="frames in the strip (default 8)")
+    p.add_argument("--seed", type=int, default=0)

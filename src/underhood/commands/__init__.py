@@ -1,1 +1,0 @@
-"""Command-line commands of each family, registered by :mod:`underhood.cli`."""
