@@ -11,6 +11,7 @@ import underhood
 from underhood import Unit
 from underhood.attribution import cam, gradcam, gradcam_pp, guided_backprop, guided_gradcam, scorecam
 from underhood.core.errors import InputError, LayerError
+from underhood.core.hooks import hooked
 
 from .attribution_models import Broken, GapNet, Linear
 from .conftest import model_problems
@@ -24,12 +25,9 @@ def _activation_and_grad(model, x, layer_module, c):
         o.retain_grad()
         box["a"] = o
 
-    h = layer_module.register_forward_hook(hook)
-    try:
+    with hooked(model, {layer_module: hook}):
         logits = model(x)
         logits[torch.arange(len(x)), c].sum().backward()
-    finally:
-        h.remove()
     model.zero_grad(set_to_none=True)
     return box["a"].detach(), box["a"].grad
 

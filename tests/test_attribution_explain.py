@@ -7,6 +7,7 @@ import torch
 
 from underhood import attribution as A
 from underhood.core.errors import InputError
+from underhood.core.hooks import hooked
 
 
 def test_explain_equals_each_method_and_shares_passes(shapes_model, shapes_small):
@@ -14,16 +15,13 @@ def test_explain_equals_each_method_and_shares_passes(shapes_model, shapes_small
     names = ["saliency", "input_x_gradient", "guided_backprop", "gradcam", "gradcam_pp", "guided_gradcam",
              "smoothgrad"]
     calls = []
-    handle = shapes_model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
-    try:
+    with hooked(shapes_model, pre={shapes_model: lambda m, i: calls.append(len(i[0]))}):
         maps = A.explain(shapes_model, x, names, layer="features.10", smoothgrad={"n_samples": 4, "batch_size": 8})
         shared = len(calls)
         calls.clear()
         alone = {name: A.get(name)(shapes_model, x, **({"layer": "features.10"} if "cam" in name else {}),
                                    **({"n_samples": 4, "batch_size": 8} if name == "smoothgrad" else {}))
                  for name in names}
-    finally:
-        handle.remove()
     assert list(maps) == names
     for name in names:
         assert torch.allclose(maps[name], alone[name], atol=1e-5), name
