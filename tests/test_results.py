@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from underhood.core.errors import DataError
-from underhood.core.results import Result, Summary, load
+from underhood.core.results import Collection, Result, Summary, load
 
 
 @dataclass(repr=False)
@@ -119,3 +119,11 @@ def test_html_repr_draws_the_figure_when_there_is_one():
 
 def test_summary_type():
     assert isinstance(Summary("a", {}), str)
+
+
+def test_a_collection_saves_several_results_as_one(tmp_path):
+    both = Collection({"a": _toy(3), "b": _toy(4)})
+    assert both.scalars()["b.n"] == 4 and len(both) == 2
+    back = load(both.save(tmp_path), trust=True)
+    assert isinstance(back, Collection) and isinstance(back["a"], Toy)
+    assert torch.equal(back["b"].images, both["b"].images)

@@ -299,3 +299,22 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", trust: 
     if "fields" not in manifest:
         raise DataError(f"path: {str(folder)!r} holds a manifest without a saved result")
     return _decode(manifest["fields"], tensors, trust)
+
+
+@dataclasses.dataclass(repr=False)
+class Collection(Result):
+    """Several named results saved and loaded as one (a command that ran several models or layers).
+
+    ``scalars()`` prefixes each item's key figures with its name.
+    """
+
+    items: dict[str, Result]
+
+    def scalars(self) -> dict[str, Any]:
+        return {f"{name}.{k}": v for name, item in self.items.items() for k, v in item.scalars().items()}
+
+    def __getitem__(self, name: str) -> Result:
+        return self.items[name]
+
+    def __len__(self) -> int:
+        return len(self.items)
