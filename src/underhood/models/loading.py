@@ -213,6 +213,13 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
     dev = resolve_device(device)
     if isinstance(spec, nn.Module):
         return _finish(_wrap(spec, type(spec).__name__), dev)
+    # building a network initialises its weights from the global generator: the caller's state is restored
+    with torch.random.fork_rng(devices=[]):
+        return _finish(_load(spec, trust), dev)
+
+
+def _load(spec: object, trust: bool) -> nn.Module:
+    """The model named by a spec (see :func:`load_model`), on the CPU."""
     if not isinstance(spec, str) or not spec:
         raise ModelError(f"spec: expected a model name, path or 'package.module:factory', got {spec!r}")
     if spec in BUILTIN:
@@ -222,12 +229,12 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
                              f"({path}); reinstall underhood or retrain with `underhood train --arch {spec}`")
         model = _from_safetensors(path)
         model.meta["source"] = spec
-        return _finish(model, dev)
+        return model
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "torchvision":
-        return _finish(_from_torchvision(rest), dev)
+        return _from_torchvision(rest)
     if sep and prefix == "timm":
-        return _finish(_from_timm(rest), dev)
+        return _from_timm(rest)
     if sep and not Path(spec).exists() and len(prefix) > 1:
-        return _finish(_from_factory(spec), dev)
-    return _finish(_from_file(Path(spec), trust), dev)
+        return _from_factory(spec)
+    return _from_file(Path(spec), trust)

@@ -1,6 +1,8 @@
 """Turning tensors into pictures: normalisation for display, grids, PNG bytes.
 
-matplotlib is imported on first use (``import underhood`` stays light) with the Agg backend.
+matplotlib is imported on first use (``import underhood`` stays light). Figures are bare
+``matplotlib.figure.Figure`` objects (:func:`render.subplots`): pyplot is never imported, so the
+user's backend and open figures are left alone; a notebook shows a returned figure as usual.
 """
 
 from .ablation import ablation_figure
@@ -15,10 +17,11 @@ from .attribution import (
 )
 from .embedding import embedding_figure, neighbors_figure
 from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
-from .render import figure_to_png, normalize, save_figure, to_numpy_image, to_png
+from .render import figure_to_png, new_figure, normalize, save_figure, subplots, to_numpy_image, to_png
 from .units import statistics_figure, top_patches_figure
 
-__all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "image_grid",
+__all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "subplots", "new_figure",
+           "image_grid",
            "filters_figure", "feature_maps_figure", "predictions_figure",
            "render_map", "attribution_figure", "strips_figure", "metric_table_figure",
            "curves_figure", "STYLES", "LABELS", "top_patches_figure", "statistics_figure", "embedding_figure",

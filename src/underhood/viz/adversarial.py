@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .figures import TITLE_KW
-from .render import pyplot, to_numpy_image
+from .render import colormap, new_figure, subplots, to_numpy_image
 
 GOOD, BAD, INK = "#1a7f37", "#cf222e", "#24292f"
 
@@ -49,10 +49,9 @@ def attack_figure(inputs: torch.Tensor, result, *, classes: Sequence[str] | None
     the attack succeeded. The perturbation's title gives its L-inf norm (in /255) and the
     magnification, shared by all rows.
     """
-    plt = pyplot()
     n = min(len(inputs), max_rows)
     shown, factor = magnify(result.perturbation[:n])
-    fig, axes = plt.subplots(n, 3, figsize=(3 * cell, n * (cell + 0.42) + (0.35 if title else 0)), squeeze=False)
+    fig, axes = subplots(n, 3, figsize=(3 * cell, n * (cell + 0.42) + (0.35 if title else 0)), squeeze=False)
     labels, pred = result.labels.tolist(), result.predicted.tolist()
     conf, ok = result.confidence.tolist(), result.success.tolist()
     linf = result.norms["linf"].tolist()
@@ -89,9 +88,8 @@ def robustness_figure(curves: Mapping[str, object], *, title: str | None = None,
     L-inf budgets are drawn in /255 units. A minimal-norm curve (``norms`` set, no fixed grid)
     is drawn as a step curve.
     """
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.3))
-    colors = plt.get_cmap("tab10")
+    fig, ax = subplots(figsize=(5.2, 3.3))
+    colors = colormap("tab10")
     norm = "linf"
     for i, (name, curve) in enumerate(curves.items()):
         norm = curve.norm
@@ -123,9 +121,8 @@ def _curve_axes(fig, ax, xlabel: str, ylabel: str, title: str | None):
 
 def norms_figure(norms: Mapping[str, torch.Tensor], *, norm: str = "l2", title: str | None = None):
     """Per-sample minimal adversarial norms as cumulative curves: the share of images fooled within ε."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.1))
-    colors = plt.get_cmap("tab10")
+    fig, ax = subplots(figsize=(5.2, 3.1))
+    colors = colormap("tab10")
     for i, (name, values) in enumerate(norms.items()):
         v = np.sort(np.asarray(values.detach().float().cpu(), dtype=float))
         v = v[np.isfinite(v)]
@@ -140,10 +137,9 @@ def universal_figure(perturbation: torch.Tensor, images: torch.Tensor, clean_pre
                      adv_pred: Sequence[int], *, classes: Sequence[str] | None = None, title: str | None = None,
                      cell: float = 1.45):
     """One perturbation for all images: the perturbation (magnified) and a row of images before and after."""
-    plt = pyplot()
     n = len(images)
     shown, factor = magnify(perturbation[None])
-    fig = plt.figure(figsize=(cell * (n + 1.3), 2 * cell + 0.7))
+    fig = new_figure(figsize=(cell * (n + 1.3), 2 * cell + 0.7))
     grid = fig.add_gridspec(2, n + 1, width_ratios=[1.3] + [1] * n)
     ax = fig.add_subplot(grid[:, 0])
     _show(ax, shown[0])
@@ -179,9 +175,8 @@ def fooling_figure(result, *, classes: Sequence[str] | None = None, ncols: int =
 
 def linear_figure(demo, *, cell: float = 1.9):
     """The linear-model demonstration: input, the step ``eps * sign(w)``, and the flipped input."""
-    plt = pyplot()
     shape = demo.image_shape
-    fig, axes = plt.subplots(1, 3, figsize=(3 * cell, cell + 0.55))
+    fig, axes = subplots(1, 3, figsize=(3 * cell, cell + 0.55))
     step = demo.x_adv - demo.x
     shown, factor = magnify(step.view(shape))
     c0, c1 = demo.classes
@@ -199,11 +194,10 @@ def transfer_figure(matrix, *, title: str | None = None):
     """A transfer matrix (:class:`~underhood.adversarial.TransferMatrix`) as a heat map: row ``i``, column ``j`` is
     model ``j``'s accuracy (%) on the adversarial inputs crafted on model ``i``; the clean accuracy in brackets
     on the column labels. Low (red) off the diagonal: the examples transfer."""
-    plt = pyplot()
     names, acc = list(matrix.names), np.asarray(matrix.accuracy, dtype=float) * 100
     clean = np.asarray(matrix.clean, dtype=float) * 100
     side = 0.9 * len(names) + 1.6
-    fig, ax = plt.subplots(figsize=(side + 0.6, side))
+    fig, ax = subplots(figsize=(side + 0.6, side))
     image = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100)
     for i in range(len(names)):
         for j in range(len(names)):

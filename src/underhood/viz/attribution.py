@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .render import pyplot, to_numpy_image
+from .render import colormap, subplots, to_numpy_image
 
 STYLES = {
     "saliency": "magnitude", "input_x_gradient": "magnitude", "smoothgrad": "magnitude",
@@ -82,10 +82,9 @@ def attribution_figure(images: torch.Tensor, maps: Mapping[str, torch.Tensor], *
         row_titles: one line per image (class name and score, say).
         styles: override the default style of a method (see :data:`STYLES`).
     """
-    plt = pyplot()
     names = list(maps)
     n, cols = len(images), len(names) + 1
-    fig, axes = plt.subplots(n, cols, figsize=(cols * cell, n * cell + 0.35), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(cols * cell, n * cell + 0.35), squeeze=False)
     for i in range(n):
         axes[i][0].imshow(to_numpy_image(images[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         if row_titles is not None:
@@ -111,9 +110,8 @@ def strips_figure(image: torch.Tensor | None, rows: Mapping[str, Sequence[torch.
     """Sanity-check strips: one row per method, one column per stage (e.g. cascading randomisation).
 
     ``image`` is drawn under the overlay styles (grey when ``None``)."""
-    plt = pyplot()
     names = list(rows)
-    fig, axes = plt.subplots(len(names), len(stages), figsize=(len(stages) * cell + 0.8, len(names) * cell + 0.4),
+    fig, axes = subplots(len(names), len(stages), figsize=(len(stages) * cell + 0.8, len(names) * cell + 0.4),
                              squeeze=False)
     for i, name in enumerate(names):
         style = (styles or {}).get(name, STYLES.get(name, "magnitude"))
@@ -136,7 +134,6 @@ def metric_table_figure(values: Mapping[str, Mapping[str, float]], directions: M
                         title: str | None = None):
     """A method x metric table drawn as a heatmap: each column coloured from worst (light) to best (dark
     green) according to its direction (``"up"``: higher is better), the value written in each cell."""
-    plt = pyplot()
     methods, cols = list(values), list(directions)
     data = np.array([[values[m].get(c, np.nan) for c in cols] for m in methods], dtype=float)
     score = np.full_like(data, np.nan)
@@ -145,7 +142,7 @@ def metric_table_figure(values: Mapping[str, Mapping[str, float]], directions: M
         lo, hi = np.nanmin(col) if np.isfinite(col).any() else 0, np.nanmax(col) if np.isfinite(col).any() else 1
         s = (col - lo) / (hi - lo) if hi > lo else np.full_like(col, 0.5)
         score[:, j] = s if directions[c] == "up" else 1 - s
-    fig, ax = plt.subplots(figsize=(1.05 * len(cols) + 1.8, 0.32 * len(methods) + 0.9))
+    fig, ax = subplots(figsize=(1.05 * len(cols) + 1.8, 0.32 * len(methods) + 0.9))
     ax.imshow(np.nan_to_num(score, nan=0.0), cmap="Greens", vmin=-0.15, vmax=1.25, aspect="auto")
     for i in range(len(methods)):
         for j in range(len(cols)):
@@ -170,10 +167,9 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title:
     """Deletion and insertion curves (Petsiuk et al. 2018), one line per method: the class probability
     against the fraction of pixels removed (deletion, lower is better) or restored (insertion, higher).
     ``kinds`` picks the panels (e.g. ``("deletion",)``)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.75 * len(kinds), 3.4), sharey=True, squeeze=False)
+    fig, axes = subplots(1, len(kinds), figsize=(4.75 * len(kinds), 3.4), sharey=True, squeeze=False)
     axes = list(axes[0])
-    cmap = plt.get_cmap("tab20")
+    cmap = colormap("tab20")
     for i, (name, c) in enumerate(curves.items()):
         for ax, kind in zip(axes, kinds):
             if kind in c:

@@ -85,17 +85,6 @@ def _release(fig) -> None:
         plt.close(fig)
 
 
-def pyplot():
-    """The subset of ``pyplot`` viz modules call (``subplots``, ``figure``, ``get_cmap``) on bare figures.
-
-    Kept for modules not yet drawing through :func:`subplots` / :func:`new_figure`; it never
-    imports pyplot or sets a backend.
-    """
-    from types import SimpleNamespace
-
-    return SimpleNamespace(subplots=subplots, figure=new_figure, get_cmap=colormap, close=_release)
-
-
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG atomically and close it."""
     from ..core.io import write_bytes
