@@ -122,3 +122,18 @@ def shape_pngs(tmp_path):
         path.write_bytes(to_png(x))
         paths.append(str(path))
     return paths
+
+
+def check_protocol(result, name: str | None = None) -> None:
+    """The result protocol every family's result keeps: a core Result, a short repr with shapes and key
+    figures (never whole tensors), plain scalars and a text summary."""
+    from underhood.core.results import Result
+
+    name = name or type(result).__name__
+    assert isinstance(result, Result) and type(result).__name__ == name
+    text = repr(result)
+    assert text.startswith(f"{name}(") and len(text) <= 400 and "tensor(" not in text, text
+    scalars = result.scalars()
+    assert all(v is None or isinstance(v, (bool, int, float, str)) for v in scalars.values()), scalars
+    summary = result.summary()
+    assert isinstance(summary, str) and summary.strip()

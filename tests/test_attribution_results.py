@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import inspect
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ from underhood.core.errors import InputError
 from underhood.core.results import load
 
 from .attribution_models import GapNet, Linear
+from .conftest import check_protocol
 
 GRID = torch.arange(4).view(2, 2).repeat_interleave(3, 0).repeat_interleave(3, 1)  # [6, 6]: four 3x3 squares
 FAMILY = Path(A.__file__).parent
@@ -72,23 +72,6 @@ def test_applicable_methods_follow_the_flags():
     assert opts["gradcam"]["layer"] == opts["guided_gradcam"]["layer"] == cam_layer(model) is not None
     assert opts["saliency"] == {}
 
-
-def test_no_module_of_the_family_imports_the_package_itself():
-    """``from . import get`` would load ``underhood.attribution`` (and close a cycle); submodules are fine."""
-    modules = {p.stem for p in FAMILY.glob("*.py")}
-    wrong = []
-    for path in FAMILY.glob("*.py"):
-        if path.name == "__init__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module is None:
-                wrong += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name not in modules]
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "underhood.attribution":
-                wrong.append(f"{path.name}:{node.lineno}")
-    assert not wrong
-
-
-# ----------------------------------------------------------------------------- new functions, old flags
 
 
 def test_completeness_equals_the_old_return_error():
@@ -164,16 +147,9 @@ def results():
 
 @pytest.mark.parametrize("name", ["randomization", "lime", "curve", "evaluation"])
 def test_every_result_has_the_protocol(results, name):
-    import matplotlib.pyplot as plt
-
     r = results[name]
-    text = repr(r)
-    assert len(text) <= 400 and "tensor(" not in text and text.startswith(type(r).__name__)
-    assert isinstance(r.summary(), str) and r.summary()
-    assert all(isinstance(v, (int, float, str)) or v is None for v in r.scalars().values())
-    fig = r.figure()
-    assert fig.get_axes()
-    plt.close(fig)
+    check_protocol(r)
+    assert r.figure().get_axes()
 
 
 def test_summaries_are_the_tables(results):

@@ -127,3 +127,32 @@ def test_a_collection_saves_several_results_as_one(tmp_path):
     back = load(both.save(tmp_path), trust=True)
     assert isinstance(back, Collection) and isinstance(back["a"], Toy)
     assert torch.equal(back["b"].images, both["b"].images)
+
+
+RESULTS = {"TopPatches", "Ablation", "Neighbors", "LayerStatistics", "Embedding", "Inversion", "Toy2D", "Evaluation",
+           "LimeFit", "LinearDemo", "RobustnessCurve", "TransferMatrix"}  # results whose names do not say so
+
+
+def test_every_result_class_of_the_package_keeps_the_protocol():
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import underhood
+
+    found, wrong = set(), []
+    for info in pkgutil.walk_packages(underhood.__path__, "underhood."):
+        if info.name.startswith("underhood.cli") or info.name == "underhood.__main__":
+            continue
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if not isinstance(cls, type) or cls.__module__ != module.__name__:
+                continue
+            if issubclass(cls, Result) and cls is not Result:
+                found.add(cls.__name__)
+                if "__repr__" in cls.__dict__ or not dataclasses.is_dataclass(cls):
+                    wrong.append(f"{cls.__module__}.{cls.__name__}: a dataclass(repr=False) keeps the compact repr")
+            elif dataclasses.is_dataclass(cls) and (cls.__name__.endswith("Result") or cls.__name__ in RESULTS):
+                wrong.append(f"{cls.__module__}.{cls.__name__} is a result but not a core.results.Result")
+    assert not wrong, "\n".join(wrong)
+    assert RESULTS | {"AttackResult", "RenderResult", "StyleResult", "TrainResult"} <= found
