@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import underhood
 from underhood import adversarial as adv
+from underhood.adversarial.registry import names
 from underhood.cli import EXAMPLES, main
-from underhood.cli.adversarial import eps_grid
+from underhood.cli.adversarial import PER_IMAGE, SWEEPABLE, eps_grid
 from underhood.core.errors import InputError
+from underhood.core.results import Collection, load
 
 from .adversarial_models import one_thread  # noqa: F401
 
@@ -49,19 +50,29 @@ def test_commands_have_an_example_and_help(capsys):
         assert "example:" in text and "--out" in text and "--eps" in text
 
 
+def test_the_static_names_for_help_are_the_registrys():
+    assert PER_IMAGE == names(per_image=True) and SWEEPABLE == names(sweepable=True)
+
+
 def test_attack_equals_the_library_and_writes_the_figure(tmp_path, images, model, capsys):
     out = tmp_path / "a"
     assert main(["attack", *images, "--method", "pgd", "--eps", "4/255", "--steps", "3", "--out", str(out)]) == 0
-    saved = load_file(str(out / "attack.safetensors"))
+    saved = load(out)
     ref = adv.pgd(model, _loaded(images), eps=4 / 255, steps=3, seed=0)
-    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
-    torch.testing.assert_close(saved["perturbation"], ref.perturbation)
-    assert torch.equal(saved["success"], ref.success)
+    assert isinstance(saved, adv.AttackResult)
+    torch.testing.assert_close(saved.adversarial, ref.adversarial)
+    torch.testing.assert_close(saved.perturbation, ref.perturbation)
+    assert torch.equal(saved.success, ref.success) and torch.equal(saved.predicted, ref.predicted)
+    assert saved.info["eps"] == pytest.approx(4 / 255)
     summary = json.loads((out / "attack.json").read_text())
     assert summary["method"] == "pgd" and len(summary["images"]) == 2
     assert summary["eps"] == pytest.approx(4 / 255)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert {"attack.png", "attack.safetensors", "attack.json"} <= set(manifest["files"])
+    assert manifest["command"] == "attack" and manifest["model"] == "shapes" and manifest["steps"] == 3
+    assert manifest["result"] == "AttackResult" and manifest["manifest_version"] == 1
+    assert {"attack.png", "attack.json"} <= set(manifest["files"])
+    assert all((out / f).is_file() for f in manifest["files"]) and (out / "result.safetensors").is_file()
+    assert not (out / "attack.safetensors").exists()
     assert (out / "attack.png").stat().st_size > 10_000
     text = capsys.readouterr().out
     assert "fooled" in text and "L-inf" in text
@@ -76,26 +87,28 @@ def test_targeted_attack_by_class_name(tmp_path, images, model):
         target = (target + 1) % len(model.classes)
     name = model.classes[target]
     assert main(["attack", *images, "--method", "fgsm", "--eps", "16/255", "--target", name, "--out", str(out)]) == 0
-    saved = load_file(str(out / "attack.safetensors"))
+    saved = load(out)
     ref = adv.fgsm(model, x, eps=16 / 255, target=target)
-    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
+    torch.testing.assert_close(saved.adversarial, ref.adversarial)
+    assert torch.equal(saved.target, ref.target)
 
 
 def test_minimal_attack_and_history(tmp_path, images):
     out = tmp_path / "g"
     assert main(["attack", images[0], "--method", "gradient_ascent", "--steps", "4", "--out", str(out)]) == 0
-    saved = load_file(str(out / "attack.safetensors"))
-    assert saved["history"].shape == (5, 1)
+    saved = load(out)
+    assert saved.history.shape == (5, 1)
+    assert "eps" not in json.loads((out / "manifest.json").read_text())
 
 
 def test_one_pixel_from_the_command_line(tmp_path, images, model):
     out = tmp_path / "p"
     assert main(["attack", images[0], "--method", "one_pixel", "--pixels", "2", "--steps", "2",
                  "--out", str(out)]) == 0
-    saved = load_file(str(out / "attack.safetensors"))
+    saved = load(out)
     ref = adv.one_pixel(model, _loaded(images[:1]), pixels=2, iterations=2)
-    torch.testing.assert_close(saved["adversarial"], ref.adversarial)
-    changed = (saved["perturbation"][0].abs().sum(0) > 0).sum()
+    torch.testing.assert_close(saved.adversarial, ref.adversarial)
+    changed = (saved.perturbation[0].abs().sum(0) > 0).sum()
     assert changed <= 2
 
 
@@ -110,10 +123,15 @@ def test_attack_errors_are_one_line(capsys, images):
     assert "--eps" in _error(capsys, ["attack", images[0], "--eps", "eight"])
     line = _error(capsys, ["attack", images[0], "--method", "noise", "--target", "0"])
     assert line.startswith("underhood attack: error: --target") and "untargeted" in line
+    assert "gradient_ascent, fgsm, pgd, cw, lbfgs or one_pixel" in line
     assert "--label: 3 labels for 1 images" in _error(capsys, ["attack", images[0], "--label", "0,1,2"])
     assert "--target: 'dragon' is neither an index nor a class name" in _error(capsys, ["attack", images[0],
                                                                                        "--target", "dragon"])
     assert "--steps" in _error(capsys, ["attack", images[0], "--steps", "0"])
+    line = _error(capsys, ["attack", images[0], "--method", "fgsm", "--norm", "l2"])
+    assert "--norm: fgsm works in the linf norm only" in line and "pgd, noise or deepfool" in line
+    assert "--norm: gradient_ascent bounds no norm" in _error(capsys, ["attack", images[0], "--method",
+                                                                        "gradient_ascent", "--norm", "linf"])
 
 
 def test_target_equal_to_the_class_is_refused(capsys, images, model):
@@ -133,7 +151,14 @@ def test_robustness_equals_the_library(tmp_path, model):
     summary = json.loads((out / "robustness.json").read_text())["shapes"]
     assert summary["accuracy"] == pytest.approx(ref.accuracy.tolist())
     assert summary["clean_accuracy"] == pytest.approx(ref.clean_accuracy)
-    assert (out / "robustness.png").is_file()
+    saved = load(out)
+    assert isinstance(saved, Collection) and list(saved.items) == ["shapes"]
+    saved = saved["shapes"]
+    assert isinstance(saved, adv.RobustnessCurve) and saved.attack == "pgd" and saved.norm == "linf"
+    assert torch.equal(saved.accuracy, ref.accuracy) and torch.allclose(saved.eps, ref.eps)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "robustness" and manifest["eps"] == pytest.approx([0, 8 / 255])
+    assert set(manifest["files"]) == {"robustness.png", "robustness.json"} and (out / "robustness.png").is_file()
 
 
 def test_robustness_of_two_models_and_a_minimal_norm_curve(tmp_path):
@@ -143,12 +168,21 @@ def test_robustness_of_two_models_and_a_minimal_norm_curve(tmp_path):
     summary = json.loads((out / "robustness.json").read_text())
     assert set(summary) == {"shapes", "shapes-resnet"} and summary["shapes"]["norm"] == "l2"
     assert (out / "norms.png").is_file()
+    saved = load(out)
+    assert isinstance(saved, Collection) and set(saved.items) == {"shapes", "shapes-resnet"}
+    data = underhood.datasets.from_spec("shapes:2000", size=(64, 64), channels=3)[:4]
+    ref = adv.robustness_curve(underhood.load_model("shapes-resnet", device="cpu"), data, "deepfool", steps=3)
+    curve = saved["shapes-resnet"]
+    assert curve.norm == "l2" and torch.allclose(curve.norms, ref.norms) and torch.equal(curve.accuracy, ref.accuracy)
+    assert summary["shapes-resnet"]["median_norm"] == pytest.approx(ref.median_norm())
 
 
 def test_robustness_errors_are_one_line(capsys):
     assert "--eps: expected start:stop:count" in _error(capsys, ["robustness", "--eps", "0:x:3"])
     assert "--eps: '3' is above 1" in _error(capsys, ["robustness", "--eps", "0,3"])
     assert "--n" in _error(capsys, ["robustness", "--n", "0"])
+    assert "fgsm works in the linf norm only" in _error(capsys, ["robustness", "--attack", "fgsm", "--norm", "l2",
+                                                                 "--eps", "0,1", "--n", "2"])
 
 
 def test_eps_grid():

@@ -6,13 +6,15 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import underhood
 from underhood import attribution as A
-from underhood.attribution.evaluate import COLUMNS, cam_layer, evaluate
+from underhood.attribution.evaluate import COLUMNS, Evaluation, cam_layer, evaluate
 from underhood.cli import main
 from underhood.cli.attribution import method_names
+from underhood.core.results import load
 from underhood.viz import attribution_figure, metric_table_figure, render_map, strips_figure
 from underhood.viz.render import to_png
 
@@ -29,7 +31,9 @@ def images(tmp_path):
 
 
 def test_cli_method_names_are_the_registry():
-    assert method_names() == list(A.METHODS)
+    from underhood.attribution.registry import REGISTRY
+
+    assert method_names() == list(REGISTRY)
 
 
 def test_explain_writes_figure_maps_and_manifest(images, tmp_path, capsys):
@@ -42,6 +46,9 @@ def test_explain_writes_figure_maps_and_manifest(images, tmp_path, capsys):
     x = torch.cat([underhood.load_image(p) for p in paths])
     star = model.classes.index("star")
     assert torch.allclose(maps["saliency"], A.saliency(model, x, star), atol=1e-5)
+    with safe_open(str(out / "maps.safetensors"), "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    assert meta == {"images": paths, "targets": [star, star], "methods": ["saliency", "gradcam"]}
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"explain.png", "maps.safetensors"} and manifest["target"] == "star"
     assert (out / "explain.png").stat().st_size > 1000
@@ -81,6 +88,12 @@ def test_evaluate_command_writes_the_table(tmp_path, capsys):
     assert (out / "evaluation.png").stat().st_size > 1000 and (out / "curves.png").stat().st_size > 1000
     assert len(result["curves"]["gradcam"]["deletion"]) == 5 and "model_ssim" in result["values"]["gradcam"]
     assert (out / "evaluation.csv").read_text().startswith("method,pointing,energy,deletion,insertion")
+    saved = load(out)
+    assert isinstance(saved, Evaluation) and saved.values == result["values"] and saved.curves == result["curves"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == "evaluate" and manifest["n"] == 2 and manifest["steps"] == 4
+    assert set(manifest["files"]) == {"evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png",
+                                      "curves.png"}
 
 
 def test_evaluation_values_follow_the_metrics(shapes_model):

@@ -26,6 +26,16 @@ def test_help_has_an_example(command, capsys):
     assert "example:" in capsys.readouterr().out
 
 
+def test_help_does_not_import_torch():
+    """Building the parser (``underhood --help``) stays fast: option choices are static, checked against the
+    registries by the families' CLI tests."""
+    code = ("import sys\nfrom underhood.cli import build_parser\nbuild_parser().format_help()\n"
+            "print(' '.join(m for m in ('torch', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "", f"building the parser imported: {proc.stdout.strip()}"
+
+
 def test_models_lists_builtins(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -91,19 +91,19 @@ def test_two_gloo_processes_give_the_same_result_as_one(tmp_path):
                str(tmp_path / "two"), launcher=TORCHRUN)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr[-2000:]
-    _same(tmp_path / "one" / "top_patches.safetensors", tmp_path / "two" / "top_patches.safetensors")
+    _same(tmp_path / "one" / "result.safetensors", tmp_path / "two" / "result.safetensors")
     assert '"processes": 2' in (tmp_path / "two" / "manifest.json").read_text()
     one = _cli("statistics", "--layer", "features.13", *common, "--out", str(tmp_path / "s1"))
     two = _cli("statistics", "--layer", "features.13", *common, "--out", str(tmp_path / "s2"), launcher=TORCHRUN)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
-    _same(tmp_path / "s1" / "statistics.safetensors", tmp_path / "s2" / "statistics.safetensors")
+    _same(tmp_path / "s1" / "result.safetensors", tmp_path / "s2" / "result.safetensors")
     common = ["embed", "--model", "digits", "--data", "digits", "--layers", "input,pool2,fc2", "--method", "pca",
               "--shard-size", "50", "--batch-size", "50", "--no-progress"]
     one = _cli(*common, "--out", str(tmp_path / "e1"))
     two = _cli(*common, "--out", str(tmp_path / "e2"), launcher=TORCHRUN)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     _same(tmp_path / "e1" / "features.safetensors", tmp_path / "e2" / "features.safetensors")
-    _same(tmp_path / "e1" / "embedding.safetensors", tmp_path / "e2" / "embedding.safetensors")
+    _same(tmp_path / "e1" / "result.safetensors", tmp_path / "e2" / "result.safetensors")
 
 
 def test_a_run_killed_midway_resumes_and_matches(tmp_path):
@@ -119,7 +119,7 @@ def test_a_run_killed_midway_resumes_and_matches(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = len(list(shards.glob("*.safetensors")))
-    assert 3 <= done < 50 and not (killed / "top_patches.safetensors").exists()
+    assert 3 <= done < 50 and not (killed / "result.safetensors").exists()
     for f in shards.glob("*.safetensors"):  # a shard is on disk whole or not at all
         assert "values" in load_file(str(f))
     resumed = _cli(*args, "--out", str(killed))
@@ -127,4 +127,4 @@ def test_a_run_killed_midway_resumes_and_matches(tmp_path):
     assert f"resumed: {done} of 50 shards were already done" in resumed.stdout
     clean = _cli(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0
-    _same(killed / "top_patches.safetensors", tmp_path / "clean" / "top_patches.safetensors")
+    _same(killed / "result.safetensors", tmp_path / "clean" / "result.safetensors")

@@ -10,7 +10,18 @@ from safetensors.torch import load_file
 
 import underhood
 from underhood.cli import EXAMPLES, main
-from underhood.synthesis import Priors, caricature, deep_dream, invert, render, style_transfer
+from underhood.core.results import Collection, load
+from underhood.synthesis import (
+    Inversion,
+    Priors,
+    RenderResult,
+    StyleResult,
+    caricature,
+    deep_dream,
+    invert,
+    render,
+    style_transfer,
+)
 from underhood.synthesis import objectives as O
 
 COMMANDS = ("render", "dream", "invert", "caricature", "style")
@@ -49,25 +60,30 @@ def test_render_channels_equals_the_library(tmp_path, model):
     out = tmp_path / "r"
     assert main(["render", "--layer", "features.9", "--channels", "0:3", "--steps", "3", "--no-progress",
                  "--out", str(out)]) == 0
-    saved = load_file(str(out / "render.safetensors"))
+    saved = load(out)
     ref = render(model, [O.channel("features.9", c) for c in range(3)], steps=3, seed=0)
-    assert torch.allclose(saved["images"], ref.images, atol=1e-6)
-    assert saved["trace"].shape == (3, 3)
+    assert isinstance(saved, RenderResult) and torch.allclose(saved.images, ref.images, atol=1e-6)
+    assert saved.trace.shape == (3, 3) and torch.allclose(saved.trace, ref.trace, atol=1e-5)
+    assert torch.allclose(saved.final, ref.final, atol=1e-5)
+    assert saved.info["titles"] == ["features.9:0", "features.9:1", "features.9:2"]
     m = _manifest(out)
-    assert m["ids"] == [0, 1, 2] and m["objective"] == "channel"
+    assert m["ids"] == [0, 1, 2] and m["objective"] == "channel" and m["command"] == "render"
     assert all((out / f).exists() for f in m["files"]) and len([f for f in m["files"] if f.startswith("images/")]) == 3
+    assert {"render.png", "trace.png"} <= set(m["files"]) and not (out / "render.safetensors").exists()
 
 
 def test_render_classes_by_name_with_priors_on_pixels(tmp_path, model):
     out = tmp_path / "c"
     assert main(["render", "--class", "star,circle", "--steps", "2", "--param", "pixels", "--priors",
                  "tv=1e-3,blur=0.5", "--no-progress", "--out", str(out)]) == 0
-    saved = load_file(str(out / "render.safetensors"))
+    saved = load(out)
     ids = [model.classes.index("star"), model.classes.index("circle")]
     ref = render(model, [O.class_logit(k) for k in ids], steps=2, param="pixels",
                  priors=Priors.parse("tv=1e-3,blur=0.5"))
-    assert torch.allclose(saved["images"], ref.images, atol=1e-6)
-    assert saved["probabilities"].shape == (2, len(model.classes))
+    assert torch.allclose(saved.images, ref.images, atol=1e-6)
+    with torch.no_grad():
+        probs = model(ref.images).softmax(1)
+    assert torch.allclose(saved.info["probabilities"], probs, atol=1e-5)
     assert _manifest(out)["priors"] == str(Priors.parse("tv=1e-3,blur=0.5"))
 
 
@@ -75,7 +91,9 @@ def test_render_facets_are_different_images(tmp_path):
     out = tmp_path / "f"
     assert main(["render", "--layer", "features.16", "--channels", "2", "--facets", "2", "--steps", "3",
                  "--no-progress", "--out", str(out)]) == 0
-    images = load_file(str(out / "render.safetensors"))["images"]
+    saved = load(out)
+    assert isinstance(saved, RenderResult) and saved.trace.shape == (3, 2)
+    images = saved.images
     assert images.shape[0] == 2 and not torch.allclose(images[0], images[1])
 
 
@@ -90,9 +108,13 @@ def test_dream_invert_caricature_equal_the_library(tmp_path, model, images):
     out = tmp_path / "i"
     assert main(["invert", images[0], "--layer", "features.2,features.6", "--steps", "3", "--seeds", "2",
                  "--no-progress", "--out", str(out)]) == 0
-    saved = load_file(str(out / "invert.safetensors"))
+    saved = load(out)
     ref = invert(model, x[:1], "features.6", seeds=(0, 1), steps=3)
-    assert torch.allclose(saved["features.6.images"], ref.images, atol=1e-6)
+    assert isinstance(saved, Collection) and list(saved.items) == ["features.2", "features.6"]
+    assert isinstance(saved["features.6"], Inversion) and saved["features.6"].layer == "features.6"
+    assert torch.allclose(saved["features.6"].images, ref.images, atol=1e-6)
+    assert torch.allclose(saved["features.6"].psnr, ref.psnr, atol=1e-4)
+    assert torch.equal(saved["features.2"].original, x[:1])
     summary = json.loads((out / "invert.json").read_text())
     assert set(summary) == {"features.2", "features.6"}
     assert (out / "invert.png").exists()
@@ -107,9 +129,10 @@ def test_dream_invert_caricature_equal_the_library(tmp_path, model, images):
 def test_style_equals_the_library(tmp_path, model, images):
     out = tmp_path / "s"
     assert main(["style", images[0], images[1], "--steps", "2", "--no-progress", "--out", str(out)]) == 0
-    saved = load_file(str(out / "style.safetensors"))
+    saved = load(out)
     ref = style_transfer(model, _loaded(images[0]), _loaded(images[1]), steps=2)
-    assert torch.allclose(saved["image"], ref.image, atol=1e-6)
+    assert isinstance(saved, StyleResult) and torch.allclose(saved.image, ref.image, atol=1e-6)
+    assert torch.allclose(saved.trace["total"], ref.trace["total"], atol=1e-5) and saved.layers == ref.layers
     assert _manifest(out)["layers"] == ref.layers
 
 

@@ -9,10 +9,23 @@ import torch
 from safetensors.torch import load_file
 
 import underhood
-from underhood.activations import statistics, top_patches
+from underhood.activations import (
+    Ablation,
+    Embedding,
+    LayerStatistics,
+    Neighbors,
+    TopPatches,
+    ablate,
+    embed,
+    neighbors,
+    statistics,
+    top_patches,
+)
 from underhood.cli import EXAMPLES, main
+from underhood.core.results import load
 from underhood.data import from_spec
 from underhood.viz.render import to_png
+from underhood.weights.toy2d import Toy2D
 
 
 @pytest.fixture
@@ -43,10 +56,13 @@ def test_toy2d_writes_strip_gif_and_the_units_parameters(tmp_path):
     out = tmp_path / "t"
     assert main(["toy2d", "--data", "circles", "--hidden", "6", "--steps", "60", "--frames", "3", "--out",
                  str(out)]) == 0
-    saved = load_file(str(out / "toy2d.safetensors"))
+    saved = load(out)
     result = underhood.weights.toy2d("circles", hidden=6, steps=60)
-    assert torch.equal(saved["weight"][-1], result.snapshots[-1].weight)
+    assert isinstance(saved, Toy2D) and len(saved.snapshots) == len(result.snapshots)
+    assert torch.equal(saved.snapshots[-1].weight, result.snapshots[-1].weight)
+    assert torch.equal(saved.x, result.x) and saved.final_accuracy == result.final_accuracy
     assert (out / "toy2d.gif").read_bytes()[:6] == b"GIF89a" and (out / "toy2d.png").exists()
+    assert set(_manifest(out)["files"]) == {"toy2d.png", "toy2d.gif"} and _manifest(out)["hidden"] == 6
 
 
 def test_activations_top_and_random_channels(image, tmp_path):
@@ -63,17 +79,20 @@ def test_dissect_and_statistics_equal_the_library(tmp_path):
     out = tmp_path / "d"
     assert main(["dissect", "--data", "shapes:64", "--layer", "features.9", "--channels", "0:3", "--k", "4",
                  "--shard-size", "20", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
-    saved = load_file(str(out / "top_patches.safetensors"))
+    saved = load(out)
     direct = top_patches(model, data, "features.9", k=4, channels=range(3), batch_size=16)
-    assert torch.equal(saved["index"], direct.index) and torch.allclose(saved["patches"], direct.patches)
-    assert torch.allclose(saved["patterns"], direct.patterns, atol=1e-6)
-    assert _manifest(out)["shards"] == 4
+    assert isinstance(saved, TopPatches) and saved.field == direct.field and saved.rule == direct.rule
+    assert torch.equal(saved.index, direct.index) and torch.allclose(saved.patches, direct.patches)
+    assert torch.allclose(saved.patterns, direct.patterns, atol=1e-6)
+    assert _manifest(out)["shards"] == 4 and _manifest(out)["files"] == ["dissect.png"]
     out = tmp_path / "s"
     assert main(["statistics", "--data", "shapes:64", "--layer", "features.9", "--shard-size", "30",
                  "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
-    saved = load_file(str(out / "statistics.safetensors"))
+    saved = load(out)
     direct = statistics(model, data, "features.9", batch_size=16)
-    assert torch.equal(saved["histogram"], direct.histogram) and torch.allclose(saved["mean"], direct.mean)
+    assert isinstance(saved, LayerStatistics) and saved.n == direct.n == 64
+    assert torch.equal(saved.histogram, direct.histogram) and torch.allclose(saved.mean, direct.mean)
+    assert torch.equal(saved.dead, direct.dead) and torch.allclose(saved.edges, direct.edges)
     assert (out / "statistics.csv").read_text().startswith("channel,mean,std,active,dead")
 
 
@@ -83,17 +102,31 @@ def test_embed_neighbors_and_ablate(image, tmp_path, capsys):
                  "--shard-size", "100", "--out", str(out), "--no-progress"]) == 0
     scores = json.loads((out / "embedding.json").read_text())["layers"]
     assert scores["fc2"]["knn_accuracy"] > scores["input"]["knn_accuracy"]
-    coords = load_file(str(out / "embedding.safetensors"))
-    assert coords["fc2"].shape == (360, 2)
+    saved = load(out)
+    digits = underhood.load_model("digits", device="cpu")
+    direct = embed(digits, from_spec("digits", size=digits.input_size[1:], channels=1), ["input", "fc2"], method="pca")
+    assert isinstance(saved, Embedding) and saved.layers == ["input", "fc2"] and saved.coords["fc2"].shape == (360, 2)
+    assert torch.allclose(saved.coords["fc2"], direct.coords["fc2"], atol=1e-4)
+    assert saved.knn_accuracy["fc2"] == pytest.approx(scores["fc2"]["knn_accuracy"])
+    assert "features.safetensors" in _manifest(out)["files"]
+    shapes = underhood.load_model("shapes", device="cpu")
     out = tmp_path / "n"
     assert main(["neighbors", image, "--data", "shapes:40", "--layer", "pool", "--k", "3", "--out", str(out)]) == 0
     found = json.loads((out / "neighbors.json").read_text())["queries"][0]
     assert len(found["pixel"]) == 3 and len(found["feature"]) == 3
+    saved = load(out)
+    direct = neighbors(shapes, underhood.load_image(image), from_spec("shapes:40"), "pool", k=3)
+    assert isinstance(saved, Neighbors) and torch.equal(saved.feature_index, direct.feature_index)
+    assert saved.pixel_index[0].tolist() == found["pixel"]
     out = tmp_path / "ab"
     assert main(["ablate", "--data", "shapes:48", "--layer", "features.16", "--channels", "0:4", "--out", str(out),
                  "--no-progress"]) == 0
-    saved = load_file(str(out / "ablation.safetensors"))
-    assert saved["single"].shape == (4,) and saved["curve.random"].shape == (5,)
+    saved = load(out)
+    direct = ablate(shapes, from_spec("shapes:48"), "features.16", units=[0, 1, 2, 3])
+    assert isinstance(saved, Ablation) and saved.single.shape == (4,) and saved.curves["random"].shape == (5,)
+    assert torch.allclose(saved.single, direct.single) and saved.baseline == direct.baseline
+    assert torch.equal(saved.order_units["random"], direct.order_units["random"])
+    assert set(_manifest(out)["files"]) == {"ablation.png", "ablation.json"}
     assert "baseline accuracy" in capsys.readouterr().out
 
 

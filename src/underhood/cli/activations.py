@@ -22,6 +22,7 @@ from .common import (
     positive,
     resolved_device,
     run_shards,
+    save_result,
     sharded_job,
 )
 
@@ -41,9 +42,9 @@ EXAMPLES = {
 
 def cmd_activations(args: argparse.Namespace) -> None:
     from ..activations import maps
-    from ..activations.maps import stages
     from ..core.device import model_device
     from ..core.io import write_manifest, write_tensors
+    from ..core.layers import stages
     from ..viz import feature_maps_figure, save_figure
 
     positive("--k", args.k)
@@ -69,7 +70,7 @@ def cmd_activations(args: argparse.Namespace) -> None:
 def cmd_statistics(args: argparse.Namespace) -> None:
     from ..activations.statistics import accumulate, from_state, histogram_edges, merge
     from ..core.distributed import broadcast, session
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..core.io import write_tensors, write_text
     from ..viz import save_figure
     from ..viz.units import statistics_figure
 
@@ -99,16 +100,12 @@ def cmd_statistics(args: argparse.Namespace) -> None:
     st = from_state(args.layer, merge(parts))
     out = out_dir(args, "statistics")
     save_figure(statistics_figure(st), out / "statistics.png", dpi=120)
-    write_tensors(out / "statistics.safetensors", {"mean": st.mean, "std": st.std, "active": st.active,
-                                                   "dead": st.dead, "edges": st.edges, "histogram": st.histogram},
-                  {"layer": args.layer, "n": st.n})
     rows = ["channel,mean,std,active,dead"] + [f"{c},{m:.6g},{s:.6g},{a:.4f},{int(d)}" for c, (m, s, a, d) in
                                                 enumerate(zip(st.mean.tolist(), st.std.tolist(), st.active.tolist(),
                                                               st.dead.tolist()))]
     write_text(out / "statistics.csv", "\n".join(rows) + "\n")
-    write_manifest(out, "statistics", ["statistics.png", "statistics.safetensors", "statistics.csv"],
-                   model=args.model, data=args.data, layer=args.layer, n=st.n, processes=world.size,
-                   shards=len(job.slices), resumed_shards=job.resumed)
+    save_result(st, out, "statistics", ["statistics.png", "statistics.csv"], model=args.model, data=args.data,
+                layer=args.layer, n=st.n, processes=world.size, shards=len(job.slices), resumed_shards=job.resumed)
     print(f"{args.layer}: {len(st.mean)} channels over {st.n} images, {int(st.dead.sum())} dead, mean share "
           f"active {float(st.active.mean()):.1%}; written to {out.resolve()}")
 
@@ -116,7 +113,6 @@ def cmd_statistics(args: argparse.Namespace) -> None:
 def cmd_dissect(args: argparse.Namespace) -> None:
     from ..activations.patches import Partial, finish, merge, scan
     from ..core.distributed import session
-    from ..core.io import write_manifest, write_tensors
     from ..viz import save_figure
     from ..viz.units import top_patches_figure
 
@@ -143,24 +139,17 @@ def cmd_dissect(args: argparse.Namespace) -> None:
                         batch_size=args.batch_size) if len(state.channels) * args.k <= 4096 else \
             finish(model, data.images, args.layer, state, crops=False)
     out = out_dir(args, "dissect")
-    files = ["top_patches.safetensors"]
-    tensors = {"channels": result.channels, "values": result.values, "index": result.index,
-               "position": result.position, "box": result.box}
+    files = []
     if result.patches is not None:
-        tensors["patches"] = result.patches
-        if result.patterns is not None:
-            tensors["patterns"] = result.patterns
         save_figure(top_patches_figure(result, units=shown, ncols=4,
                                        title=f"{args.layer}: top-{args.k} patches of {len(result.channels)} "
                                              f"channels over {result.n} images"
                                              + (f" | beside them, the {pattern} pattern" if pattern else "")),
                     out / "dissect.png", dpi=120)
         files.append("dissect.png")
-    write_tensors(out / "top_patches.safetensors", tensors, {"layer": args.layer, "n": result.n,
-                                                            "field": result.field, "rule": result.rule})
-    write_manifest(out, "dissect", files, model=args.model, data=args.data, layer=args.layer, k=args.k,
-                   channels=channels, pattern=pattern, n=result.n, field=result.field, processes=world.size,
-                   shards=len(job.slices), resumed_shards=job.resumed)
+    save_result(result, out, "dissect", files, model=args.model, data=args.data, layer=args.layer, k=args.k,
+                channels=channels, pattern=pattern, n=result.n, field=result.field, processes=world.size,
+                shards=len(job.slices), resumed_shards=job.resumed)
     print(f"{args.layer}: top-{args.k} images of {len(result.channels)} channels over {result.n} images "
           f"(receptive field {result.field or 'global'}); written to {out.resolve()}")
 
@@ -171,7 +160,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from ..activations.embed import embed_features, features
     from ..activations.maps import embedding_layers
     from ..core.distributed import session
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..core.io import write_tensors, write_text
     from ..viz import save_figure
     from ..viz.embedding import embedding_figure
 
@@ -193,15 +182,12 @@ def cmd_embed(args: argparse.Namespace) -> None:
     save_figure(embedding_figure(emb, classes=data.classes if labelled else None, images=data.images,
                                  thumbnails=args.thumbnails), out / "embedding.png", dpi=120)
     write_tensors(out / "features.safetensors", feats, {"layers": layers, "pool": args.pool})
-    write_tensors(out / "embedding.safetensors", {n: emb.coords[n] for n in layers},
-                  {"layers": layers, "method": args.method, "seed": args.seed})
     scores = {n: {"knn_accuracy": emb.knn_accuracy.get(n), "trustworthiness": emb.trustworthiness.get(n)}
               for n in layers}
     write_text(out / "embedding.json", json.dumps({"method": args.method, "layers": scores}, indent=1) + "\n")
-    write_manifest(out, "embed", ["embedding.png", "features.safetensors", "embedding.safetensors",
-                                  "embedding.json"], model=args.model, data=args.data, layers=layers,
-                   method=args.method, pool=args.pool, seed=args.seed, n=len(data), processes=world.size,
-                   shards=len(job.slices), resumed_shards=job.resumed)
+    save_result(emb, out, "embed", ["embedding.png", "features.safetensors", "embedding.json"], model=args.model,
+                data=args.data, layers=layers, method=args.method, pool=args.pool, seed=args.seed, n=len(data),
+                processes=world.size, shards=len(job.slices), resumed_shards=job.resumed)
     for n in layers:
         s = scores[n]
         knn = f"2-D kNN accuracy {s['knn_accuracy']:.1%}" if s["knn_accuracy"] is not None else ""
@@ -211,7 +197,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 def cmd_neighbors(args: argparse.Namespace) -> None:
     from ..activations.neighbors import neighbors
-    from ..core.io import write_manifest, write_text
+    from ..core.io import write_text
     from ..viz import save_figure
     from ..viz.embedding import neighbors_figure
 
@@ -229,14 +215,14 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
              "feature_distance": result.feature_distance[i].tolist()} for i, p in enumerate(args.images)]
     write_text(out / "neighbors.json", json.dumps({"layer": args.layer, "metric": args.metric, "queries": rows},
                                                   indent=1) + "\n")
-    write_manifest(out, "neighbors", ["neighbors.png", "neighbors.json"], model=args.model, data=args.data,
-                   layer=args.layer, k=args.k, metric=args.metric, images=[str(p) for p in args.images])
+    save_result(result, out, "neighbors", ["neighbors.png", "neighbors.json"], model=args.model, data=args.data,
+                layer=args.layer, k=args.k, metric=args.metric, images=[str(p) for p in args.images])
     print(f"{args.k} nearest neighbours in pixel space and at {args.layer}; written to {out.resolve()}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
     from ..activations.ablate import ablate
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..core.io import write_text
     from ..viz import save_figure
     from ..viz.ablation import ablation_figure
 
@@ -249,15 +235,11 @@ def cmd_ablate(args: argparse.Namespace) -> None:
                     batch_size=args.batch_size, progress=not args.no_progress)
     out = out_dir(args, "ablate")
     save_figure(ablation_figure(result), out / "ablation.png", dpi=120)
-    tensors = {"single": result.single, "selectivity": result.selectivity,
-               **{f"curve.{k}": v for k, v in result.curves.items()},
-               **{f"order.{k}": v for k, v in result.order_units.items()}}
-    write_tensors(out / "ablation.safetensors", tensors, {"layer": args.layer, "baseline": result.baseline})
     summary = {"layer": args.layer, "n": result.n, "baseline": result.baseline,
                "most_harmful_units": result.single.argsort()[:5].tolist()}
     write_text(out / "ablation.json", json.dumps(summary, indent=1) + "\n")
-    write_manifest(out, "ablate", ["ablation.png", "ablation.safetensors", "ablation.json"], model=args.model,
-                   data=args.data, layer=args.layer, seed=args.seed)
+    save_result(result, out, "ablate", ["ablation.png", "ablation.json"], model=args.model, data=args.data,
+                layer=args.layer, seed=args.seed)
     print(f"{args.layer}: baseline accuracy {result.baseline:.1%}; curves written to {out.resolve()}")
 
 

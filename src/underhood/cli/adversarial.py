@@ -1,8 +1,9 @@
 """Commands of the adversarial family: ``attack`` and ``robustness`` (``train --adversarial`` is in
 :mod:`underhood.cli.models`).
 
-Each writes one figure, the raw tensors as safetensors, a JSON summary and a ``manifest.json``
-under ``--out``.
+Each writes one figure, a JSON summary and, through the result's ``save()``, ``result.safetensors``
+and ``manifest.json`` under ``--out``. Which attacks take a budget, a target or a norm is read from
+the family's registry (:mod:`underhood.adversarial.registry`), never from their names.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-from collections.abc import Callable
+import math
+from typing import TYPE_CHECKING
 
 from ..core.errors import InputError
 from .common import (
@@ -23,7 +25,11 @@ from .common import (
     parse_classes,
     positive,
     save_images,
+    save_result,
 )
+
+if TYPE_CHECKING:
+    from ..adversarial.registry import Attack
 
 EXAMPLES = {
     "attack": "underhood attack star.png --model shapes --method pgd --eps 8/255      # the three-panel figure\n"
@@ -35,7 +41,10 @@ EXAMPLES = {
                   "  underhood robustness --model shapes --attack deepfool    # minimal norms: the whole curve",
 }
 
+# The registry's names, for --help and the choices (importing the registry would load torch); a test checks that
+# they equal names(per_image=True) and names(sweepable=True).
 PER_IMAGE = ("gradient_ascent", "fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs", "one_pixel")
+SWEEPABLE = ("fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs")
 
 
 def _eps(value: str | None, norm: str, name: str = "--eps") -> float | None:
@@ -86,44 +95,55 @@ def _per_image(value: str | None, model, n: int, option: str, what: str) -> list
     return ids * n if len(ids) == 1 else ids
 
 
-def _options(fn: Callable, args: argparse.Namespace) -> dict:
-    """The command-line options the attack function takes."""
-    names = inspect.signature(fn).parameters
-    wanted = {"steps": args.steps, "norm": args.norm, "restarts": getattr(args, "restarts", None),
+def _options(attack: Attack, args: argparse.Namespace) -> dict:
+    """The command-line options the attack takes: those its function accepts, and ``--norm`` when it has a choice
+    of norms."""
+    accepted = inspect.signature(attack.fn).parameters
+    wanted = {"steps": args.steps, "restarts": getattr(args, "restarts", None),
               "pixels": getattr(args, "pixels", None), "iterations": args.steps}  # one_pixel's generations
-    return {k: v for k, v in wanted.items() if v is not None and k in names}
+    options = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+    if args.norm is not None and attack.norm_option:
+        options["norm"] = args.norm
+    return options
+
+
+def _or(names: tuple[str, ...]) -> str:
+    """``"a, b or c"``."""
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def cmd_attack(args: argparse.Namespace) -> None:
     import torch
 
-    from ..adversarial import MINIMAL, get
+    from ..adversarial.registry import entry, names
     from ..core.device import model_device
     from ..core.errors import lookup
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..core.io import write_text
     from ..viz import save_figure
     from ..viz.adversarial import attack_figure
 
-    if args.method not in PER_IMAGE:
-        lookup(args.method, dict.fromkeys(PER_IMAGE), "--method", "per-image attack")
-    fn = get(args.method)
+    lookup(args.method, dict.fromkeys(names(per_image=True)), "--method", "per-image attack")  # one-line error
+    e = entry(args.method)
     if args.steps is not None:
         positive("--steps", args.steps)
-    norm = args.norm or "linf"
-    if args.method in MINIMAL + ("gradient_ascent", "one_pixel") and args.eps is not None:
-        why = "it finds minimal perturbations" if args.method in MINIMAL else "its steps or pixels limit it"
+    norm = args.norm or e.default_norm
+    if args.norm is not None and e.norms is not None and args.norm not in e.norms:
+        works = f"works in the {' or '.join(e.norms)} norm only" if e.norms else "bounds no norm"
+        choices = _or(names(per_image=True, norm_option=True))
+        raise InputError(f"--norm: {args.method} {works}; drop --norm or use {choices}")
+    if not e.budget and args.eps is not None:
+        why = "it finds minimal perturbations" if e.minimal else "its steps or pixels limit it"
         raise InputError(f"--eps: {args.method} takes no budget ({why}); drop --eps")
     model = model_from(args)
     images = load_images(args.images, model, args.size, need_size=True).to(model_device(model))
     classes = class_names(model)
     labels = _per_image(args.label, model, len(images), "--label", "labels")
     target = _per_image(args.target, model, len(images), "--target", "targets")
-    if target is not None:
-        if "target" not in inspect.signature(fn).parameters:
-            raise InputError(f"--target: {args.method} is untargeted; drop --target or use fgsm, pgd, cw, lbfgs, "
-                             "gradient_ascent or one_pixel")
-    options = _options(fn, args)
-    if args.method not in MINIMAL + ("gradient_ascent", "one_pixel"):
+    if target is not None and not e.targeted:
+        raise InputError(f"--target: {args.method} is untargeted; drop --target or use "
+                         f"{_or(names(per_image=True, targeted=True))}")
+    options = _options(e, args)
+    if e.budget:
         options["eps"] = _eps(args.eps or "8/255", norm)
     if target is not None:
         options["target"] = target
@@ -136,7 +156,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
                 what = "true class (--label)" if labels is not None else "model's prediction"
                 raise InputError(f"--target: {_name(classes, t)!r} is already the {what} for {path}; a targeted "
                                  "attack needs another class")
-    result = fn(model, images, labels, seed=args.seed, **options)
+    result = e.fn(model, images, labels, seed=args.seed, **options)
     out = out_dir(args, "attack")
     files = save_images(out, result.adversarial, "adversarial")
     budget = f", ε = {options['eps'] * 255:.3g}/255" if "eps" in options and norm == "linf" else (
@@ -144,12 +164,6 @@ def cmd_attack(args: argparse.Namespace) -> None:
     title = f"{args.method}{budget}: {int(result.success.sum())} of {len(result)} fooled"
     save_figure(attack_figure(images, result, classes=classes or None, clean_probs=clean_probs,
                               max_rows=len(images), title=title), out / "attack.png", dpi=120)
-    tensors = {"inputs": images, "adversarial": result.adversarial, "perturbation": result.perturbation,
-               "labels": result.labels, "predicted": result.predicted, "confidence": result.confidence,
-               "success": result.success}
-    if result.history is not None:
-        tensors["history"] = result.history
-    write_tensors(out / "attack.safetensors", tensors, {"method": args.method})
     rows = []
     for i, path in enumerate(args.images):
         rows.append({"image": str(path), "label": _name(classes, int(result.labels[i])),
@@ -159,10 +173,10 @@ def cmd_attack(args: argparse.Namespace) -> None:
     summary = {**result.scalars(), "images": rows,
                "info": {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}}
     write_text(out / "attack.json", json.dumps(summary, indent=2) + "\n")
-    write_manifest(out, "attack", ["attack.png", "attack.safetensors", "attack.json", *files], model=args.model,
-                   method=args.method, images=[str(p) for p in args.images], seed=args.seed,
-                   **{k: v for k, v in options.items() if k != "target"},
-                   target=None if target is None else [_name(classes, t) for t in target])
+    save_result(result, out, "attack", ["attack.png", "attack.json", *files], model=args.model, method=args.method,
+                images=[str(p) for p in args.images], seed=args.seed,
+                **{k: v for k, v in options.items() if k != "target"},
+                target=None if target is None else [_name(classes, t) for t in target])
     for row in rows:
         print(f"{row['image']}: {row['label']} -> {row['predicted']} ({row['confidence']:.0%})"
               f"{'  fooled' if row['success'] else '  not fooled'}, L-inf {row['linf'] * 255:.1f}/255, "
@@ -175,8 +189,10 @@ def _name(classes: list[str], k: int) -> str:
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
-    from ..adversarial import MINIMAL, robustness_curve
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..adversarial import robustness_curve
+    from ..adversarial.registry import entry
+    from ..core.io import write_text
+    from ..core.results import Collection
     from ..models.loading import load_model
     from ..viz import save_figure
     from ..viz.adversarial import norms_figure, robustness_figure
@@ -184,8 +200,9 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     positive("--n", args.n)
     if args.steps is not None:
         positive("--steps", args.steps)
-    minimal = args.attack in MINIMAL
-    norm = args.norm or ("l2" if minimal else "linf")
+    attack = entry(args.attack)
+    minimal = attack.minimal
+    norm = args.norm or attack.default_norm
     grid = None if args.eps is None and minimal else eps_grid(args.eps or "0:16/255:9", norm)
     specs = [s.strip() for s in args.model.split(",") if s.strip()]
     if not specs:
@@ -194,17 +211,14 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     first = next(iter(models.values()))
     data = dataset_from(args, first)
     data = data[:args.n] if len(data) > args.n else data
-    curves = {}
-    for spec, model in models.items():
-        options = {"steps": args.steps} if args.steps is not None and args.attack != "noise" else {}
-        if args.attack in ("fgsm", "pgd", "noise", "deepfool") or args.norm:
-            options["norm"] = norm
-        curves[spec] = robustness_curve(model, data, args.attack, grid, seed=args.seed,
-                                        progress=not args.no_progress, **options)
+    takes_steps = "steps" in inspect.signature(attack.fn).parameters  # noise has none
+    options = {"steps": args.steps} if args.steps is not None and takes_steps else {}
+    curves = {spec: robustness_curve(model, data, attack, grid, norm=norm, seed=args.seed,
+                                     progress=not args.no_progress, **options) for spec, model in models.items()}
     out = out_dir(args, "robustness")
     classes = len(class_names(first)) or None
     title = f"{args.attack} on {len(data)} images"
-    files = ["robustness.png", "robustness.json", "robustness.safetensors"]
+    files = ["robustness.png", "robustness.json"]
     save_figure(robustness_figure(curves, title=title, chance=1 / classes if classes else None),
                 out / "robustness.png", dpi=120)
     if minimal:
@@ -213,21 +227,18 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         files.append("norms.png")
     summary = {spec: {"attack": c.attack, "norm": c.norm, "clean_accuracy": c.clean_accuracy,
                       "eps": c.eps.tolist(), "accuracy": c.accuracy.tolist(),
-                      **({"median_norm": float(c.norms[c.norms > 0].median())} if c.norms is not None and
-                         bool((c.norms > 0).any()) else {})}
+                      **({} if math.isnan(c.median_norm()) else {"median_norm": c.median_norm()})}
                for spec, c in curves.items()}
     write_text(out / "robustness.json", json.dumps(summary, indent=2) + "\n")
-    write_tensors(out / "robustness.safetensors",
-                  {f"{spec}/{key}": getattr(c, key) for spec, c in curves.items() for key in ("eps", "accuracy")
-                   if getattr(c, key) is not None}, {"attack": args.attack})
-    write_manifest(out, "robustness", files, model=args.model, attack=args.attack, norm=norm, n=len(data),
-                   data=args.data, seed=args.seed, eps=grid)
+    result = Collection(curves)  # keyed by model spec, one model or several: load() gives one type
+    save_result(result, out, "robustness", files, model=args.model, attack=args.attack, norm=norm, n=len(data),
+                data=args.data, seed=args.seed, eps=grid)
     scale, unit = (255, "/255") if norm == "linf" else (1, "")
     for spec, c in curves.items():
         if grid is not None:
             points = ", ".join(f"{e * scale:.3g}{unit}: {a:.1%}" for e, a in zip(c.eps.tolist(), c.accuracy.tolist()))
         else:
-            points = f"median minimal {norm} {summary[spec].get('median_norm', float('nan')):.3f}"
+            points = f"median minimal {norm} {c.median_norm():.3f}"
         print(f"{spec}: clean {c.clean_accuracy:.1%}; {points}")
     print(f"written to {out.resolve()}")
 
@@ -251,7 +262,7 @@ def register(add: Add) -> None:
     p = add("robustness", cmd_robustness, "accuracy under attack against the budget (robustness curve)",
             model=False)
     p.add_argument("--model", default="shapes", help="model spec, or several comma-separated (one curve each)")
-    p.add_argument("--attack", default="pgd", choices=["pgd", "fgsm", "noise", "deepfool", "cw", "lbfgs"])
+    p.add_argument("--attack", default="pgd", choices=SWEEPABLE)
     p.add_argument("--eps", help="budgets: start:stop:count or a list (default 0:16/255:9; minimal-norm attacks "
                                  "default to every sample's norm)")
     p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budgets (default linf; l2 for minimal ones)")

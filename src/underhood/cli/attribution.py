@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..core.errors import InputError
-from .common import Add, load_images, model_from, out_dir, parse_names, parse_target
+from .common import Add, load_images, model_from, out_dir, parse_names, parse_target, save_result
 
 EXAMPLES = {
     "explain": "underhood explain star.png --model shapes --methods gradcam,smoothgrad,occlusion --target auto\n"
@@ -17,7 +17,8 @@ EXAMPLES = {
 
 
 def method_names() -> list[str]:
-    """The attribution methods' names, for ``--help`` (importing :mod:`underhood.attribution` would load torch)."""
+    """The attribution methods' names, for ``--help`` (importing :mod:`underhood.attribution` would load torch;
+    a test checks that this list is the registry's, in its order)."""
     return ["saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deconvnet", "guided_backprop",
             "cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam", "occlusion", "lime"]
 
@@ -35,12 +36,12 @@ def _methods(value: str) -> list[str]:
 
 def cmd_explain(args: argparse.Namespace) -> None:
     import torch
-    from safetensors.torch import save_file
 
     from ..attribution import explain
     from ..attribution.evaluate import method_options
+    from ..attribution.registry import info
     from ..core.device import model_device
-    from ..core.io import atomic_path, write_manifest
+    from ..core.io import write_manifest, write_tensors
     from ..viz import attribution_figure, save_figure
 
     methods = _methods(args.methods)
@@ -50,7 +51,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     opts = method_options(model, methods, full=True, size=tuple(images.shape[-2:]))
     if args.layer:
         for m in methods:
-            if "cam" in m:
+            if info(m).layer:
                 opts[m]["layer"] = args.layer
     device = model_device(model)
     maps = explain(model, images.to(device), methods, target=target, **opts)
@@ -62,10 +63,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
     out = out_dir(args, "explain")
     save_figure(attribution_figure(images, {k: v.cpu() for k, v in maps.items()}, row_titles=titles),
                 out / "explain.png", dpi=130)
-    with atomic_path(out / "maps.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in maps.items()}, str(tmp),
-                  metadata={"images": json.dumps([str(p) for p in args.images]), "targets": json.dumps(
-                      shown.tolist()), "methods": json.dumps(methods)})
+    write_tensors(out / "maps.safetensors", maps, {"images": [str(p) for p in args.images],
+                                                   "targets": shown.tolist(), "methods": methods})
     write_manifest(out, "explain", ["explain.png", "maps.safetensors"], model=args.model, methods=methods,
                    images=[str(p) for p in args.images], target=args.target, options=opts)
     for path, title in zip(args.images, titles):
@@ -75,7 +74,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ..attribution.evaluate import COLUMNS, applicable_methods, evaluate, reference_models
-    from ..core.io import write_manifest, write_text
+    from ..core.io import write_text
     from ..data import test_set
     from ..viz import curves_figure, metric_table_figure, save_figure
 
@@ -100,7 +99,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     save_figure(curves_figure(ev.curves, title=f"Faithfulness: {args.model}, {args.n} images"),
                 out / "curves.png", dpi=130)
     files = ["evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png", "curves.png"]
-    write_manifest(out, "evaluate", files, model=args.model, n=args.n, steps=args.steps, full=args.full)
+    save_result(ev, out, "evaluate", files, model=args.model, n=args.n, steps=args.steps, full=args.full)
     print(f"table and figure written to {out.resolve()}")
 
 

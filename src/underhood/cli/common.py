@@ -218,6 +218,14 @@ def save_images(out: Path, images: torch.Tensor, prefix: str) -> list[str]:
     return files
 
 
+def save_result(result, out: Path, command: str, files: Iterable[str] = (), **info: Any) -> Path:
+    """Save a family's result into ``out`` through its ``save()``: every tensor into ``result.safetensors``
+    and the rest into the versioned ``manifest.json``, which also records the ``command``, the other
+    ``files`` it wrote beside the result (figures, tables, images) and ``info`` (the model spec, the
+    options); both written atomically. ``underhood.core.results.load(out)`` rebuilds the result."""
+    return result.save(out, command=command, files=sorted(files), **info)
+
+
 # ----------------------------------------------------------------------------- sharded jobs
 
 

@@ -1,7 +1,8 @@
 """Commands of the synthesis family: ``render``, ``dream``, ``invert``, ``caricature``, ``style``.
 
-Each writes its images as PNG files plus one figure, the raw tensors as safetensors and a
-``manifest.json`` under ``--out``.
+Each writes its images as PNG files plus one figure and, under ``--out``, the result through its
+``save()`` (``result.safetensors`` and ``manifest.json``; ``dream`` and ``caricature``, which return
+plain tensors, write ``<command>.safetensors`` and a ``manifest.json``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .common import (
     parse_names,
     positive,
     save_images,
+    save_result,
 )
 
 EXAMPLES = {
@@ -52,7 +54,7 @@ def _layer(model, name: str) -> str:
 
 def _default_layer(model) -> str:
     """The middle stage: mid-level features, the classic choice for dreams and caricatures."""
-    from ..activations.maps import stages
+    from ..core.layers import stages
 
     names = stages(model)
     if not names:
@@ -64,9 +66,8 @@ def cmd_render(args: argparse.Namespace) -> None:
     import torch
 
     from ..core.device import model_device
-    from ..core.io import write_manifest, write_tensors
+    from ..synthesis import RenderResult, render
     from ..synthesis import objectives as O
-    from ..synthesis import render
     from ..viz import save_figure
     from ..viz.synthesis import class_images_figure, gallery_figure, trace_figure
 
@@ -101,13 +102,13 @@ def cmd_render(args: argparse.Namespace) -> None:
         for j, o in enumerate(objs):
             obj = o + args.diversity * O.diversity(div_layer) if div_layer else o
             parts.append(render(model, obj, n=args.facets, seed=args.seed + j, **common))
-        images = torch.cat([r.images for r in parts])
-        trace = torch.cat([r.trace for r in parts], 1)
-        start, final = torch.cat([r.start for r in parts]), torch.cat([r.final for r in parts])
+        result = RenderResult(torch.cat([r.images for r in parts]), torch.cat([r.trace for r in parts], 1),
+                              torch.cat([r.start for r in parts]), torch.cat([r.final for r in parts]),
+                              {**parts[0].info, "seed": args.seed, "objective": what, "facets": args.facets})
         titles = [f"{t} #{f}" for t in titles for f in range(args.facets)]
     else:
-        r = render(model, objs, seed=args.seed, **common)
-        images, trace, start, final = r.images, r.trace, r.start, r.final
+        result = render(model, objs, seed=args.seed, **common)
+    images, trace, start, final = result.images, result.trace, result.start, result.final
     out = out_dir(args, "render")
     files = save_images(out, images, "class" if args.cls is not None else "unit")
     ncols = min(8, len(images)) if args.facets == 1 else args.facets
@@ -126,14 +127,13 @@ def cmd_render(args: argparse.Namespace) -> None:
     save_figure(fig, out / "render.png", dpi=130)
     save_figure(trace_figure(trace, labels=titles, title="objective during optimisation"), out / "trace.png",
                 dpi=110)
-    tensors = {"images": images, "trace": trace, "start": start, "final": final}
+    result.info["titles"] = titles
     if probs is not None:
-        tensors["probabilities"] = probs
-    write_tensors(out / "render.safetensors", tensors, {"titles": titles})
-    write_manifest(out, "render", ["render.png", "trace.png", "render.safetensors", *files], model=args.model,
-                   layer=args.layer, classes=args.cls, ids=ids, objective=what, param=args.param, steps=args.steps,
-                   lr=args.lr, seed=args.seed, transforms=args.transforms, priors=str(priors), facets=args.facets,
-                   diversity=args.diversity if args.facets > 1 else None)
+        result.info["probabilities"] = probs  # saved with the images, in result.safetensors
+    save_result(result, out, "render", ["render.png", "trace.png", *files], model=args.model, layer=args.layer,
+                classes=args.cls, ids=ids, objective=what, param=args.param, steps=args.steps, lr=args.lr,
+                seed=args.seed, transforms=args.transforms, priors=str(priors), facets=args.facets,
+                diversity=args.diversity if args.facets > 1 else None)
     rise = (final - start).mean().item()
     print(f"{len(images)} images rendered ({what}); objective rose by {rise:.3g} on average from the random start; "
           f"written to {out.resolve()}")
@@ -170,7 +170,8 @@ def cmd_dream(args: argparse.Namespace) -> None:
 
 def cmd_invert(args: argparse.Namespace) -> None:
     from ..core.device import model_device
-    from ..core.io import write_manifest, write_tensors, write_text
+    from ..core.io import write_text
+    from ..core.results import Collection
     from ..synthesis import invert
     from ..viz import save_figure
     from ..viz.synthesis import inversion_figure
@@ -181,7 +182,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
     if args.layer:
         layers = [_layer(model, n.strip()) for n in args.layer.split(",") if n.strip()]
     else:
-        from ..activations.maps import stages
+        from ..core.layers import stages
 
         layers = stages(model)
     if not layers:
@@ -200,17 +201,14 @@ def cmd_invert(args: argparse.Namespace) -> None:
         files.append(name)
     for inv in results:
         files += save_images(out, inv.images.flatten(0, 1), f"{inv.layer}")
-    write_tensors(out / "invert.safetensors",
-                  {f"{inv.layer}.{k}": getattr(inv, k) for inv in results
-                   for k in ("images", "distance_start", "distance_end", "psnr")} | {"original": images},
-                  {"layers": layers})
     summary = {inv.layer: {"psnr_db": inv.psnr.mean().item(),
                            "feature_distance_reduction": (1 - inv.distance_end / inv.distance_start).mean().item()}
                for inv in results}
     write_text(out / "invert.json", json.dumps(summary, indent=1) + "\n")
-    write_manifest(out, "invert", [*files, "invert.safetensors", "invert.json"], model=args.model, layers=layers,
-                   images=[str(p) for p in args.images], seeds=args.seeds, steps=args.steps, lr=args.lr,
-                   tv=args.tv, alpha=args.alpha, param=args.param, priors=str(priors) if priors else None)
+    save_result(Collection({inv.layer: inv for inv in results}), out, "invert", [*files, "invert.json"],
+                model=args.model, layers=layers, images=[str(p) for p in args.images], seeds=args.seeds,
+                steps=args.steps, lr=args.lr, tv=args.tv, alpha=args.alpha, param=args.param,
+                priors=str(priors) if priors else None)
     for layer, s in summary.items():
         print(f"{layer}: feature distance reduced by {s['feature_distance_reduction']:.1%}, "
               f"PSNR to the original {s['psnr_db']:.1f} dB")
@@ -244,7 +242,6 @@ def cmd_caricature(args: argparse.Namespace) -> None:
 
 def cmd_style(args: argparse.Namespace) -> None:
     from ..core.device import model_device
-    from ..core.io import write_manifest, write_tensors
     from ..synthesis import style_transfer
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure, trace_figure
@@ -265,12 +262,10 @@ def cmd_style(args: argparse.Namespace) -> None:
     save_figure(pairs_figure([(content[0], style[0], result.image[0])], ["content", "style", "result"], cell=2.6),
                 out / "style.png", dpi=120)
     save_figure(trace_figure(result.trace["total"], title="total loss", ylabel="loss"), out / "trace.png", dpi=110)
-    write_tensors(out / "style.safetensors", {"image": result.image, **{f"trace.{k}": v for k, v in
-                                                                          result.trace.items()}}, result.layers)
-    write_manifest(out, "style", ["style.png", "trace.png", "style.safetensors", *files], model=args.model,
-                   content=str(args.content), style=str(args.style), layers=result.layers, steps=args.steps,
-                   content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
-                   optimizer=args.optimizer, init=args.init, seed=args.seed)
+    save_result(result, out, "style", ["style.png", "trace.png", *files], model=args.model,
+                content=str(args.content), style=str(args.style), layers=result.layers, steps=args.steps,
+                content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
+                optimizer=args.optimizer, init=args.init, seed=args.seed)
     print(f"stylised with content layers {', '.join(result.layers['content'])} and style layers "
           f"{', '.join(result.layers['style'])}; written to {out.resolve()}")
 

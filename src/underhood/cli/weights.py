@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Add, model_from, out_dir
+from .common import Add, model_from, out_dir, save_result
 
 EXAMPLES = {
     "filters": "underhood filters --model shapes                 # first-layer kernels as RGB images\n"
@@ -34,9 +34,6 @@ def cmd_filters(args: argparse.Namespace) -> None:
 
 
 def cmd_toy2d(args: argparse.Namespace) -> None:
-    import torch
-
-    from ..core.io import write_manifest, write_tensors
     from ..viz import save_figure
     from ..weights import toy2d, toy2d_gif, toy2d_strip
 
@@ -45,15 +42,8 @@ def cmd_toy2d(args: argparse.Namespace) -> None:
     out = out_dir(args, "toy2d")
     save_figure(toy2d_strip(result, k=args.frames), out / "toy2d.png", dpi=120)
     toy2d_gif(result, out / "toy2d.gif")
-    snaps = result.snapshots
-    write_tensors(out / "toy2d.safetensors", {
-        "x": result.x, "y": result.y, "steps": torch.tensor([s.step for s in snaps]),
-        "weight": torch.stack([s.weight for s in snaps]), "bias": torch.stack([s.bias for s in snaps]),
-        "out_weight": torch.stack([s.out_weight for s in snaps]), "out_bias": torch.stack([s.out_bias for s in snaps]),
-        "loss": torch.tensor([s.loss for s in snaps]), "accuracy": torch.tensor([s.accuracy for s in snaps])},
-        {"data": args.data, "hidden": args.hidden})
-    write_manifest(out, "toy2d", ["toy2d.png", "toy2d.gif", "toy2d.safetensors"], data=args.data,
-                   hidden=args.hidden, steps=args.steps, seed=args.seed, final_accuracy=result.final_accuracy)
+    save_result(result, out, "toy2d", ["toy2d.png", "toy2d.gif"], data=args.data, hidden=args.hidden,
+                steps=args.steps, seed=args.seed, final_accuracy=result.final_accuracy)
     print(f"{args.data}: {args.hidden} hidden units, training accuracy {result.final_accuracy:.1%} after "
           f"{args.steps} steps; strip and GIF written to {out.resolve()}")
 
