@@ -13,7 +13,7 @@ import underhood
 from underhood.core.errors import InputError, ModelError
 from underhood.data import splits
 from underhood.data.shapes import recolour_markers
-from underhood.models import BUILTIN, Normalized, training
+from underhood.models import BUILTIN, Normalized
 from underhood.models.architectures import LeNet
 from underhood.models.training import (
     RANDOM_LABELS,

@@ -20,6 +20,7 @@ _LAZY = {
     "load_model": ("underhood.models.loading", "load_model"),
     "list_models": ("underhood.models.loading", "list_models"),
     "load_image": ("underhood.data.images", "load_image"),
+    "load_result": ("underhood.core.results", "load"),
     "ImageSet": ("underhood.data.imageset", "ImageSet"),
     "Unit": ("underhood.core.targets", "Unit"),
     "layers": ("underhood.core.layers", "layers"),
