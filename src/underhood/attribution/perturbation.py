@@ -11,6 +11,7 @@ many copies there are. Both return ``[N, 1, H, W]`` maps, signed, without normal
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -359,6 +360,12 @@ def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n
     n, c, h, w = x.shape
     seg, ks = _relabel(_user_segments(segments, x) if segments is not None
                        else superpixels(x, n_segments, compactness))
+    single = [i for i, k in enumerate(ks) if k < 2]
+    if single:  # one superpixel: the surrogate has nothing to compare, the map is all zero
+        fix = ("give segments with several labels" if segments is not None else
+               f"raise n_segments (now {n_segments}) or compactness (now {compactness:g})")
+        warnings.warn(f"lime: image {single[0]} segments into a single superpixel, so its map is all zero; {fix}",
+                      UserWarning, stacklevel=2)
     z = torch.zeros(n, n_samples, max(ks), dtype=torch.bool, device=x.device)
     for i, k in enumerate(ks):
         z[i, :, :k] = _sample_z(k, n_samples, seed, x.device)

@@ -17,6 +17,7 @@ from .device import model_device
 from .errors import InputError
 from .hooks import StopForward, capture, hooked
 from .names import inner, resolve
+from .outputs import logits_of
 from .state import evaluating, preserved
 
 CANDIDATES = (1, 4, 16, 64, 256)
@@ -169,7 +170,7 @@ def logits(model: nn.Module, inputs: torch.Tensor, batch_size: int, *,
     """
     device = model_device(model)
     with evaluating(model):
-        outs = [model(x if transform is None else transform(x)).float()
+        outs = [logits_of(model(x if transform is None else transform(x))).float()
                 for x in (inputs[s].to(device) for s in batches(len(inputs), batch_size))]
     return torch.cat(outs) if outs else torch.empty(0, device=device)
 

@@ -53,10 +53,28 @@ def parse_eps(value: float | int | str, name: str = "eps") -> float:
     return float(value)
 
 
+PIXEL_TOLERANCE = 1e-4  # float round-off (a resize, an undone normalisation) beyond [0, 1] that is clamped
+
+
 def pixels(x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
-    """``x`` if every value is finite and inside ``[0, 1]`` (float round-off of 1e-6 is clamped)."""
-    lo, hi = float(x.min()), float(x.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -1e-6 or hi > 1 + 1e-6:
-        raise InputError(f"{name}: pixel values must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
-                         "give un-normalised pixels (the model applies its own normalisation)")
-    return x.clamp(0, 1)
+    """``x`` if every value is finite and inside ``[0, 1]``: the one pixel check of every entry point.
+
+    One ``aminmax`` pass over ``x`` (NaN and infinities show in its result; they are counted only to
+    word the error). Values up to :data:`PIXEL_TOLERANCE` outside ``[0, 1]`` are float round-off and
+    clamped; anything else is a one-line :class:`InputError` that names the fix.
+    """
+    if x.numel() == 0:
+        return x
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad = int((~torch.isfinite(x.detach())).sum())
+        raise InputError(f"{name}: {bad} pixel value{'s are' if bad != 1 else ' is'} NaN or infinite; give finite "
+                         "pixels in [0, 1] (look for a division by zero or an empty image in the preprocessing)")
+    if hi > 1 + PIXEL_TOLERANCE:
+        fix = "divide by 255" if hi > 2 else "clamp them (inputs.clamp(0, 1))"
+        raise InputError(f"{name}: pixel values must lie in [0, 1], got values up to {hi:.4g}; {fix}: underhood "
+                         "takes [0, 1] pixels, the model's normalisation is part of the model")
+    if lo < -PIXEL_TOLERANCE:
+        raise InputError(f"{name}: pixel values must lie in [0, 1], got values down to {lo:.4g}; give un-normalised "
+                         "pixels (undo the mean/std normalisation): the model's normalisation is part of the model")
+    return x.clamp(0, 1) if lo < 0 or hi > 1 else x

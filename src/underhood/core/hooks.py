@@ -8,7 +8,9 @@ and ``requires_grad`` flags of every parameter are restored too (:mod:`underhood
 - :func:`capture`: record named layers' outputs (and gradients);
 - :func:`graph_from`: start the autograd graph at a layer;
 - :func:`differentiable`: layer outputs inside an optimisation loop, stopping the forward early;
-- :func:`trace`: one forward pass recording the order, call counts and outputs of every layer.
+- :func:`trace`: one forward pass recording the order, call counts and outputs of every layer;
+- :func:`preserved` / :func:`frozen` / :func:`evaluating`: the model left as it was found (flags
+  restored), and its output read as logits for the block (:mod:`underhood.core.outputs`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,61 @@ from torch import nn
 
 from .errors import InputError, LayerError
 from .names import first_tensor, named_layers, resolve
-from .state import frozen, preserved
+from .outputs import logits_of
 
 __all__ = ["hooked", "capture", "Capture", "graph_from", "differentiable", "trace", "Trace", "StopForward",
-           "preserved", "frozen"]
+           "preserved", "frozen", "evaluating"]
 
 ForwardHook = Callable[[nn.Module, tuple, object], object]
 PreHook = Callable[[nn.Module, tuple], object]
+
+
+def _logits_hook(module: nn.Module, args: tuple, output: object) -> torch.Tensor | None:
+    """The root's output as logits (a tensor is left alone): see :mod:`underhood.core.outputs`."""
+    return None if isinstance(output, torch.Tensor) else logits_of(output)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module) -> Iterator[nn.Module]:
+    """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit.
+
+    For the block, a model whose ``forward`` returns a tuple, list, dict or an object with
+    ``.logits`` gives its logits instead (a forward hook on the root, removed on exit; see
+    :func:`underhood.core.outputs.logits_of`), so every family reads ``[N, classes]`` tensors.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    handle = None if isinstance(model, torch.jit.ScriptModule) else model.register_forward_hook(_logits_hook)
+    try:
+        yield model
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad in flags:
+            p.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after
+    (inside :func:`preserved`). For methods that differentiate w.r.t. inputs or activations only:
+    attribution, synthesis, attacks. Eval mode fixes BatchNorm statistics and turns dropout off,
+    so the function studied is the deployed one."""
+    with preserved(model):
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield model
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the block (parameters keep their ``requires_grad``); restored after."""
+    with preserved(model):
+        model.eval()
+        yield model
 
 
 def _module(model: nn.Module, key: str | nn.Module) -> nn.Module:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .outputs import logits_of
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,15 @@ def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
         idx = torch.full((n,), target, dtype=torch.long, device=logits.device)
     else:
         try:
-            idx = torch.as_tensor(target, dtype=torch.long).to(logits.device).flatten()
-        except (TypeError, ValueError) as exc:
+            idx = torch.as_tensor(target).to(logits.device).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
             raise InputError(f"target: expected None, an int, one int per sample, a Unit or a callable; "
                              f"got {type(target).__name__}") from exc
+        if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            got = repr(target) if isinstance(target, (float, complex)) else f"{type(target).__name__} of {idx.dtype}"
+            raise InputError(f"target: a class target must be an int class index (or one int per sample), "
+                             f"got {got}; give e.g. target=2")
+        idx = idx.long().expand(n) if torch.as_tensor(target).ndim == 0 else idx.long()  # a numpy / 0-d int
         if idx.numel() != n:
             raise InputError(f"target: {idx.numel()} targets for a batch of {n}; give one per sample or one int")
     if ((idx < 0) | (idx >= k)).any():
@@ -110,11 +116,11 @@ def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
         from .hooks import capture
 
         with capture(model, target.layer, detach=False) as cap:
-            outputs = model(inputs)
+            outputs = logits_of(model(inputs))
         if target.layer not in cap.live:
             raise InputError(f"target: layer {target.layer!r} did not run in forward; pick a layer that does")
         return target.score(cap.live[target.layer]), outputs
-    outputs = model(inputs)
+    outputs = logits_of(model(inputs))
     if callable(target) and not isinstance(target, torch.Tensor):
         s = target(outputs)
         if not isinstance(s, torch.Tensor) or s.shape != (inputs.shape[0],):

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.device import resolve_device
-from ..core.errors import ModelError
+from ..core.errors import InputError, ModelError
+from ..core.outputs import Output, check_output
 from .architectures import ARCHITECTURES
 from .normalized import Normalized
 
@@ -56,7 +60,26 @@ def _from_safetensors(path: Path) -> Normalized:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError, ValueError) as exc:
         raise ModelError(f"spec: cannot read {str(path)!r} as underhood safetensors weights ({exc})") from exc
-    return _build(meta, tensors, path)
+    if not meta.get("arch"):
+        keys = ", ".join(list(tensors)[:3]) + (", ..." if len(tensors) > 3 else "")
+        raise ModelError(f"spec: {str(path)!r} holds {len(tensors)} tensors ({keys}) but no underhood metadata naming "
+                         "their architecture (files written by `underhood train` have it); build the network, load "
+                         "them with net.load_state_dict(safetensors.torch.load_file(path)) and pass load_model(net), "
+                         "or give 'package.module:factory'")
+    return _build(meta, tensors, repr(str(path)))
+
+
+def _mismatch(net: nn.Module, state: dict) -> str:
+    """What differs between a state dict and a network's: missing, unexpected and mis-shaped keys."""
+    own = net.state_dict()
+    parts = []
+    for label, keys in (("missing", [k for k in own if k not in state]),
+                        ("unexpected", [k for k in state if k not in own]),
+                        ("of another shape", [k for k in own if k in state and tuple(own[k].shape)
+                                              != tuple(getattr(state[k], "shape", ()))])):
+        if keys:
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    return "; ".join(parts) or "the tensors do not load"
 
 
 def _build(meta: dict, state: dict, source: object) -> Normalized:
@@ -71,8 +94,9 @@ def _build(meta: dict, state: dict, source: object) -> Normalized:
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"spec: weights in {source} do not fit architecture {arch!r} "
-                         f"({str(exc).splitlines()[0]})") from exc
+        raise ModelError(f"spec: the weights in {source} do not fit architecture {arch!r}: {_mismatch(net, state)}; "
+                         "save them from that architecture, or load your own network with load_model(net) or "
+                         "'package.module:factory'") from exc
     mean = meta.get("mean") or [0.0] * channels
     std = meta.get("std") or [1.0] * channels
     info = {k: v for k, v in meta.items() if k not in ("classes", "input_size", "mean", "std")}
@@ -111,10 +135,23 @@ def _wrap(module: nn.Module, source: str) -> nn.Module:
                       getattr(module, "input_size", None), {"source": source})
 
 
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _is_image(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def _from_file(path: Path, trust: bool) -> nn.Module:
     if not path.is_file():
         raise ModelError(f"spec: no built-in model and no file named {str(path)!r}; "
                          f"built-ins are {', '.join(BUILTIN)}")
+    if _is_image(path):
+        raise ModelError(f"spec: {str(path)!r} is an image, not a model weights file; give the model as a built-in "
+                         f"name ({', '.join(BUILTIN)}), a weights file or 'package.module:factory', and the image "
+                         "as the input (underhood.load_image)")
     if path.suffix == ".safetensors":
         return _from_safetensors(path)
     if _is_torchscript(path):
@@ -125,12 +162,13 @@ def _from_file(path: Path, trust: bool) -> nn.Module:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... here
-        if not trust and "weights_only" in str(exc):
+        if not trust and "Unsupported global" in str(exc):
             raise ModelError(f"spec: {str(path)!r} holds pickled Python objects, which can run arbitrary "
                              "code when loaded; save a state_dict with an 'arch' key or TorchScript instead, "
                              "or pass trust=True (CLI: --trust) if you trust the file") from exc
-        raise ModelError(f"spec: cannot load {str(path)!r} as a PyTorch checkpoint ({str(exc).splitlines()[0]})") \
-            from exc
+        why = "" if "weights_only" in str(exc) else f" ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})"
+        raise ModelError(f"spec: cannot load {str(path)!r}: it is not a PyTorch checkpoint, TorchScript or "
+                         f".safetensors file{why}") from exc
     if isinstance(obj, nn.Module):
         return _wrap(obj, str(path))
     if isinstance(obj, dict) and "arch" in obj:
@@ -193,7 +231,9 @@ def _from_timm(name: str) -> nn.Module:
 
 
 def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device = "auto",
-               trust: bool = False) -> nn.Module:
+               trust: bool = False, output: Output = None, classes: Sequence[str] | None = None,
+               input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> nn.Module:
     """Load a model that takes ``[0, 1]`` pixels, in eval mode, carrying ``classes``.
 
     Args:
@@ -204,6 +244,18 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
             ``nn.Module`` (wrapped with identity normalisation).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
         trust: allow unpickling arbitrary Python objects from a checkpoint (only for files you trust).
+        output: which tensor of the model's output is the logits, for a ``forward`` that returns a
+            tuple, list, dict or an object with ``.logits``: ``None`` (default: the ``"logits"`` key,
+            else the ``.logits`` attribute, else the first tensor), an int index (``output=1``), a str
+            key or attribute name (``output="aux"``) or a callable ``output -> Tensor``. The model
+            returned gives that tensor (see :mod:`underhood.core.outputs`).
+        classes: class names, one per logit (default: the model's own ``classes``, else ``"0"``, ``"1"``, ...).
+        input_size: ``(C, H, W)`` the network was trained on (default: the model's ``input_size``, else
+            any size).
+        mean, std: the per-channel normalisation the network expects on ``[0, 1]`` pixels (e.g. ImageNet's
+            ``(0.485, 0.456, 0.406)`` / ``(0.229, 0.224, 0.225)``); it becomes part of the model, so every
+            method still takes ``[0, 1]`` pixels. Given for a module or file that already carries one,
+            these replace it.
 
     Example:
         >>> model = load_model("shapes")                    # doctest: +SKIP
@@ -211,11 +263,55 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
         ['circle', 'square', 'triangle']
     """
     dev = resolve_device(device)
+    output = check_output(output)
+    given = _conventions(classes, input_size, mean, std)
     if isinstance(spec, nn.Module):
-        return _finish(_wrap(spec, type(spec).__name__), dev)
+        return _finish(_with_output(_wrap(spec, type(spec).__name__), output, given), dev)
     # building a network initialises its weights from the global generator: the caller's state is restored
     with torch.random.fork_rng(devices=[]):
-        return _finish(_load(spec, trust), dev)
+        return _finish(_with_output(_load(spec, trust), output, given), dev)
+
+
+def _conventions(classes: object, input_size: object, mean: object, std: object) -> dict[str, Any]:
+    """The conventions a caller gives :func:`load_model`, checked (only those given)."""
+    given: dict[str, Any] = {}
+    if classes is not None:
+        if isinstance(classes, str) or not all(isinstance(c, str) for c in classes) or not len(classes):
+            raise InputError(f"classes: expected a non-empty list of class names (str), got {classes!r}")
+        given["classes"] = list(classes)
+    if input_size is not None:
+        size = tuple(input_size) if isinstance(input_size, (list, tuple)) else ()
+        if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise InputError(f"input_size: expected (C, H, W) as three positive ints, got {input_size!r}")
+        given["input_size"] = size
+    for name, value in (("mean", mean), ("std", std)):
+        if value is None:
+            continue
+        values = [float(v) for v in value] if isinstance(value, (list, tuple)) else []
+        if not values or not all(math.isfinite(v) for v in values) or (name == "std" and min(values) <= 0):
+            raise InputError(f"{name}: expected one {'positive ' if name == 'std' else ''}number per channel, "
+                             f"e.g. (0.485, 0.456, 0.406), got {value!r}")
+        given[name] = values
+    return given
+
+
+def _with_output(model: nn.Module, output: Output, given: dict[str, Any] | None = None) -> nn.Module:
+    """``model`` reading ``output`` as its logits, with the conventions in ``given`` (classes, input_size,
+    mean, std) replacing its own: a new wrapper sharing the network (the caller's is kept)."""
+    given = given or {}
+    if output is None and not given:
+        return model
+    if not isinstance(model, Normalized):  # TorchScript wrapped by _wrap is a Normalized too; this is a safeguard
+        model = _wrap(model, type(model).__name__)
+    mean = given.get("mean", model.mean.flatten().tolist())
+    std = given.get("std", model.std.flatten().tolist())
+    if len(mean) != len(std):
+        raise InputError(f"mean, std: expected one value per channel in both, got {len(mean)} and {len(std)}")
+    size = given.get("input_size", model.input_size)
+    if size is not None and size[0] != len(mean) and len(mean) > 1:
+        raise InputError(f"mean: the model takes {size[0]} channels, got {len(mean)} values")
+    return Normalized(model.net, mean, std, given.get("classes", model.classes), size, model.meta,
+                      output if output is not None else getattr(model, "output", None))
 
 
 def _load(spec: object, trust: bool) -> nn.Module:
