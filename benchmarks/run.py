@@ -6,6 +6,7 @@ the figure is pessimistic).
 
     python benchmarks/run.py            # all
     python benchmarks/run.py data imports
+    python benchmarks/run.py demo          # underhood demo --timings: seconds per section (benchmarks/demo.py)
     python benchmarks/run.py attribution   # methods vs raw passes (benchmarks/attribution.py; minutes)
     python benchmarks/run.py activations   # dataset scans vs raw forward (benchmarks/activations.py)
     python benchmarks/run.py embed         # t-SNE vs scikit-learn at 5,000 and 20,000 points
@@ -108,13 +109,9 @@ def bench_imports() -> None:
 
 
 def bench_demo() -> None:
-    import tempfile
+    from demo import bench_demo as run
 
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "underhood", "demo", "--no-progress", "--out", out], check=True,
-                       stdout=subprocess.DEVNULL)
-        report("underhood demo (whole job)", f"{time.perf_counter() - t0:6.1f} s (target < 60 s)", 1.0)
+    run(report)  # the per-section table too, kept in benchmarks/demo-timings.json
 
 
 def main(argv: list[str]) -> None:

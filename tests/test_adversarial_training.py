@@ -147,4 +147,4 @@ def test_train_command_rejects_a_bad_radius(capsys):
     assert main(["train", "--data", "digits", "--arch", "digits", "--adversarial", "pgd", "--adversarial-eps", "3",
                  "--no-progress"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "adversarial_eps" in err[0]
+    assert len(err) == 1 and "adversarial-eps" in err[0]

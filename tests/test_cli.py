@@ -84,14 +84,20 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, argv, pattern):
 
 
 def test_debug_shows_traceback(tmp_path):
-    proc = run("predict", str(tmp_path / "missing.png"), "--debug")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")  # fails while the command runs, not in the parser
+    proc = run("predict", str(tmp_path / "bad.png"), "--debug", "--out", str(tmp_path / "out"))
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_demo_writes_a_self_contained_report(tmp_path):
-    proc = run("demo", "--out", str(tmp_path), "--n", "16", "--no-progress")
+    proc = run("demo", "--out", str(tmp_path), "--n", "16", "--no-progress", "--timings")
     assert proc.returncode == 0, proc.stderr
     assert "report written to" in proc.stdout
+    timings = json.loads((tmp_path / "timings.json").read_text())  # one row per section, printed as a table too
+    html_ids = re.findall(r'<section[^>]* id="([^"]+)"', (tmp_path / "report.html").read_text())
+    assert {r["id"] for r in timings["sections"]} >= set(html_ids) - {""} and len(timings["sections"]) >= 10
+    assert all(r["id"] in proc.stdout for r in timings["sections"]) and "whole command" in proc.stdout
+    assert not [p for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}.")]
     html = (tmp_path / "report.html").read_text()
     for anchor in ("model", "predictions", "filters", "feature-maps", "attribution", "attribution-trust",
                    "adversarial-examples", "adversarial-iterations", "adversarial-robustness", "adversarial-universal",

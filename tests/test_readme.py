@@ -86,8 +86,9 @@ def test_every_marker_sits_just_before_a_python_fence():
     for i, line in enumerate(lines):
         if "readme-test" in line:
             assert MARKER.fullmatch(line.strip()), f"README.md:{i + 1}: malformed marker {line!r}"
-            assert i + 1 < len(lines) and lines[i + 1].strip() == "```python", \
-                f"README.md:{i + 1}: a readme-test marker must be on the line just before a ```python fence"
+            # ```bash fences: their commands run in tests/test_readme_commands.py
+            assert i + 1 < len(lines) and lines[i + 1].strip() in ("```python", "```bash"), \
+                f"README.md:{i + 1}: a readme-test marker must be on the line just before a ```python or ```bash fence"
             if MARKER.fullmatch(line.strip()).group(1) == "skip":
                 assert MARKER.fullmatch(line.strip()).group(2), f"README.md:{i + 1}: a skip needs a reason"
 

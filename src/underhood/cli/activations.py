@@ -14,28 +14,29 @@ from ..core.errors import InputError
 from .common import (
     Add,
     dataset_from,
+    final_dir,
     load_images,
     model_from,
     out_dir,
-    parse_channels,
     parse_names,
-    positive,
     resolved_device,
     run_shards,
     save_result,
     sharded_job,
 )
+from .options import channels, count, data_spec, image_file, natural, parse_channels, positive_float
+from .options import names as name_list
 
 EXAMPLES = {
-    "activations": "underhood activations star.png --model shapes --layers features.2,features.9 --k 8\n"
-                   "  underhood activations star.png --random --k 16",
+    "activations": "underhood activations samples/star.png --model shapes --layers features.2,features.9 --k 8\n"
+                   "  underhood activations samples/photo.png --random --k 16   # images: underhood samples",
     "statistics": "underhood statistics --model shapes --data shapes:4096 --layer features.16\n"
                   "  torchrun --nproc-per-node 2 -m underhood statistics --data my_images/ --layer layer4",
     "dissect": "underhood dissect --model shapes --data shapes:4096 --layer features.16 --channels 0:16\n"
                "  torchrun --nproc-per-node 4 -m underhood dissect --model resnet.pt --data imgs/ --layer layer3",
     "embed": "underhood embed --model digits --data digits --layers input,conv1,conv2,fc2 --method tsne\n"
              "  torchrun --nproc-per-node 2 -m underhood embed --data shapes:20000 --method pca",
-    "neighbors": "underhood neighbors star.png --model shapes --data shapes:2000 --layer pool --k 6",
+    "neighbors": "underhood neighbors samples/star.png --model shapes --data shapes:2000 --layer pool --k 6",
     "ablate": "underhood ablate --model shapes --data shapes:1000 --layer features.16",
 }
 
@@ -47,7 +48,6 @@ def cmd_activations(args: argparse.Namespace) -> None:
     from ..core.layers import stages
     from ..viz import feature_maps_figure, save_figure
 
-    positive("--k", args.k)
     model = model_from(args)
     images = load_images(args.images, model)
     names = parse_names(args.layers) if args.layers else stages(model)
@@ -64,7 +64,7 @@ def cmd_activations(args: argparse.Namespace) -> None:
                   {"images": [str(p) for p in args.images]})
     write_manifest(out, "activations", [*files, "maps.safetensors"], model=args.model, layers=names,
                    images=[str(p) for p in args.images], k=args.k, random=args.random)
-    print(f"feature maps of {len(names)} layers written to {out.resolve()}")
+    print(f"feature maps of {len(names)} layers written to {final_dir(args, 'activations').resolve()}")
 
 
 def cmd_statistics(args: argparse.Namespace) -> None:
@@ -74,7 +74,6 @@ def cmd_statistics(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.units import statistics_figure
 
-    positive("--bins", args.bins)
     with session(resolved_device(args)) as world:
         model = model_from(args)
         data = dataset_from(args, model)
@@ -107,7 +106,7 @@ def cmd_statistics(args: argparse.Namespace) -> None:
     save_result(st, out, "statistics", ["statistics.png", "statistics.csv"], model=args.model, data=args.data,
                 layer=args.layer, n=st.n, processes=world.size, shards=len(job.slices), resumed_shards=job.resumed)
     print(f"{args.layer}: {len(st.mean)} channels over {st.n} images, {int(st.dead.sum())} dead, mean share "
-          f"active {float(st.active.mean()):.1%}; written to {out.resolve()}")
+          f"active {float(st.active.mean()):.1%}; written to {final_dir(args, 'statistics').resolve()}")
 
 
 def cmd_dissect(args: argparse.Namespace) -> None:
@@ -116,7 +115,6 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.units import top_patches_figure
 
-    positive("--k", args.k)
     channels = parse_channels(args.channels)
     pattern = None if args.pattern == "none" else args.pattern
     with session(resolved_device(args)) as world:
@@ -151,7 +149,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
                 channels=channels, pattern=pattern, n=result.n, field=result.field, processes=world.size,
                 shards=len(job.slices), resumed_shards=job.resumed)
     print(f"{args.layer}: top-{args.k} images of {len(result.channels)} channels over {result.n} images "
-          f"(receptive field {result.field or 'global'}); written to {out.resolve()}")
+          f"(receptive field {result.field or 'global'}); written to {final_dir(args, 'dissect').resolve()}")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -192,7 +190,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
         s = scores[n]
         knn = f"2-D kNN accuracy {s['knn_accuracy']:.1%}" if s["knn_accuracy"] is not None else ""
         print(f"{n}: {tuple(feats[n].shape)} features; {knn}, trustworthiness {s['trustworthiness']:.3f}")
-    print(f"embeddings written to {out.resolve()}")
+    print(f"embeddings written to {final_dir(args, 'embed').resolve()}")
 
 
 def cmd_neighbors(args: argparse.Namespace) -> None:
@@ -201,7 +199,6 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.embedding import neighbors_figure
 
-    positive("--k", args.k)
     model = model_from(args)
     query = load_images(args.images, model)
     data = dataset_from(args, model)
@@ -217,7 +214,8 @@ def cmd_neighbors(args: argparse.Namespace) -> None:
                                                   indent=1) + "\n")
     save_result(result, out, "neighbors", ["neighbors.png", "neighbors.json"], model=args.model, data=args.data,
                 layer=args.layer, k=args.k, metric=args.metric, images=[str(p) for p in args.images])
-    print(f"{args.k} nearest neighbours in pixel space and at {args.layer}; written to {out.resolve()}")
+    print(f"{args.k} nearest neighbours in pixel space and at {args.layer}; written to "
+          f"{final_dir(args, 'neighbors').resolve()}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -240,7 +238,8 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     write_text(out / "ablation.json", json.dumps(summary, indent=1) + "\n")
     save_result(result, out, "ablate", ["ablation.png", "ablation.json"], model=args.model, data=args.data,
                 layer=args.layer, seed=args.seed)
-    print(f"{args.layer}: baseline accuracy {result.baseline:.1%}; curves written to {out.resolve()}")
+    print(f"{args.layer}: baseline accuracy {result.baseline:.1%}; curves written to "
+          f"{final_dir(args, 'ablate').resolve()}")
 
 
 def register(add: Add) -> None:
@@ -248,55 +247,56 @@ def register(add: Add) -> None:
 
     def data_options(p: argparse.ArgumentParser, sharded: bool = False) -> None:
         p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
-        p.add_argument("--data", help="shapes[:N], shapes-spurious[:p], digits[:split] or an image folder "
-                                      "(default: the model's held-out set)")
-        p.add_argument("--batch-size", type=int, help="images per forward pass (default: measured)")
+        p.add_argument("--data", type=data_spec, help="shapes[:N], shapes-spurious[:p], digits[:split] or an image "
+                                                      "folder (default: the model's held-out set)")
+        p.add_argument("--batch-size", type=count(), help="images per forward pass (default: measured)")
         p.add_argument("--no-progress", action="store_true")
         if sharded:
-            p.add_argument("--shard-size", type=int, default=1024,
+            p.add_argument("--shard-size", type=count(), default=1024,
                            help="images per shard: the unit of work of each process and of resuming (default 1024)")
             p.add_argument("--fresh", action="store_true", help="discard finished shards of an earlier run in --out")
 
     p = add("activations", cmd_activations, "feature maps of image files at each stage")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", type=image_file, help="image files")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--layers", help="comma-separated layers (default: one per stage)")
-    p.add_argument("--k", type=int, default=8, help="channels per layer (default 8)")
+    p.add_argument("--layers", type=name_list, help="comma-separated layers (default: one per stage)")
+    p.add_argument("--k", type=count(), default=8, help="channels per layer (default 8)")
     p.add_argument("--random", action="store_true", help="k random channels instead of the k most active")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=natural(), default=0)
 
     p = add("statistics", cmd_statistics, "per-channel activation statistics of a layer over a dataset")
     data_options(p, sharded=True)
     p.add_argument("--layer", required=True)
-    p.add_argument("--bins", type=int, default=30)
+    p.add_argument("--bins", type=count(high=100_000), default=30)
 
     p = add("dissect", cmd_dissect, "the top-k images and receptive-field patches of every channel of a layer")
     data_options(p, sharded=True)
     p.add_argument("--layer", required=True)
-    p.add_argument("--k", type=int, default=9, help="images per channel (default 9)")
-    p.add_argument("--channels", help="channels to scan, A:B or a list (default: all)")
+    p.add_argument("--k", type=count(), default=9, help="images per channel (default 9)")
+    p.add_argument("--channels", type=channels, help="channels to scan, A:B or a list (default: all)")
     p.add_argument("--pattern", default="guided", choices=["guided", "deconvnet", "gradient", "none"],
                    help="the pattern drawn beside each patch (default guided backprop)")
-    p.add_argument("--show", type=int, default=16, help="channels drawn in the figure (default 16)")
+    p.add_argument("--show", type=count(), default=16, help="channels drawn in the figure (default 16)")
 
     p = add("embed", cmd_embed, "2-D embeddings (t-SNE, PCA, UMAP) of a dataset at several layers")
     data_options(p, sharded=True)
-    p.add_argument("--layers", help="comma-separated layers, 'input' for pixels (default: input, early, middle, last)")
+    p.add_argument("--layers", type=name_list,
+                   help="comma-separated layers, 'input' for pixels (default: input, early, middle, last)")
     p.add_argument("--method", default="tsne", choices=["tsne", "pca", "umap"])
     p.add_argument("--pool", default="avg", choices=["avg", "max", "flatten"], help="how maps become vectors")
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--thumbnails", type=int, default=0, help="image thumbnails drawn on each panel")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--perplexity", type=positive_float(), default=30.0)
+    p.add_argument("--thumbnails", type=natural(), default=0, help="image thumbnails drawn on each panel")
+    p.add_argument("--seed", type=natural(), default=0)
 
     p = add("neighbors", cmd_neighbors, "nearest dataset images in pixel space and in feature space")
-    p.add_argument("images", nargs="+", help="query image files")
+    p.add_argument("images", nargs="+", type=image_file, help="query image files")
     data_options(p)
     p.add_argument("--layer", required=True)
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=count(), default=5)
     p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
 
     p = add("ablate", cmd_ablate, "accuracy as a layer's units are zeroed, and their class selectivity")
     data_options(p)
     p.add_argument("--layer", required=True)
-    p.add_argument("--channels", help="units to ablate, A:B or a list (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=channels, help="units to ablate, A:B or a list (default: all)")
+    p.add_argument("--seed", type=natural(), default=0)

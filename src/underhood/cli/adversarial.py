@@ -19,23 +19,27 @@ from .common import (
     Add,
     class_names,
     dataset_from,
+    final_dir,
     load_images,
     model_from,
     out_dir,
     parse_classes,
-    positive,
     save_images,
     save_result,
 )
+from .options import budget, budgets, count, data_spec, eps_grid, eps_value, image_file, natural, one_of, size
 
 if TYPE_CHECKING:
     from ..adversarial.registry import Attack
 
+__all__ = ["EXAMPLES", "PER_IMAGE", "SWEEPABLE", "eps_grid", "register"]
+
 EXAMPLES = {
-    "attack": "underhood attack star.png --model shapes --method pgd --eps 8/255      # the three-panel figure\n"
-              "  underhood attack star.png --method fgsm --eps 4/255 --target circle\n"
-              "  underhood attack a.png b.png --method cw          # minimal perturbations: no --eps\n"
-              "  underhood attack star.png --method one_pixel --pixels 3   # black-box",
+    "attack": "underhood attack samples/star.png --model shapes --method pgd --eps 8/255   # the three-panel figure\n"
+              "  underhood attack samples/star.png --method fgsm --eps 4/255 --target circle\n"
+              "  underhood attack samples/star.png samples/ring.png --method cw   # minimal perturbations: no --eps\n"
+              "  underhood attack samples/star.png --method one_pixel --pixels 3   # black-box\n"
+              "  (images: underhood samples --out samples)",
     "robustness": "underhood robustness --model shapes --attack pgd --eps 0:16/255:9\n"
                   "  underhood robustness --model shapes,shapes-robust --eps 0:16/255:9 --n 500\n"
                   "  underhood robustness --model shapes --attack deepfool    # minimal norms: the whole curve",
@@ -45,44 +49,6 @@ EXAMPLES = {
 # they equal names(per_image=True) and names(sweepable=True).
 PER_IMAGE = ("gradient_ascent", "fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs", "one_pixel")
 SWEEPABLE = ("fgsm", "pgd", "noise", "deepfool", "cw", "lbfgs")
-
-
-def _eps(value: str | None, norm: str, name: str = "--eps") -> float | None:
-    from ..core.checks import parse_eps
-
-    if value is None:
-        return None
-    eps = parse_eps(value, name)
-    if norm == "linf" and eps > 1:
-        raise InputError(f"{name}: {value!r} is above 1, the whole pixel range; L-inf budgets are fractions of it, "
-                         "e.g. 8/255")
-    return eps
-
-
-def eps_grid(value: str, norm: str = "linf") -> list[float]:
-    """``"0:16/255:9"`` (start:stop:count, evenly spaced) or ``"0,2/255,8/255"`` -> budgets."""
-    try:
-        if ":" in value:
-            parts = value.split(":")
-            if len(parts) != 3:
-                raise ValueError
-            start, stop = (_eps(p, norm) for p in parts[:2])
-            count = int(parts[2])
-            if count < 2 or stop <= start:
-                raise ValueError
-            return [start + (stop - start) * i / (count - 1) for i in range(count)]
-        grid = [_eps(v.strip(), norm) for v in value.split(",") if v.strip()]
-    except InputError as exc:
-        if "above 1" in str(exc):
-            raise
-        raise InputError(f"--eps: expected start:stop:count (e.g. 0:16/255:9) or a list (e.g. 0,4/255,8/255), "
-                         f"got {value!r}") from None
-    except (ValueError, TypeError):
-        raise InputError(f"--eps: expected start:stop:count (e.g. 0:16/255:9) or a list (e.g. 0,4/255,8/255), "
-                         f"got {value!r}") from None
-    if not grid:
-        raise InputError("--eps: give at least one budget, e.g. 0:16/255:9")
-    return grid
 
 
 def _per_image(value: str | None, model, n: int, option: str, what: str) -> list[int] | None:
@@ -112,20 +78,11 @@ def _or(names: tuple[str, ...]) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
 
 
-def cmd_attack(args: argparse.Namespace) -> None:
-    import torch
-
+def check_attack(args: argparse.Namespace) -> None:
+    """Before any work: the options the attack takes (a budget, a norm, a target) and the budget's ceiling."""
     from ..adversarial.registry import entry, names
-    from ..core.device import model_device
-    from ..core.errors import lookup
-    from ..core.io import write_text
-    from ..viz import save_figure
-    from ..viz.adversarial import attack_figure
 
-    lookup(args.method, dict.fromkeys(names(per_image=True)), "--method", "per-image attack")  # one-line error
     e = entry(args.method)
-    if args.steps is not None:
-        positive("--steps", args.steps)
     norm = args.norm or e.default_norm
     if args.norm is not None and e.norms is not None and args.norm not in e.norms:
         works = f"works in the {' or '.join(e.norms)} norm only" if e.norms else "bounds no norm"
@@ -134,17 +91,32 @@ def cmd_attack(args: argparse.Namespace) -> None:
     if not e.budget and args.eps is not None:
         why = "it finds minimal perturbations" if e.minimal else "its steps or pixels limit it"
         raise InputError(f"--eps: {args.method} takes no budget ({why}); drop --eps")
+    if args.target is not None and not e.targeted:
+        raise InputError(f"--target: {args.method} is untargeted; drop --target or use "
+                         f"{_or(names(per_image=True, targeted=True))}")
+    if e.budget:
+        eps_value(args.eps or "8/255", norm)
+
+
+def cmd_attack(args: argparse.Namespace) -> None:
+    import torch
+
+    from ..adversarial.registry import entry
+    from ..core.device import model_device
+    from ..core.io import write_text
+    from ..viz import save_figure
+    from ..viz.adversarial import attack_figure
+
+    e = entry(args.method)
+    norm = args.norm or e.default_norm
     model = model_from(args)
     images = load_images(args.images, model, args.size, need_size=True).to(model_device(model))
     classes = class_names(model)
     labels = _per_image(args.label, model, len(images), "--label", "labels")
     target = _per_image(args.target, model, len(images), "--target", "targets")
-    if target is not None and not e.targeted:
-        raise InputError(f"--target: {args.method} is untargeted; drop --target or use "
-                         f"{_or(names(per_image=True, targeted=True))}")
     options = _options(e, args)
     if e.budget:
-        options["eps"] = _eps(args.eps or "8/255", norm)
+        options["eps"] = eps_value(args.eps or "8/255", norm)
     if target is not None:
         options["target"] = target
     with torch.no_grad():
@@ -181,11 +153,22 @@ def cmd_attack(args: argparse.Namespace) -> None:
         print(f"{row['image']}: {row['label']} -> {row['predicted']} ({row['confidence']:.0%})"
               f"{'  fooled' if row['success'] else '  not fooled'}, L-inf {row['linf'] * 255:.1f}/255, "
               f"L2 {row['l2']:.3f}")
-    print(f"{title}; written to {out.resolve()}")
+    print(f"{title}; written to {final_dir(args, 'attack').resolve()}")
 
 
 def _name(classes: list[str], k: int) -> str:
     return classes[k] if 0 <= k < len(classes) else str(k)
+
+
+def check_robustness(args: argparse.Namespace) -> None:
+    """Before any work: the models named, and the budgets within the norm's ceiling."""
+    from ..adversarial.registry import entry
+
+    if not [s for s in args.model.split(",") if s.strip()]:
+        raise InputError("--model: name at least one model, e.g. --model shapes,shapes-robust")
+    attack = entry(args.attack)
+    if args.eps is not None or not attack.minimal:
+        eps_grid(args.eps or "0:16/255:9", args.norm or attack.default_norm)
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
@@ -197,9 +180,6 @@ def cmd_robustness(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.adversarial import norms_figure, robustness_figure
 
-    positive("--n", args.n)
-    if args.steps is not None:
-        positive("--steps", args.steps)
     attack = entry(args.attack)
     minimal = attack.minimal
     norm = args.norm or attack.default_norm
@@ -209,8 +189,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         raise InputError("--model: name at least one model, e.g. --model shapes,shapes-robust")
     models = {spec: load_model(spec, device=args.device, trust=args.trust) for spec in specs}
     first = next(iter(models.values()))
-    data = dataset_from(args, first)
-    data = data[:args.n] if len(data) > args.n else data
+    data = dataset_from(args, first, n=args.n)  # only the images used are made
     takes_steps = "steps" in inspect.signature(attack.fn).parameters  # noise has none
     options = {"steps": args.steps} if args.steps is not None and takes_steps else {}
     curves = {spec: robustness_curve(model, data, attack, grid, norm=norm, seed=args.seed,
@@ -240,35 +219,38 @@ def cmd_robustness(args: argparse.Namespace) -> None:
         else:
             points = f"median minimal {norm} {c.median_norm():.3f}"
         print(f"{spec}: clean {c.clean_accuracy:.1%}; {points}")
-    print(f"written to {out.resolve()}")
+    print(f"written to {final_dir(args, 'robustness').resolve()}")
 
 
 def register(add: Add) -> None:
     """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
-    p = add("attack", cmd_attack, "adversarial examples for images: original, perturbation, adversarial")
-    p.add_argument("images", nargs="+", help="image files")
+    p = add("attack", cmd_attack, "adversarial examples for images: original, perturbation, adversarial",
+            check=check_attack)
+    p.add_argument("images", nargs="+", type=image_file, help="image files")
     p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
-    p.add_argument("--method", default="pgd", help=f"attack: {', '.join(PER_IMAGE)} (default pgd)")
-    p.add_argument("--eps", help="budget for fgsm, pgd and noise, e.g. 8/255 (default; L-inf) or 0.5 with --norm l2")
+    p.add_argument("--method", default="pgd", type=one_of(PER_IMAGE, "per-image attack", single=True),
+                   help=f"attack: {', '.join(PER_IMAGE)} (default pgd)")
+    p.add_argument("--eps", type=budget,
+                   help="budget for fgsm, pgd and noise, e.g. 8/255 (default; L-inf) or 0.5 with --norm l2")
     p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budget (default linf)")
-    p.add_argument("--steps", type=int, help="iterations, or one_pixel's generations (default: the attack's own)")
-    p.add_argument("--restarts", type=int, help="PGD random restarts")
-    p.add_argument("--pixels", type=int, help="pixels one_pixel may change (default 1)")
+    p.add_argument("--steps", type=count(), help="iterations, or one_pixel's generations (default: the attack's own)")
+    p.add_argument("--restarts", type=count(), help="PGD random restarts")
+    p.add_argument("--pixels", type=count(), help="pixels one_pixel may change (default 1)")
     p.add_argument("--target", help="target class (index or name) for a targeted attack")
     p.add_argument("--label", help="true class (index or name; one, or one per image); default: the prediction")
-    p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=size(), help="image side in pixels (default: the model's input size)")
+    p.add_argument("--seed", type=natural(), default=0)
 
     p = add("robustness", cmd_robustness, "accuracy under attack against the budget (robustness curve)",
-            model=False)
+            model=False, check=check_robustness)
     p.add_argument("--model", default="shapes", help="model spec, or several comma-separated (one curve each)")
     p.add_argument("--attack", default="pgd", choices=SWEEPABLE)
-    p.add_argument("--eps", help="budgets: start:stop:count or a list (default 0:16/255:9; minimal-norm attacks "
-                                 "default to every sample's norm)")
+    p.add_argument("--eps", type=budgets, help="budgets: start:stop:count or a list (default 0:16/255:9; "
+                                               "minimal-norm attacks default to every sample's norm)")
     p.add_argument("--norm", choices=["linf", "l2"], help="norm of the budgets (default linf; l2 for minimal ones)")
-    p.add_argument("--data", help="data spec (default: the model's held-out images)")
-    p.add_argument("--n", type=int, default=256, help="images (default 256)")
-    p.add_argument("--steps", type=int, help="attack iterations (default: the attack's own)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", type=data_spec, help="data spec (default: the model's held-out images)")
+    p.add_argument("--n", type=count(), default=256, help="images (default 256)")
+    p.add_argument("--steps", type=count(), help="attack iterations (default: the attack's own)")
+    p.add_argument("--seed", type=natural(), default=0)
     p.add_argument("--trust", action="store_true", help="allow pickled checkpoints (runs their code)")
     p.add_argument("--no-progress", action="store_true")

@@ -6,11 +6,14 @@ import argparse
 import json
 
 from ..core.errors import InputError
-from .common import Add, load_images, model_from, out_dir, parse_names, parse_target, save_result
+from .common import Add, final_dir, load_images, model_from, out_dir, parse_names, parse_target, save_result
+from .options import count, image_file, natural, one_of
 
 EXAMPLES = {
-    "explain": "underhood explain star.png --model shapes --methods gradcam,smoothgrad,occlusion --target auto\n"
-               "  underhood explain a.png b.png --methods guided_backprop,gradcam --layer features.10 --target star",
+    "explain": "underhood explain samples/star.png --model shapes --methods gradcam,smoothgrad,occlusion "
+               "--target auto\n"
+               "  underhood explain samples/photo.png samples/cross.png --methods guided_backprop,gradcam "
+               "--layer features.10 --target star   # images: underhood samples",
     "evaluate": "underhood evaluate                    # every method x metric on the built-in model\n"
                 "  underhood evaluate --methods saliency,gradcam --n 32 --full",
 }
@@ -24,13 +27,9 @@ def method_names() -> list[str]:
 
 
 def _methods(value: str) -> list[str]:
-    from ..attribution import get
-
-    names = parse_names(value)
+    names = parse_names(value)  # checked by the parser (options.one_of) against method_names()
     if not names:
         raise InputError("--methods: name at least one method, e.g. --methods gradcam,smoothgrad")
-    for name in names:
-        get(name)  # unknown names fail here, before any work
     return names
 
 
@@ -69,7 +68,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
                    images=[str(p) for p in args.images], target=args.target, options=opts)
     for path, title in zip(args.images, titles):
         print(f"{path}: explained {title}")
-    print(f"figure and maps written to {out.resolve()}")
+    print(f"figure and maps written to {final_dir(args, 'explain').resolve()}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -85,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if dataset not in ("shapes", "digits"):
         raise InputError(f"--model: evaluate needs a model trained on 'shapes' or 'digits' (ground truth comes "
                          f"from them); {args.model!r} was trained on {dataset!r}")
-    ev = evaluate(model, test_set(dataset), methods, n=args.n, steps=args.steps, full=args.full,
+    ev = evaluate(model, test_set(dataset, n=args.n), methods, n=args.n, steps=args.steps, full=args.full,
                   seed=args.seed, progress=not args.no_progress, **reference_models(model, n=args.n))
     print(ev.table())
     out = out_dir(args, "evaluate")
@@ -100,24 +99,26 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 out / "curves.png", dpi=130)
     files = ["evaluation.txt", "evaluation.json", "evaluation.csv", "evaluation.png", "curves.png"]
     save_result(ev, out, "evaluate", files, model=args.model, n=args.n, steps=args.steps, full=args.full)
-    print(f"table and figure written to {out.resolve()}")
+    print(f"table and figure written to {final_dir(args, 'evaluate').resolve()}")
 
 
 def register(add: Add) -> None:
     """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
+    methods = one_of(method_names(), "method")
     p = add("explain", cmd_explain, "attribution maps of image files: which pixels made the decision")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", type=image_file, help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--methods", default="saliency,smoothgrad,guided_backprop,gradcam,occlusion",
+    p.add_argument("--methods", default="saliency,smoothgrad,guided_backprop,gradcam,occlusion", type=methods,
                    help="comma-separated methods: " + ", ".join(method_names()))
     p.add_argument("--target", default="auto", help="auto (the predicted class), a class index or a class name")
     p.add_argument("--layer", help="layer of the CAM methods (default: the layer CAM uses, else the last conv)")
 
     p = add("evaluate", cmd_evaluate, "which attribution maps to trust: a method x metric table")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--methods", help="comma-separated methods (default: every method that applies to the model)")
-    p.add_argument("--n", type=int, default=16, help="held-out images (default 16)")
-    p.add_argument("--steps", type=int, default=20, help="deletion / insertion steps (default 20)")
+    p.add_argument("--methods", type=methods,
+                   help="comma-separated methods (default: every method that applies to the model)")
+    p.add_argument("--n", type=count(), default=16, help="held-out images (default 16)")
+    p.add_argument("--steps", type=count(), default=20, help="deletion / insertion steps (default 20)")
     p.add_argument("--full", action="store_true", help="the methods' full settings (slower)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=natural(), default=0)
     p.add_argument("--no-progress", action="store_true")

@@ -8,6 +8,7 @@ fast; the helpers import what they need when a command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,17 +19,26 @@ if TYPE_CHECKING:
     import torch
 
 Add = Callable[..., argparse.ArgumentParser]
-"""The ``add(name, fn, help, model=True)`` a family's ``register`` receives: returns the command's parser."""
+"""The ``add(name, fn, help, model=True, output="dir", check=None)`` a family's ``register`` receives: returns
+the command's parser."""
+
+KEEP = ("shards",)
+"""Entries of an output folder that survive a rerun: the resume state of sharded jobs (see :func:`sharded_job`)."""
 
 
 # ----------------------------------------------------------------------------- options and the parser
 
 
-def standard_options(p: argparse.ArgumentParser, name: str, model: bool = True) -> None:
-    """``--out``, ``--debug``, ``--device`` and, for commands that load a model, ``--trust``."""
-    p.add_argument("--out", help=f"output folder (default ./underhood-out/{name})")
+def standard_options(p: argparse.ArgumentParser, name: str, model: bool = True, output: str | None = "dir") -> None:
+    """``--out`` (for commands that write), ``--debug``, ``--device`` and, for commands that load a model,
+    ``--trust``."""
+    from .options import device
+
+    if output == "dir":
+        p.add_argument("--out", help=f"output folder (default ./underhood-out/{name}); replaced as a whole when "
+                                     "the command succeeds, untouched when it fails or is interrupted")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--device", default="auto", type=device, help="auto (CUDA when present), cpu or cuda[:N]")
     if model:
         p.add_argument("--trust", action="store_true",
                        help="allow loading pickled Python objects from a checkpoint you trust")
@@ -46,14 +56,25 @@ class Commands:
         self.examples = examples
         self.parsers: dict[str, tuple[argparse.ArgumentParser, str]] = {}
 
-    def add(self, name: str, fn: Callable[[argparse.Namespace], None], help: str,
-            model: bool = True) -> argparse.ArgumentParser:
-        """A new command ``name`` running ``fn(args)``, with the standard options; returns its parser."""
+    def add(self, name: str, fn: Callable[[argparse.Namespace], None], help: str, model: bool = True,
+            output: str | None = "dir", check: Callable[[argparse.Namespace], None] | None = None
+            ) -> argparse.ArgumentParser:
+        """A new command ``name`` running ``fn(args)``, with the standard options; returns its parser.
+
+        ``output``: ``"dir"`` (``--out`` is a folder, written atomically: ``fn`` writes into
+        :func:`out_dir`), ``"file"`` (the command declares its own ``--out`` file and writes it
+        atomically) or ``None`` (writes nothing). ``check(args)`` runs after parsing and before any
+        work: the cross-option checks the option types cannot make (one-line ``InputError``).
+        """
+        from .options import Parser
+
         if name in self.parsers:
             raise ValueError(f"command {name!r} is registered twice")
-        p = argparse.ArgumentParser(add_help=False)
-        p.set_defaults(fn=fn)
-        standard_options(p, name, model)
+        if output not in ("dir", "file", None):
+            raise ValueError(f"output: 'dir', 'file' or None, got {output!r}")
+        p = Parser(add_help=False)
+        p.set_defaults(fn=fn, check=check, output=output)
+        standard_options(p, name, model, output)
         self.parsers[name] = (p, help)
         return p
 
@@ -70,30 +91,6 @@ class Commands:
 
 
 # ----------------------------------------------------------------------------- option values
-
-
-def positive(name: str, value: int) -> int:
-    """``value`` if it is at least 1; else a one-line error naming the option ``name``."""
-    from ..core.checks import positive_int
-
-    return positive_int(name, value)
-
-
-def parse_channels(value: str | None, option: str = "--channels") -> list[int] | None:
-    """``"0:16"``, ``"3,5,9"`` or ``None`` (all)."""
-    if not value:
-        return None
-    try:
-        if ":" in value:
-            a, _, b = value.partition(":")
-            ids = list(range(int(a or 0), int(b)))
-        else:
-            ids = [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{option}: expected A:B or a comma-separated list of ids, got {value!r}") from None
-    if not ids or min(ids) < 0:
-        raise InputError(f"{option}: {value!r} names no valid channel; e.g. 0:16")
-    return ids
 
 
 def parse_names(value: str | None) -> list[str] | None:
@@ -145,9 +142,17 @@ def parse_classes(value: str, model, option: str = "--class") -> list[int]:
 # ----------------------------------------------------------------------------- model, device, images, data
 
 
+def final_dir(args: argparse.Namespace, command: str) -> Path:
+    """``--out``, or ``./underhood-out/<command>``: where the result is once the command has succeeded."""
+    out = getattr(args, "out", None)
+    return Path(out) if out else Path("underhood-out") / command
+
+
 def out_dir(args: argparse.Namespace, command: str) -> Path:
-    """``--out``, or ``./underhood-out/<command>``."""
-    return Path(args.out) if args.out else Path("underhood-out") / command
+    """Where a command writes its result: while it runs, a temporary folder beside :func:`final_dir`, moved into
+    place when it succeeds (see :func:`underhood.core.io.atomic_dir`); :func:`final_dir` outside a run."""
+    staging = getattr(args, "staging", None)
+    return Path(staging) if staging else final_dir(args, command)
 
 
 def resolved_device(args: argparse.Namespace) -> torch.device:
@@ -170,15 +175,22 @@ def load_images(paths: Sequence[str], model, size: int | None = None, *, need_si
 
     They are ``size`` x ``size`` pixels when ``size`` (``--size``) is given, else the model's input
     size; for a model without one they keep their own size, or, with ``need_size``, the error
-    asks for ``--size`` (for the ``what``).
+    asks for ``--size`` (for the ``what``). A size below the model's minimum (``--size``, or an
+    image smaller than it) is refused; an image enlarged more than :data:`UPSCALE_WARNING` times
+    gets a one-line warning on stderr.
     """
     import torch
 
-    from ..data.io import load_image
+    from ..core.checks import positive_int
+    from ..data.images import load_image, resize_crop
 
     known = getattr(model, "input_size", None)
     if size is not None:
-        positive("--size", size)
+        positive_int("--size", size)
+        low = _too_small(model, (size, size))
+        if low:
+            raise InputError(f"--size: the model needs images of at least {low[1]}x{low[0]} pixels, got --size "
+                             f"{size}; give --size {max(low)} or more")
         shape = (size, size)
     elif known:
         shape = tuple(known[1:])
@@ -186,19 +198,62 @@ def load_images(paths: Sequence[str], model, size: int | None = None, *, need_si
         raise InputError(f"--size: the model has no input size; give --size (e.g. --size 224) for the {what}")
     else:
         shape = None
-    return torch.cat([load_image(p, size=shape, channels=known[0] if known else 3) for p in paths])
+    images = []
+    for path in paths:
+        image = load_image(path, channels=known[0] if known else 3)
+        h, w = image.shape[-2:]
+        low = _too_small(model, (h, w))
+        if low:
+            raise InputError(f"{what}: {str(path)!r} is {w}x{h} pixels, the model needs at least {low[1]}x{low[0]}; "
+                             "give a larger image")
+        if shape is not None:
+            scale = max(shape[0] / h, shape[1] / w)
+            if scale > UPSCALE_WARNING:
+                print(f"underhood: warning: {str(path)!r} ({w}x{h}) is enlarged {scale:.1f}x to {shape[1]}x{shape[0]}; "
+                      "the model sees a blurred image", file=sys.stderr)
+            image = resize_crop(image, shape)
+        images.append(image)
+    if shape is None and len({tuple(x.shape[-2:]) for x in images}) > 1:
+        raise InputError(f"{what}: the images differ in size and the model has no input size; give --size")
+    return torch.cat(images)
 
 
-def dataset_from(args: argparse.Namespace, model):
-    """The images of ``--data`` at the model's input size; default the model's held-out set."""
-    from ..data import from_spec
+def _too_small(model, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The model's minimum ``(H, W)`` when ``size`` is below it, else None (a size at least the model's input size
+    is not probed: see :func:`underhood.core.inputs.check_size`)."""
+    from ..core.inputs import check_size, minimum_size
+
+    try:
+        check_size(model, size)
+    except InputError:
+        return minimum_size(model)
+    return None
+
+
+UPSCALE_WARNING = 4
+"""Images enlarged more than this many times (per side) to the model's input get a warning."""
+
+
+def dataset_from(args: argparse.Namespace, model, n: int | None = None):
+    """The images of ``--data`` at the model's input size; default the model's held-out set.
+
+    With ``n``, only the first ``n`` images (a procedural set makes just those: ``shapes:2000`` with
+    ``n=32`` makes 32, the same 32).
+    """
+    import re
+
+    from ..data import SHAPES_TEST_SIZE, from_spec
 
     size = getattr(model, "input_size", None)
     spec = args.data
     if spec is None:
         meta = getattr(model, "meta", {}) or {}
-        spec = {"digits": "digits"}.get(meta.get("dataset"), "shapes:2000")
-    return from_spec(spec, size=tuple(size[1:]) if size else None, channels=size[0] if size else None)
+        spec = {"digits": "digits"}.get(meta.get("dataset"), f"shapes:{SHAPES_TEST_SIZE}")
+    match = re.fullmatch(r"shapes(?::(\d+))?", spec)
+    if n is not None and match:
+        spec = f"shapes:{min(n, int(match.group(1) or SHAPES_TEST_SIZE))}"
+    data = from_spec(spec, size=tuple(size[1:]) if size else None, channels=size[0] if size else None)
+    return data[:n] if n is not None and len(data) > n else data
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -241,8 +296,9 @@ def sharded_job(args: argparse.Namespace, name: str, model, data, config: dict[s
         if layer != "input":
             resolve(model, layer)
 
-    positive("--shard-size", args.shard_size)
-    return ShardedJob(out_dir(args, name), name, {"model": args.model, "weights": model_digest(model),
+    # the shards live in the result folder itself (not the temporary one), so an interrupted run leaves them
+    # for the next; the folder's KEEP entries carry them into the new result
+    return ShardedJob(final_dir(args, name), name, {"model": args.model, "weights": model_digest(model),
                                                   "data": args.data, "n": len(data), **config},
                       len(data), args.shard_size, fresh=args.fresh)
 

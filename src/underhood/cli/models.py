@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import Add, load_images, model_from, out_dir
+from ..core.errors import InputError
+from .common import Add, final_dir, load_images, model_from, out_dir
+from .options import MAX_SIDE, Number, budget, count, eps_value, image_file, natural, positive_float, training_data
 
 if TYPE_CHECKING:
     import torch
@@ -15,11 +17,17 @@ if TYPE_CHECKING:
 EXAMPLES = {
     "models": "underhood models",
     "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224",
-    "predict": "underhood predict cat.png dog.jpg --model shapes --top 3",
+    "predict": "underhood predict samples/star.png samples/photo.png --model shapes --top 3   "
+               "# images: underhood samples",
     "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors\n"
              "  underhood train --data shapes --arch shapes --epochs 8 --n-train 10000 --adversarial fgsm "
              "--out shapes-robust.safetensors",
 }
+
+ARCHITECTURES = ("shapes", "shapes-resnet", "digits")
+"""The built-in architectures ``train`` builds (a test checks them against ``underhood.models``' registry; importing
+it here would load torch)."""
+
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -45,6 +53,7 @@ def cmd_layers(args: argparse.Namespace) -> None:
     write_text(out / "layers.txt", text + "\n")
     write_text(out / "layers.json", json.dumps([r.__dict__ for r in rows], indent=1) + "\n")
     write_manifest(out, "layers", ["layers.txt", "layers.json"], model=args.model)
+    print(f"table written to {final_dir(args, 'layers').resolve()}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -67,6 +76,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
     out = out_dir(args, "predict")
     write_text(out / "predictions.json", json.dumps(results, indent=2) + "\n")
     write_manifest(out, "predict", ["predictions.json"], model=args.model)
+    print(f"predictions written to {(final_dir(args, 'predict') / 'predictions.json').resolve()}")
+
+
+def check_train(args: argparse.Namespace) -> None:
+    """Before any work: the adversarial options need --adversarial, and the budget its norm's ceiling."""
+    if not args.adversarial and (args.adversarial_eps is not None or args.adversarial_steps is not None):
+        given = "--adversarial-eps" if args.adversarial_eps is not None else "--adversarial-steps"
+        raise InputError(f"{given}: only used with --adversarial fgsm|pgd|vat; add --adversarial or drop {given}")
+    if args.adversarial in ("fgsm", "pgd") and args.adversarial_eps is not None:
+        eps_value(args.adversarial_eps, "linf", "--adversarial-eps")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -76,8 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.adversarial:
         from ..adversarial.training import training_loss
 
-        loss = training_loss(args.adversarial, eps=args.adversarial_eps, steps=args.adversarial_steps,
-                             seed=args.seed)
+        loss = training_loss(args.adversarial, eps=args.adversarial_eps,
+                             steps=7 if args.adversarial_steps is None else args.adversarial_steps, seed=args.seed)
     out = Path(args.out) if args.out else Path("underhood-out") / "train" / f"{args.arch}.safetensors"
     if out.suffix != ".safetensors":
         out = out / f"{args.arch}.safetensors"
@@ -108,28 +127,33 @@ def _robust_table(model: torch.nn.Module, arch: str, data: str, device: str) -> 
 
 def register(add: Add) -> None:
     """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
-    add("models", cmd_models, "list the built-in models", model=False)
+    add("models", cmd_models, "list the built-in models", model=False, output=None)
 
     p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields")
     p.add_argument("model", help="model spec: built-in name, file or package.module:factory")
-    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), help="input size if the model has none")
+    p.add_argument("--input-size", type=Number(int, low=1, high=MAX_SIDE), nargs=3, metavar=("C", "H", "W"),
+                   help="input size if the model has none")
 
     p = add("predict", cmd_predict, "classify image files")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", type=image_file, help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", default="shapes")
-    p.add_argument("--top", type=int, default=3, help="classes to show per image")
+    p.add_argument("--top", type=count(), default=3, help="classes to show per image (default 3)")
 
-    p = add("train", cmd_train, "train a built-in architecture and write safetensors weights", model=False)
-    p.add_argument("--data", default="shapes", help="shapes, shapes-spurious[:p], digits or an image folder")
-    p.add_argument("--arch", default="shapes", help="shapes, shapes-resnet or digits")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--n-train", type=int, default=16_000, help="fresh procedural images per epoch")
+    p = add("train", cmd_train, "train a built-in architecture and write safetensors weights", model=False,
+            output="file", check=check_train)
+    p.add_argument("--out", help="weights file (.safetensors), or a folder to write ARCH.safetensors in "
+                                 "(default ./underhood-out/train/ARCH.safetensors)")
+    p.add_argument("--data", default="shapes", type=training_data,
+                   help="shapes, shapes-spurious[:p], shapes-random-labels, digits or an image folder")
+    p.add_argument("--arch", default="shapes", choices=ARCHITECTURES)
+    p.add_argument("--epochs", type=count(), default=10)
+    p.add_argument("--seed", type=natural(), default=0)
+    p.add_argument("--batch-size", type=count(), default=64)
+    p.add_argument("--lr", type=positive_float(), default=3e-3)
+    p.add_argument("--n-train", type=count(), default=16_000, help="fresh procedural images per epoch")
     p.add_argument("--adversarial", choices=("fgsm", "pgd", "vat"),
                    help="adversarial training: fast FGSM with random start, PGD, or virtual adversarial training")
-    p.add_argument("--adversarial-eps", metavar="EPS",
+    p.add_argument("--adversarial-eps", metavar="EPS", type=budget,
                    help="radius: L-inf for fgsm/pgd (default 8/255), L2 for vat (default 2.0)")
-    p.add_argument("--adversarial-steps", type=int, default=7, metavar="K", help="PGD steps per batch (default 7)")
+    p.add_argument("--adversarial-steps", type=count(), metavar="K", help="PGD steps per batch (default 7)")
     p.add_argument("--no-progress", action="store_true")

@@ -14,28 +14,31 @@ from ..core.errors import InputError
 from .common import (
     Add,
     class_names,
+    final_dir,
     load_images,
     model_from,
     out_dir,
-    parse_channels,
     parse_classes,
     parse_names,
-    positive,
     save_images,
     save_result,
 )
+from .options import Number, channels, count, image_file, natural, parse_channels, positive_float, priors, size, weight
+from .options import names as name_list
 
 EXAMPLES = {
     "render": "underhood render --model shapes --layer features.9 --channels 0:16   # what 16 channels look for\n"
               "  underhood render --model shapes --class all --steps 512            # one image per class\n"
               "  underhood render --layer features.16 --channels 5 --facets 4 --diversity 10\n"
               "  underhood render --layer features.9 --channels 0:8 --param pixels --priors tv=1e-3,blur=0.5",
-    "dream": "underhood dream photo.png --model shapes --layer features.9 --octaves 4 --size 192",
-    "invert": "underhood invert star.png --model shapes --layer features.2,features.9,features.16 --seeds 3\n"
-              "  underhood invert star.png --layer features.16 --priors tv=1e-2,alpha=1e-5 --steps 500",
-    "caricature": "underhood caricature star.png --model shapes --layer features.9 --steps 256",
-    "style": "underhood style content.png style.png --model shapes --steps 300 --style-weight 100\n"
-             "  underhood style content.png style.png --model vgg19.pt --trust --size 256 --optimizer lbfgs",
+    "dream": "underhood dream samples/photo.png --model shapes --layer features.9 --octaves 4 --size 192   "
+             "# images: underhood samples",
+    "invert": "underhood invert samples/star.png --model shapes --layer features.2,features.9,features.16 --seeds 3\n"
+              "  underhood invert samples/star.png --layer features.16 --priors tv=1e-2,alpha=1e-5 --steps 500",
+    "caricature": "underhood caricature samples/star.png --model shapes --layer features.9 --steps 256",
+    "style": "underhood style samples/content.png samples/style.png --model shapes --steps 300 --style-weight 100\n"
+             "  underhood style samples/content.png samples/style.png --model vgg19.pt --trust --size 256 "
+             "--optimizer lbfgs",
 }
 
 
@@ -62,6 +65,15 @@ def _default_layer(model) -> str:
     return names[len(names) // 2]
 
 
+def check_render(args: argparse.Namespace) -> None:
+    """Before any work: units (--layer) or classes (--class), not both; --channels goes with --layer."""
+    if (args.layer is None) == (args.cls is None):
+        raise InputError("--layer / --class: give one of them: --layer L [--channels 0:16] for units, "
+                         "or --class K (index, name or 'all') for classes")
+    if args.channels is not None and args.layer is None:
+        raise InputError("--channels: goes with --layer (the channels of that layer); drop it or give --layer")
+
+
 def cmd_render(args: argparse.Namespace) -> None:
     import torch
 
@@ -71,11 +83,6 @@ def cmd_render(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.synthesis import class_images_figure, gallery_figure, trace_figure
 
-    if (args.layer is None) == (args.cls is None):
-        raise InputError("--layer / --class: give one of them: --layer L [--channels 0:16] for units, "
-                         "or --class K (index, name or 'all') for classes")
-    positive("--steps", args.steps)
-    positive("--facets", args.facets)
     priors = _priors(args)
     model = model_from(args)
     classes = class_names(model)
@@ -136,7 +143,7 @@ def cmd_render(args: argparse.Namespace) -> None:
                 diversity=args.diversity if args.facets > 1 else None)
     rise = (final - start).mean().item()
     print(f"{len(images)} images rendered ({what}); objective rose by {rise:.3g} on average from the random start; "
-          f"written to {out.resolve()}")
+          f"written to {final_dir(args, 'render').resolve()}")
 
 
 def cmd_dream(args: argparse.Namespace) -> None:
@@ -146,10 +153,6 @@ def cmd_dream(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure
 
-    positive("--steps", args.steps)
-    positive("--octaves", args.octaves)
-    if args.octave_scale <= 1:
-        raise InputError(f"--octave-scale: expected a number above 1 (e.g. 1.4), got {args.octave_scale}")
     model = model_from(args)
     layer = _layer(model, args.layer) if args.layer else _default_layer(model)
     images = load_images(args.images, model, args.size, need_size=True)
@@ -165,7 +168,7 @@ def cmd_dream(args: argparse.Namespace) -> None:
     write_manifest(out, "dream", ["dream.png", "dream.safetensors", *files], model=args.model, layer=layer,
                    images=[str(p) for p in args.images], octaves=args.octaves, octave_scale=args.octave_scale,
                    steps=args.steps, lr=args.lr, seed=args.seed, priors=str(_priors(args)))
-    print(f"{len(images)} images dreamed at {layer}; written to {out.resolve()}")
+    print(f"{len(images)} images dreamed at {layer}; written to {final_dir(args, 'dream').resolve()}")
 
 
 def cmd_invert(args: argparse.Namespace) -> None:
@@ -176,8 +179,6 @@ def cmd_invert(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.synthesis import inversion_figure
 
-    positive("--steps", args.steps)
-    positive("--seeds", args.seeds)
     model = model_from(args)
     if args.layer:
         layers = [_layer(model, n.strip()) for n in args.layer.split(",") if n.strip()]
@@ -212,7 +213,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
     for layer, s in summary.items():
         print(f"{layer}: feature distance reduced by {s['feature_distance_reduction']:.1%}, "
               f"PSNR to the original {s['psnr_db']:.1f} dB")
-    print(f"pre-images written to {out.resolve()}")
+    print(f"pre-images written to {final_dir(args, 'invert').resolve()}")
 
 
 def cmd_caricature(args: argparse.Namespace) -> None:
@@ -222,7 +223,6 @@ def cmd_caricature(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure
 
-    positive("--steps", args.steps)
     model = model_from(args)
     layer = _layer(model, args.layer) if args.layer else _default_layer(model)
     images = load_images(args.images, model, args.size, need_size=True)
@@ -237,7 +237,7 @@ def cmd_caricature(args: argparse.Namespace) -> None:
     write_manifest(out, "caricature", ["caricature.png", "caricature.safetensors", *files], model=args.model,
                    layer=layer, images=[str(p) for p in args.images], steps=args.steps, lr=args.lr,
                    power=args.power, seed=args.seed, priors=str(_priors(args)))
-    print(f"{len(images)} caricatures at {layer}; written to {out.resolve()}")
+    print(f"{len(images)} caricatures at {layer}; written to {final_dir(args, 'caricature').resolve()}")
 
 
 def cmd_style(args: argparse.Namespace) -> None:
@@ -246,7 +246,6 @@ def cmd_style(args: argparse.Namespace) -> None:
     from ..viz import save_figure
     from ..viz.synthesis import pairs_figure, trace_figure
 
-    positive("--steps", args.steps)
     model = model_from(args)
     content = load_images([args.content], model, args.size, need_size=True, what="content image")
     style = load_images([args.style], model, args.size, need_size=True, what="style image")
@@ -267,31 +266,34 @@ def cmd_style(args: argparse.Namespace) -> None:
                 content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
                 optimizer=args.optimizer, init=args.init, seed=args.seed)
     print(f"stylised with content layers {', '.join(result.layers['content'])} and style layers "
-          f"{', '.join(result.layers['style'])}; written to {out.resolve()}")
+          f"{', '.join(result.layers['style'])}; written to {final_dir(args, 'style').resolve()}")
 
 
 def register(add: Add) -> None:
     """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
 
-    def common(p: argparse.ArgumentParser, steps: int, lr: float | None, priors: bool = True,
-               size: bool = True) -> None:
+    def common(p: argparse.ArgumentParser, steps: int, lr: float | None, with_priors: bool = True,
+               with_size: bool = True) -> None:
         p.add_argument("--model", default="shapes", help="model spec (default: the built-in shapes model)")
-        p.add_argument("--steps", type=int, default=steps, help=f"optimisation steps (default {steps})")
-        p.add_argument("--lr", type=float, default=lr, help=f"step size (default {lr})" if lr is not None else
+        p.add_argument("--steps", type=count(), default=steps, help=f"optimisation steps (default {steps})")
+        p.add_argument("--lr", type=positive_float(), default=lr,
+                       help=f"step size (default {lr})" if lr is not None else
                        "step size (default 0.1 with adam, 1.0 with lbfgs)")
-        p.add_argument("--seed", type=int, default=0)
-        if priors:
-            p.add_argument("--priors", help="image priors as name=value pairs: l2, tv, alpha, edges (weights), blur "
-                                            "(sigma), blur_every, clip_pixels, clip_contribution (percentiles), "
-                                            "e.g. tv=1e-3,blur=0.5 (blur and clipping need --param pixels)")
-        if size:
-            p.add_argument("--size", type=int, help="image side in pixels (default: the model's input size)")
+        p.add_argument("--seed", type=natural(), default=0)
+        if with_priors:
+            p.add_argument("--priors", type=priors,
+                           help="image priors as name=value pairs: l2, tv, alpha, edges (weights), blur (sigma), "
+                                "blur_every, clip_pixels, clip_contribution (percentiles), e.g. tv=1e-3,blur=0.5 "
+                                "(blur and clipping need --param pixels)")
+        if with_size:
+            p.add_argument("--size", type=size(), help="image side in pixels (default: the model's input size)")
         p.add_argument("--no-progress", action="store_true")
 
-    p = add("render", cmd_render, "synthetic images that excite channels, units or classes (activation maximisation)")
+    p = add("render", cmd_render, "synthetic images that excite channels, units or classes (activation maximisation)",
+            check=check_render)
     common(p, 256, 0.1)
     p.add_argument("--layer", help="layer whose channels to render")
-    p.add_argument("--channels", help="channels, A:B or a list (default 0:16)")
+    p.add_argument("--channels", type=channels, help="channels, A:B or a list (default 0:16)")
     p.add_argument("--class", dest="cls", help="class index, name, comma list or 'all' (instead of --layer)")
     p.add_argument("--objective", default="channel", choices=["channel", "unit", "layer"],
                    help="per channel: mean over positions, the centre unit, or the whole layer (Deep Dream)")
@@ -300,41 +302,42 @@ def register(add: Add) -> None:
     p.add_argument("--transforms", default="standard", choices=["standard", "lucid", "small", "none"],
                    help="random pad, jitter, scale and rotation at each step: standard (default; Lucid's from "
                         "128 px up, milder below), lucid, small or none")
-    p.add_argument("--facets", type=int, default=1, help="images per objective, kept apart by --diversity")
-    p.add_argument("--diversity", type=float, default=10.0, help="weight of the diversity term with --facets")
+    p.add_argument("--facets", type=count(high=64), default=1, help="images per objective, kept apart by --diversity")
+    p.add_argument("--diversity", type=weight(), default=10.0, help="weight of the diversity term with --facets")
 
     p = add("dream", cmd_dream, "Deep Dream: amplify what a layer sees in an image, over octaves")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", type=image_file, help="image files")
     common(p, 20, 0.02)
     p.add_argument("--layer", help="layer to amplify (default: the middle stage)")
-    p.add_argument("--octaves", type=int, default=3)
-    p.add_argument("--octave-scale", type=float, default=1.4)
+    p.add_argument("--octaves", type=count(high=12), default=3)
+    p.add_argument("--octave-scale", type=Number(float, low=1, strict=True, high=4), default=1.4,
+                   help="size ratio between octaves, above 1 (default 1.4)")
 
     p = add("invert", cmd_invert, "pre-images: images whose representation at a layer matches the original's")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", type=image_file, help="image files")
     common(p, 300, 0.05)
-    p.add_argument("--layer", help="comma-separated layers (default: one per stage)")
-    p.add_argument("--seeds", type=int, default=3, help="random starts per layer (default 3)")
-    p.add_argument("--tv", type=float, default=0.1, help="total-variation weight per pixel (default 0.1)")
-    p.add_argument("--alpha", type=float, default=0.0, help="alpha-norm weight per pixel (default 0)")
+    p.add_argument("--layer", type=name_list, help="comma-separated layers (default: one per stage)")
+    p.add_argument("--seeds", type=count(high=64), default=3, help="random starts per layer (default 3)")
+    p.add_argument("--tv", type=weight(), default=0.1, help="total-variation weight per pixel (default 0.1)")
+    p.add_argument("--alpha", type=weight(), default=0.0, help="alpha-norm weight per pixel (default 0)")
     p.add_argument("--param", default="fourier", choices=["fourier", "pixels"],
                    help="Fourier (default; recognisable deep pre-images) or pixels (as in Mahendran & Vedaldi)")
 
     p = add("caricature", cmd_caricature, "exaggerate what a layer's representation of an image detects")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", type=image_file, help="image files")
     common(p, 200, 0.05)
     p.add_argument("--layer", help="layer (default: the middle stage)")
-    p.add_argument("--power", type=float, default=2.0, help="weight of the cosine term (default 2)")
+    p.add_argument("--power", type=weight(), default=2.0, help="weight of the cosine term (default 2)")
     p.add_argument("--param", default="fourier", choices=["fourier", "pixels"])
 
     p = add("style", cmd_style, "neural style transfer (Gatys et al.): CONTENT painted in the style of STYLE")
-    p.add_argument("content", help="content image file")
-    p.add_argument("style", help="style image file")
-    common(p, 300, None, priors=False)
-    p.add_argument("--content-layers", help="comma-separated (default: a middle layer)")
-    p.add_argument("--style-layers", help="comma-separated (default: one per stage)")
-    p.add_argument("--content-weight", type=float, default=1.0)
-    p.add_argument("--style-weight", type=float, default=100.0)
-    p.add_argument("--tv-weight", type=float, default=0.0, help="total-variation prior weight (default 0)")
+    p.add_argument("content", type=image_file, help="content image file")
+    p.add_argument("style", type=image_file, help="style image file")
+    common(p, 300, None, with_priors=False)
+    p.add_argument("--content-layers", type=name_list, help="comma-separated (default: a middle layer)")
+    p.add_argument("--style-layers", type=name_list, help="comma-separated (default: one per stage)")
+    p.add_argument("--content-weight", type=weight(), default=1.0)
+    p.add_argument("--style-weight", type=weight(), default=100.0)
+    p.add_argument("--tv-weight", type=weight(), default=0.0, help="total-variation prior weight (default 0)")
     p.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
     p.add_argument("--init", default="content", choices=["content", "noise", "style"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import Add, model_from, out_dir, save_result
+from ..core.errors import InputError
+from .common import Add, final_dir, model_from, out_dir, save_result
+from .options import count, natural, positive_float, weight
 
 EXAMPLES = {
     "filters": "underhood filters --model shapes                 # first-layer kernels as RGB images\n"
@@ -30,7 +32,15 @@ def cmd_filters(args: argparse.Namespace) -> None:
     write_tensors(out / "filters.safetensors", {"weight": w}, {"layer": layer})
     write_manifest(out, "filters", ["filters.png", "filters.safetensors"], model=args.model, layer=layer,
                    shape=list(w.shape))
-    print(f"{layer}: {tuple(w.shape)} kernels; figure written to {(out / 'filters.png').resolve()}")
+    print(f"{layer}: {tuple(w.shape)} kernels; figure written to "
+          f"{(final_dir(args, 'filters') / 'filters.png').resolve()}")
+
+
+def check_toy2d(args: argparse.Namespace) -> None:
+    """Before any work: the strip shows at most one frame per step."""
+    if args.frames > args.steps:
+        raise InputError(f"--frames: {args.frames} frames asked from {args.steps} steps; give --frames {args.steps} "
+                         "or fewer, or more --steps")
 
 
 def cmd_toy2d(args: argparse.Namespace) -> None:
@@ -45,7 +55,7 @@ def cmd_toy2d(args: argparse.Namespace) -> None:
     save_result(result, out, "toy2d", ["toy2d.png", "toy2d.gif"], data=args.data, hidden=args.hidden,
                 steps=args.steps, seed=args.seed, final_accuracy=result.final_accuracy)
     print(f"{args.data}: {args.hidden} hidden units, training accuracy {result.final_accuracy:.1%} after "
-          f"{args.steps} steps; strip and GIF written to {out.resolve()}")
+          f"{args.steps} steps; strip and GIF written to {final_dir(args, 'toy2d').resolve()}")
 
 
 def register(add: Add) -> None:
@@ -54,12 +64,13 @@ def register(add: Add) -> None:
     p.add_argument("--model", default="shapes")
     p.add_argument("--layer", help="a Conv2d layer (default: the first)")
 
-    p = add("toy2d", cmd_toy2d, "train a 2-D MLP and draw its hidden units as lines over training", model=False)
+    p = add("toy2d", cmd_toy2d, "train a 2-D MLP and draw its hidden units as lines over training", model=False,
+            check=check_toy2d)
     p.add_argument("--data", default="moons", choices=["moons", "circles", "spiral", "blobs"])
-    p.add_argument("--hidden", type=int, default=20, help="hidden units (default 20)")
-    p.add_argument("--steps", type=int, default=5000, help="optimisation steps (default 5000)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--n", type=int, default=400, help="points (default 400)")
-    p.add_argument("--noise", type=float, default=0.1)
-    p.add_argument("--frames", type=int, default=8, help="frames in the strip (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=count(high=4096), default=20, help="hidden units (default 20)")
+    p.add_argument("--steps", type=count(), default=5000, help="optimisation steps (default 5000)")
+    p.add_argument("--lr", type=positive_float(), default=0.01)
+    p.add_argument("--n", type=count(high=1_000_000), default=400, help="points (default 400)")
+    p.add_argument("--noise", type=weight(high=10), default=0.1, help="noise std of the points (default 0.1)")
+    p.add_argument("--frames", type=count(), default=8, help="frames in the strip (default 8)")
+    p.add_argument("--seed", type=natural(), default=0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.checks import positive_int
 from ..core.errors import InputError
 from .digits import digits
 from .imageset import ImageSet
@@ -41,12 +42,24 @@ def training_data(data: str, *, seed: int = 0, epoch: int = 0, n_train: int = 16
     return ImageSet.from_folder(data)
 
 
-def test_set(data: str) -> ImageSet:
-    """The held-out evaluation set of a training dataset name."""
-    if data in ("shapes", RANDOM_LABELS):
-        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED)
-    if data.startswith("shapes-spurious"):
-        return shapes(SHAPES_TEST_SIZE, seed=SHAPES_TEST_SEED, spurious=float(data.partition(":")[2] or 0.9))
+def test_set(data: str, n: int | None = None) -> ImageSet:
+    """The held-out evaluation set of a training dataset name: all of it, or its first ``n`` images.
+
+    Only the images asked for are made (``shapes(n, seed)`` is a prefix of ``shapes(m, seed)``, so
+    the first ``n`` are exactly those of the whole set); ``n`` above the set's size is an error.
+    """
+    if n is not None:
+        positive_int("n", n)
+    if data in ("shapes", RANDOM_LABELS) or data.startswith("shapes-spurious"):
+        spurious = float(data.partition(":")[2] or 0.9) if data.startswith("shapes-spurious") else 0.0
+        return shapes(_count(data, n, SHAPES_TEST_SIZE), seed=SHAPES_TEST_SEED, spurious=spurious)
     if data == "digits":
-        return digits(split="test")
+        held_out = digits(split="test")
+        return held_out if n is None else held_out[:_count(data, n, len(held_out))]
     raise InputError(f"data: no held-out split is defined for {data!r}")
+
+
+def _count(data: str, n: int | None, size: int) -> int:
+    if n is not None and n > size:
+        raise InputError(f"n: the held-out set of {data!r} has {size} images, {n} asked for; ask for {size} or fewer")
+    return size if n is None else n

@@ -31,8 +31,13 @@ def discover() -> list[tuple[int, str, str, Callable[[Context], Markup]]]:
     return sorted(SECTIONS, key=lambda s: (s[0], s[1]))
 
 
-def build(ctx: Context, path: str | Path, *, progress: bool = True, only: Sequence[str] | None = None) -> Path:
-    """Run every registered section on ``ctx`` and write the report to ``path`` atomically."""
+def build(ctx: Context, path: str | Path, *, progress: bool = True, only: Sequence[str] | None = None,
+          timings: list[dict] | None = None) -> Path:
+    """Run every registered section on ``ctx`` and write the report to ``path`` atomically.
+
+    With a ``timings`` list, one ``{"id", "title", "wall_s", "cpu_s"}`` row per section is appended
+    to it as the section finishes (CPU seconds of the whole process, every thread: ``time.process_time``).
+    """
     from jinja2 import Environment, PackageLoader, select_autoescape
     from tqdm.auto import tqdm
 
@@ -41,9 +46,12 @@ def build(ctx: Context, path: str | Path, *, progress: bool = True, only: Sequen
     bar = tqdm(registered, desc="report", unit="section", disable=not progress)
     for order, sid, title, fn in bar:
         bar.set_postfix_str(sid)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         body = fn(ctx)
-        sections.append(Section(sid, title, Markup(body), order, time.perf_counter() - start))
+        wall = time.perf_counter() - start
+        sections.append(Section(sid, title, Markup(body), order, wall))
+        if timings is not None:
+            timings.append({"id": sid, "title": title, "wall_s": wall, "cpu_s": time.process_time() - cpu})
     env = Environment(loader=PackageLoader("underhood", "report/templates"), autoescape=select_autoescape())
     model = ctx.model
     html = env.get_template("report.html").render(
