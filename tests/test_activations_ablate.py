@@ -71,11 +71,12 @@ def test_selectivity_closed_form():
         net[0].bias.copy_(torch.tensor([0.0, 0.0, 0.0, -1.0]))
         for c in range(3):
             net[0].weight[c, c] = 1.0
+        net[0].weight[2, 2] = 3.0  # pixels stay in [0, 1]: channel 2 reads (k + 1) / 3 and responds k + 1
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
     x = torch.zeros(7, 3, 4, 4)
     x[:, 0] = (labels == 0).float()[:, None, None]
     x[:, 1] = 0.5
-    x[:, 2] = (labels + 1).float()[:, None, None]
+    x[:, 2] = (labels + 1).float()[:, None, None] / 3
     si = class_selectivity(net, ImageSet(x, labels, ["a", "b", "c"]), "1", batch_size=3)
     assert torch.allclose(si, torch.tensor([1.0, 0.0, 1 / 3, 0.0]), atol=1e-6)
 
@@ -236,3 +237,60 @@ def test_points_measure_the_curves_at_evenly_spaced_counts(shapes_model, shapes_
     assert torch.equal(few.curves["selectivity"], full.curves["selectivity"][few.counts])
     with pytest.raises(InputError, match="points"):
         ablate(shapes_model, shapes_small, "features.16", points=1)
+
+
+class _Joined(nn.Module):
+    """A conv whose output joins a tensor from before it: added (a residual) or concatenated."""
+
+    def __init__(self, join: str) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem, self.conv, self.join = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), join
+        self.head = nn.Linear(4 if join == "add" else 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(self.stem(x))
+        h = torch.relu(self.conv(s))
+        h = h + s if self.join == "add" else torch.cat([h, s], 1)
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:layer 'conv' has negative mean responses")
+@pytest.mark.parametrize("join", ["add", "cat"])
+def test_ablation_after_a_residual_or_a_concatenation_equals_the_definition(join):
+    # the layers before "conv" run once per input and its output is expanded per mask: a residual that
+    # joins later broadcasts; a concatenation cannot, and that input is evaluated the plain way instead
+    net = _Joined(join).eval()
+    data = _data(net, 9)
+    ab = ablate(net, data, "conv", orders=("selectivity",), batch_size=8)
+
+    def zeroed(channels) -> nn.Module:
+        twin = copy.deepcopy(net)
+        with torch.no_grad():
+            for c in channels:
+                twin.conv.weight[c] = 0
+                twin.conv.bias[c] = 0
+        return twin
+
+    def probability(model: nn.Module) -> float:
+        with torch.no_grad():
+            p = model(data.images).softmax(1)
+        return float(p[torch.arange(len(p)), data.labels].mean())
+
+    assert ab.baseline == _accuracy(net, data)
+    assert ab.baseline_probability == pytest.approx(probability(net), abs=1e-6)
+    assert ab.single.tolist() == [_accuracy(zeroed([c]), data) for c in range(4)]
+    assert ab.single_probability.tolist() == pytest.approx([probability(zeroed([c])) for c in range(4)], abs=1e-6)
+    perm = ab.order_units["selectivity"].tolist()
+    assert ab.curves["selectivity"].tolist() == [_accuracy(zeroed(perm[:k]), data) for k in range(5)]
+
+
+def test_figure_plots_each_units_drop_in_true_class_probability():
+    from underhood.viz.ablation import ablation_figure
+
+    net = _net()
+    ab = ablate(net, _data(net), "3", batch_size=64)
+    right = ablation_figure(ab).axes[1]
+    drops = torch.as_tensor(right.collections[0].get_offsets()[:, 1]).float()
+    assert torch.allclose(drops, ab.baseline_probability - ab.single_probability, atol=1e-6)
+    assert "probability" in right.get_ylabel()

@@ -251,3 +251,20 @@ def test_figures_have_a_panel_per_layer_and_a_cell_per_neighbour():
     figure_to_png(grey)
     xy = torch.tensor([[0.0, 0], [0.1, 0], [5, 5], [5, 5.1], [-5, 5]]).numpy()
     assert sorted(spread_points(xy, 3)) in ([0, 2, 4], [1, 2, 4], [0, 3, 4], [1, 3, 4])
+
+
+def test_tsne_steps_and_panels_per_row():
+    from underhood.viz.embedding import embedding_figure
+
+    x, y = _clusters(60)
+    short = embed_features({"f": x, "g": 2 * x, "h": x[:, :4]}, "tsne", labels=y, steps=30)
+    again = embed_features({"f": x}, "tsne", labels=y, steps=30)
+    default = embed_features({"f": x}, "tsne", labels=y)
+    assert torch.equal(short.coords["f"], again.coords["f"])  # seeded, whatever the other layers
+    assert not torch.allclose(short.coords["f"], default.coords["f"])  # 30 steps are not openTSNE's 750
+    with pytest.raises(InputError, match="steps"):
+        embed_features({"f": x}, "tsne", steps=0)
+    fig = embedding_figure(short, ncols=2)
+    assert [ax.get_title() for ax in fig.axes] == ["f", "g", "h"]
+    rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+    assert len(rows) == 2  # two panels on the first row, one on the second

@@ -176,6 +176,9 @@ def test_strip_has_k_axes(result):
     fig = toy2d_strip(result, k=5)
     assert len(fig.axes) == 5
     assert fig.axes[-1].get_title().startswith(f"step {STEPS - 1},")
+    two_rows = toy2d_strip(result, k=5, ncols=3)
+    assert len(two_rows.axes) == 5 and len({round(ax.get_position().y0, 3) for ax in two_rows.axes}) == 2
+    assert two_rows.axes[-1].get_title().startswith(f"step {STEPS - 1},")
 
 
 def test_drawing_leaves_pyplot_alone(result, tmp_path):

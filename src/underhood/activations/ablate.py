@@ -6,11 +6,13 @@ accuracy of the model is measured with each unit ablated alone and with units ab
 cumulatively in several orders: at random, most class-selective first, least first. Morcos
 et al. found that class-selective units are no more important to the network than others.
 
-Every ablated evaluation is exact and general (any model, any layer): each dataset batch is
-moved to the device once and repeated ``M`` times along the batch dimension, and a forward
-hook multiplies the layer's output by a per-copy ``0/1`` channel mask, so one forward pass
-evaluates ``M`` masks. Eval mode makes the copies independent (batch norm uses its running
-statistics), so the result equals evaluating one mask at a time.
+Every ablated evaluation is exact and general (any model, any layer): each input runs up to the
+layer once, a forward hook there expands the layer's output into ``M`` copies and multiplies each
+by its ``0/1`` channel mask, so one forward pass evaluates ``M`` masks and the layers before the
+ablated one are not re-run per mask (ablating a late layer costs little more than one pass).
+Eval mode makes the copies independent (batch norm uses its running statistics), so the result
+equals evaluating one mask at a time. Besides accuracy, the mean softmax probability of the true
+class is measured: on a confident model, zeroing one unit rarely flips a decision but does move it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..core.batching import batches, resolve_batch_size
 from ..core.device import model_device
 from ..core.errors import InputError, LayerError
 from ..core.hooks import capture, hooked
+from ..core.inputs import dataset_images
 from ..core.layers import resolve
 from ..core.results import Result
 from ..core.seeding import generator
@@ -54,6 +57,10 @@ class Ablation(Result):
             ``points`` was given).
         order_units: order -> ``[U]`` the channels in the order they were zeroed (a permutation
             of ``units``).
+        baseline_probability: the intact model's softmax probability of the true class, averaged
+            over the inputs (it moves when accuracy does not: a unit can lower the confidence in
+            the right answer without flipping any decision).
+        single_probability: ``[U]`` the same with only channel ``units[i]`` zeroed.
     """
 
     layer: str
@@ -66,6 +73,8 @@ class Ablation(Result):
     curves: dict[str, torch.Tensor]
     order_units: dict[str, torch.Tensor]
     counts: torch.Tensor | None = None
+    baseline_probability: float | None = None
+    single_probability: torch.Tensor | None = None
 
     def scalars(self) -> dict:
         """Layer, sizes, the intact accuracy, the worst single-unit accuracy and each order's mean accuracy
@@ -82,7 +91,7 @@ class Ablation(Result):
         return ablation_figure(self, **kwargs)
 
 
-def _labelled(dataset: object) -> tuple[torch.Tensor, torch.Tensor]:
+def _labelled(dataset: object, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         got = tuple(dataset.shape) if isinstance(dataset, torch.Tensor) else type(dataset).__name__
@@ -91,7 +100,7 @@ def _labelled(dataset: object) -> tuple[torch.Tensor, torch.Tensor]:
     if images.ndim != 4 or len(images) == 0 or labels.shape != (len(images),) or labels.is_floating_point():
         raise InputError(f"dataset: expected non-empty [N, C, H, W] images with [N] integer labels, got "
                          f"images {tuple(images.shape)} and labels {tuple(labels.shape)} {labels.dtype}")
-    return images, labels.long().cpu()
+    return dataset_images(images, model), labels.long().cpu()
 
 
 @torch.no_grad()
@@ -140,7 +149,7 @@ def class_selectivity(model: nn.Module, dataset: object, layer: str, *,
         >>> si = class_selectivity(model, underhood.datasets.shapes(512), "features.16")  # doctest: +SKIP
         >>> si.argsort(descending=True)[:5]                                                # doctest: +SKIP
     """
-    images, labels = _labelled(dataset)
+    images, labels = _labelled(dataset, model)
     resolve(model, layer)
     if len(torch.unique(labels)) < 2:
         raise InputError("dataset: labels hold a single class; class selectivity needs inputs of two or more classes")
@@ -163,14 +172,20 @@ def _selectivity(mu: torch.Tensor, layer: str) -> torch.Tensor:
 @contextlib.contextmanager
 def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
     """Eval mode and a forward hook multiplying ``layer``'s output by ``state["mask"]`` (``[rows, C]``);
-    both undone on exit (:func:`underhood.core.hooks.hooked`)."""
-    state: dict = {"mask": None, "ran": False}
+    both undone on exit (:func:`underhood.core.hooks.hooked`). With ``state["expand"]``, an output of
+    ``B`` rows gives one copy per mask (``M * B`` rows, mask-major; ``state["expanded"]`` records it)."""
+    state: dict = {"mask": None, "ran": False, "expand": False, "expanded": False}
 
     def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
         mask = state["mask"]
         if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim < 2:
             raise LayerError(f"layer: {layer!r} returns {type(output).__name__}, not a float tensor with "
                              "channels; pick a layer whose output is a feature map")
+        copies, rows = len(mask) // max(len(output), 1), len(output)
+        if state["expand"] and copies > 1 and copies * rows == len(mask) and output.shape[1] == mask.shape[1]:
+            state["expanded"] = state["ran"] = True  # one broadcast product, mask-major as x.repeat gives
+            shape = (copies, rows, mask.shape[1], *([1] * (output.ndim - 2)))
+            return (output.unsqueeze(0) * mask.to(output.dtype).view(shape)).flatten(0, 1)
         if tuple(output.shape[:2]) != tuple(mask.shape):
             raise LayerError(f"layer: {layer!r} output {tuple(output.shape)} does not match {mask.shape[0]} "
                              f"inputs x {mask.shape[1]} channels; pick a layer that keeps the batch dimension")
@@ -182,47 +197,103 @@ def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
         yield state
 
 
+class _Retry(Exception):
+    """The expanded evaluation of an input failed after the expansion: evaluate it the exact slow way."""
+
+
+def _scores(model: nn.Module, state: dict, layer: str, x: torch.Tensor, y: torch.Tensor, k: torch.Tensor,
+            expand: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Correct counts and summed true-class probabilities ``[len(k)]`` of the inputs ``x`` under each mask of ``k``."""
+    rows = len(x)
+    state.update(mask=k.repeat_interleave(rows, 0), expand=expand, ran=False, expanded=False)
+    try:
+        logits = model(x if expand else x.repeat(len(k), *([1] * (x.ndim - 1))))
+    except Exception as exc:
+        if state["expanded"]:  # perhaps the expansion's doing (a concatenation with an earlier tensor)
+            raise _Retry from exc
+        raise
+    if not state["ran"]:
+        raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(k) * rows:
+        if state["expanded"]:
+            raise _Retry
+        raise InputError(f"model: expected [N, classes] logits, got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}; ablation measures accuracy")
+    classes = logits.shape[1]
+    low, high = state["labels"]
+    if high >= classes or low < 0:
+        raise InputError(f"dataset: labels range over {low}..{high} but the model has {classes} outputs; give "
+                         f"labels in 0..{classes - 1}")
+    logits = logits.view(len(k), rows, -1)
+    hits = (logits.argmax(2) == y).sum(1)
+    truth = logits.double().softmax(2).gather(2, y.view(1, rows, 1).expand(len(k), -1, -1))[..., 0].sum(1)
+    return hits.cpu(), truth.cpu(), classes
+
+
+def _copy_bytes(model: nn.Module, layer: str, state: dict, shape: tuple[int, ...], channels: int) -> int:
+    """Bytes of activations one input produces from ``layer`` on: what one more mask copy costs."""
+    target, total, after = resolve(model, layer), 0, False
+
+    def hook(module: nn.Module, inputs: object, output: object) -> None:
+        nonlocal total, after
+        after = after or module is target
+        if after and isinstance(output, torch.Tensor):
+            total += output.numel() * output.element_size()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    state.update(mask=torch.ones(1, channels, device=model_device(model)), expand=False)
+    with hooked(model, dict.fromkeys([target, *leaves], hook)):
+        model(torch.zeros(1, *shape, device=model_device(model)))
+    return max(total, 1)
+
+
 @torch.no_grad()
 def _masked_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str,
-                     keep: torch.Tensor, size: int, progress: bool = False) -> tuple[torch.Tensor, int]:
+                     keep: torch.Tensor, size: int, progress: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``[P]`` number of inputs classified correctly with ``layer``'s output multiplied by each row
-    of ``keep`` (``[P, C]``, 1 keeps a channel, 0 zeroes it).
+    of ``keep`` (``[P, C]``, 1 keeps a channel, 0 zeroes it), ``[P]`` the sum over inputs of the
+    true class's softmax probability, and the number of classes (logits per input).
 
-    ``size`` inputs per forward pass: a batch of ``B = min(n, size)`` inputs is repeated for
-    ``M = size // B`` masks at once. Also returns the number of classes (logits per input).
+    A batch of ``B = min(n, size)`` inputs runs once up to ``layer``, whose output the hook repeats
+    once per mask (as many masks per pass as the memory bound allows for the layers from ``layer``
+    on): the layers before ``layer`` run once per batch, not once per mask. A tensor from before
+    ``layer`` that joins later (a residual) cannot meet ``M * B`` rows; the forward then fails
+    after the repetition and is retried with one input at a time (``B = 1``: such a tensor has one
+    row and broadcasts over the copies), and, should that fail too (a concatenation), the plain way:
+    the inputs themselves repeated, ``size`` rows per pass.
     """
     from tqdm.auto import tqdm
 
+    from ..core.batching import memory_bound
+
     device = model_device(model)
-    b = min(len(images), size)
-    m = max(1, size // b)
-    parts = list(batches(len(images), b))
-    chunks = list(batches(len(keep), m))
-    correct, classes = torch.zeros(len(keep), dtype=torch.long), 0
+    n, start, modes = len(images), 0, ["batch", "single", "plain"]
+    correct, truth = torch.zeros(len(keep), dtype=torch.long), torch.zeros(len(keep), dtype=torch.float64)
+    classes = 0
     keep = keep.to(device)
-    bar = tqdm(total=len(parts) * len(chunks), desc="ablate", disable=not progress, leave=False)
-    with _masked(model, layer) as state, bar:
-        for part in parts:
-            x, y = images[part].to(device), labels[part].to(device)
-            rows = len(x)
-            stacked = x.repeat(min(m, len(keep)), *([1] * (x.ndim - 1)))
-            for chunk in chunks:
-                k = keep[chunk]
-                state["mask"] = k.repeat_interleave(rows, 0)
-                logits = model(stacked[: len(k) * rows])
-                if not state["ran"]:
-                    raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
-                if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(k) * rows:
-                    raise InputError(f"model: expected [N, classes] logits, got "
-                                     f"{getattr(logits, 'shape', type(logits).__name__)}; ablation measures accuracy")
-                classes = logits.shape[1]
-                if int(labels.max()) >= classes or int(labels.min()) < 0:
-                    raise InputError(f"dataset: labels range over {int(labels.min())}..{int(labels.max())} but the "
-                                     f"model has {classes} outputs; give labels in 0..{classes - 1}")
-                hits = logits.view(len(k), rows, -1).argmax(2) == y
-                correct[chunk] += hits.sum(1).cpu()
-                bar.update()
-    return correct, classes
+    with _masked(model, layer) as state, tqdm(total=n, desc="ablate", disable=not progress, leave=False) as bar:
+        state["labels"] = (int(labels.min()), int(labels.max()))
+        room = max(size, memory_bound(device) // _copy_bytes(model, layer, state, tuple(images.shape[1:]),
+                                                              keep.shape[1]))
+        while start < n:
+            mode = modes[0]
+            rows = {"batch": min(n - start, size), "single": 1}.get(mode, min(n - start, size))
+            masks = max(1, (room if mode != "plain" else size) // rows)
+            x, y = images[start:start + rows].to(device), labels[start:start + rows].to(device)
+            hits, probs = torch.zeros_like(correct), torch.zeros_like(truth)
+            try:
+                for chunk in batches(len(keep), masks):
+                    h, p, classes = _scores(model, state, layer, x, y, keep[chunk], mode != "plain")
+                    hits[chunk], probs[chunk] = h, p
+            except _Retry:
+                modes.pop(0)  # these inputs again, and the rest, the next way
+                continue
+            correct += hits
+            truth += probs
+            start += rows
+            bar.update(rows)
+    return correct, truth, classes
 
 
 def _units(units: Sequence[int] | torch.Tensor | None, channels: int) -> torch.Tensor:
@@ -271,7 +342,7 @@ def ablate(model: nn.Module, dataset: object, layer: str, *, orders: Sequence[st
         >>> ab = ablate(model, underhood.datasets.shapes(512), "features.16")   # doctest: +SKIP
         >>> ab.baseline, ab.curves["selectivity"][10], ab.curves["random"][10]    # doctest: +SKIP
     """
-    images, labels = _labelled(dataset)
+    images, labels = _labelled(dataset, model)
     resolve(model, layer)
     if isinstance(orders, str):
         orders = (orders,)
@@ -306,12 +377,14 @@ def ablate(model: nn.Module, dataset: object, layer: str, *, orders: Sequence[st
         masks.append(cumulative)
     keep = torch.cat(masks)
     distinct, inverse = torch.unique(keep, dim=0, return_inverse=True)
-    correct, n_classes = _masked_accuracy(model, images, labels, layer, distinct, size, progress)
+    correct, truth, n_classes = _masked_accuracy(model, images, labels, layer, distinct, size, progress)
     accuracy = (correct.double() / len(images)).float()[inverse]
+    probability = (truth / len(images)).float()[inverse]
     start, curves = 1 + len(chosen), {}
     for o in order_units:
         curves[o] = accuracy[start:start + len(counts)]
         start += len(counts)
     return Ablation(layer, len(images), n_classes, chosen, float(accuracy[0]), accuracy[1:1 + len(chosen)],
-                    selectivity, curves, order_units, counts)
+                    selectivity, curves, order_units, counts, float(probability[0]),
+                    probability[1:1 + len(chosen)])
 

@@ -10,6 +10,7 @@ Kaski 2001: whether points close in 2-D are close in the layer's own features to
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -116,7 +117,7 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
     """
     from tqdm.auto import tqdm
 
-    images = dataset_images(dataset)
+    images = dataset_images(dataset, model)
     names = _names(layers)
     choice("pool", pool, POOLS)
     n = len(images)
@@ -150,10 +151,18 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
 def knn_accuracy(points: torch.Tensor, labels: torch.Tensor, k: int = 10, *, chunk: int = 2048) -> float:
     """Leave-one-out ``k``-NN accuracy: each point takes the majority label of its ``k`` nearest
     other points (Euclidean); ties go to the smallest class index (as scikit-learn's
-    ``KNeighborsClassifier``). ``k`` is clipped to ``N - 1``."""
+    ``KNeighborsClassifier``). ``k`` is clipped to ``N - 1`` with a warning (with ``k >= N - 1`` every
+    other point votes, whatever the layout); fewer than 2 points give NaN with a warning."""
     points, labels = points.double(), labels.long().cpu()
     n = len(points)
-    k = min(k, n - 1)
+    if n < 2:
+        warnings.warn(f"knn_accuracy: {n} point(s) have no neighbour to vote; the accuracy is NaN", UserWarning,
+                      stacklevel=2)
+        return float("nan")
+    if k > n - 1:
+        warnings.warn(f"k: {k} neighbours asked of {n} points; using k = {n - 1} (every other point votes, "
+                      "so the score says little): embed more images or pass a smaller k", UserWarning, stacklevel=2)
+        k = n - 1
     n_classes = int(labels.max()) + 1
     correct = 0
     for rows in batches(n, chunk):
@@ -231,8 +240,8 @@ def _umap():
     return umap
 
 
-def _layout(z, method: str, perplexity: float, seed: int, n_jobs: int | None = None):
-    """2-D layout of the (PCA-reduced) rows ``z``."""
+def _layout(z, method: str, perplexity: float, seed: int, n_jobs: int | None = None, steps: int | None = None):
+    """2-D layout of the (PCA-reduced) rows ``z``; ``steps`` optimisation steps (``None``: the library's)."""
     import numpy as np
 
     n = len(z)
@@ -242,11 +251,13 @@ def _layout(z, method: str, perplexity: float, seed: int, n_jobs: int | None = N
         import openTSNE
 
         p = min(float(perplexity), (n - 1) / 3)  # openTSNE needs 3 * perplexity < n
+        # a third of the steps with early exaggeration, as openTSNE's default 250 + 500
+        iters = {} if steps is None else {"early_exaggeration_iter": steps // 3, "n_iter": steps - steps // 3}
         out = openTSNE.TSNE(n_components=2, perplexity=p, random_state=seed, n_jobs=_threads(n, n_jobs),
-                            initialization="pca", verbose=False).fit(z)
+                            initialization="pca", verbose=False, **iters).fit(z)
     else:
         neighbours = int(min(15, n - 1))
-        out = _umap().UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(z)
+        out = _umap().UMAP(n_components=2, n_neighbors=neighbours, random_state=seed, n_epochs=steps).fit_transform(z)
     out = np.asarray(out, dtype=np.float32)
     if out.shape[1] < 2:  # one feature: lay it out on a line
         out = np.concatenate([out, np.zeros((n, 2 - out.shape[1]), np.float32)], 1)
@@ -255,7 +266,7 @@ def _layout(z, method: str, perplexity: float, seed: int, n_jobs: int | None = N
 
 def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labels: torch.Tensor | None = None,
                    pca_dims: int | None = 50, perplexity: float = 30.0, seed: int = 0, k: int = 10,
-                   scores: bool = True, n_jobs: int | None = None) -> Embedding:
+                   scores: bool = True, n_jobs: int | None = None, steps: int | None = None) -> Embedding:
     """The 2-D part of :func:`embed`, on features already computed (e.g. by a distributed pass).
 
     Per layer: PCA to ``min(pca_dims, D, N)`` dimensions (no standardisation; ``pca_dims=None``
@@ -271,6 +282,9 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
         seed: seeds PCA and the layout; the same seed gives the same coordinates (whatever ``n_jobs``).
         n_jobs: t-SNE threads; ``None``: ``torch.get_num_threads()`` from :data:`THREADED_FROM`
             points on, one below (threads cost more than they give on small layouts).
+        steps: optimisation steps of t-SNE (a third of them with early exaggeration) or UMAP
+            epochs; ``None`` keeps the library's default (t-SNE: 750). A few hundred lay out a
+            few hundred points well; more points want more steps.
 
     Returns:
         An :class:`Embedding`.
@@ -289,6 +303,8 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
         raise InputError(f"pca_dims: expected an int >= 2 or None, got {pca_dims!r}")
     positive_int("k", k)
     number("perplexity", perplexity, strict=True)
+    if steps is not None:
+        positive_int("steps", steps)
     if labels is not None:
         labels = torch.as_tensor(labels).long().cpu()
         if labels.shape != (n,):
@@ -298,7 +314,7 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
     result = Embedding({}, labels, method, list(feats), k=k, seed=seed)
     for name, f in feats.items():
         f = f.detach().float().cpu()
-        coords = _layout(_reduce(f, pca_dims, seed), method, perplexity, seed, n_jobs)
+        coords = _layout(_reduce(f, pca_dims, seed), method, perplexity, seed, n_jobs, steps)
         result.coords[name] = coords
         if scores:
             kk = min(k, (n - 1) // 2)
@@ -311,7 +327,7 @@ def embed_features(feats: dict[str, torch.Tensor], method: str = "tsne", *, labe
 def embed(model: nn.Module, dataset: object, layers: str | Sequence[str], method: str = "tsne", *,
           pool: str = "avg", pca_dims: int | None = 50, perplexity: float = 30.0, seed: int = 0,
           labels: torch.Tensor | None = None, batch_size: int | str | None = None, progress: bool = False,
-          k: int = 10, n_jobs: int | None = None) -> Embedding:
+          k: int = 10, n_jobs: int | None = None, steps: int | None = None) -> Embedding:
     """The same images laid out in 2-D at each layer: :func:`features`, then :func:`embed_features`.
 
     Args:
@@ -333,7 +349,7 @@ def embed(model: nn.Module, dataset: object, layers: str | Sequence[str], method
         labels = getattr(dataset, "labels", None)
     feats = features(model, dataset, layers, pool=pool, batch_size=batch_size, progress=progress)
     return embed_features(feats, method, labels=labels, pca_dims=pca_dims, perplexity=perplexity, seed=seed, k=k,
-                          n_jobs=n_jobs)
+                          n_jobs=n_jobs, steps=steps)
 
 
 __all__ = ["Embedding", "features", "embed", "embed_features", "knn_accuracy", "trustworthiness", "INPUT"]

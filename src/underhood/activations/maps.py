@@ -9,6 +9,7 @@ from torch import nn
 
 from ..core.errors import InputError
 from ..core.hooks import capture
+from ..core.inputs import check_inputs
 from ..core.layers import last_hidden, stages
 
 
@@ -20,8 +21,7 @@ def maps(model: nn.Module, inputs: torch.Tensor, layers: str | Sequence[str]) ->
     Example:
         >>> acts = maps(model, x, ["features.0", "features.3"])   # doctest: +SKIP
     """
-    if not isinstance(inputs, torch.Tensor) or inputs.ndim != 4:
-        raise InputError(f"inputs: expected a [N, C, H, W] tensor, got {getattr(inputs, 'shape', type(inputs))}")
+    inputs = check_inputs(model, inputs)
     names = [layers] if isinstance(layers, str) else list(layers)
     with capture(model, names, eval=True) as cap, torch.no_grad():
         model(inputs)

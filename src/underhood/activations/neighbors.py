@@ -98,7 +98,8 @@ def neighbors(model: nn.Module, query: torch.Tensor, dataset: object, layer: str
     if not isinstance(layer, str) or layer == INPUT:
         raise InputError(f"layer: expected the name of a layer of the model, got {layer!r}; pixel space "
                          "neighbours come with every call")
-    images = dataset_images(dataset)
+    images = dataset_images(dataset, model)
+    dataset_images(query, model, "query")
     n = len(images)
     positive_int("k", k)
     if k > n:
@@ -108,9 +109,27 @@ def neighbors(model: nn.Module, query: torch.Tensor, dataset: object, layer: str
                          f"{tuple(images.shape[1:])}; give queries of the dataset's size")
     data = features(model, images, [INPUT, layer], pool=pool, batch_size=batch_size)
     asked = features(model, query, [INPUT, layer], pool=pool, batch_size=batch_size)
-    pixel_index, pixel_distance = _nearest(asked[INPUT], data[INPUT], k, metric)
-    feature_index, feature_distance = _nearest(asked[layer], data[layer], k, metric)
+    return neighbors_of_features(asked, data, layer, k, metric=metric)
+
+
+def neighbors_of_features(query: dict[str, torch.Tensor], dataset: dict[str, torch.Tensor], layer: str, k: int = 5,
+                          *, metric: str = "euclidean") -> Neighbors:
+    """The search of :func:`neighbors` on features already computed (a shared pass, a distributed one).
+
+    ``query`` and ``dataset`` map ``"input"`` (flattened pixels) and ``layer`` to ``[Q, D]`` and
+    ``[N, D]`` features, as :func:`underhood.activations.embed.features` returns them.
+    """
+    choice("metric", metric, METRICS)
+    positive_int("k", k)
+    missing = [name for name in (INPUT, layer) if name not in query or name not in dataset]
+    if missing:
+        raise InputError(f"query, dataset: no features for {missing}; give features of 'input' and {layer!r}")
+    if k > len(dataset[INPUT]):
+        raise InputError(f"k: {k} neighbours asked but the dataset has only {len(dataset[INPUT])} images; pass k <= "
+                         f"{len(dataset[INPUT])}")
+    pixel_index, pixel_distance = _nearest(query[INPUT], dataset[INPUT], k, metric)
+    feature_index, feature_distance = _nearest(query[layer], dataset[layer], k, metric)
     return Neighbors(pixel_index, pixel_distance, feature_index, feature_distance, layer, metric)
 
 
-__all__ = ["Neighbors", "neighbors", "distances"]
+__all__ = ["Neighbors", "neighbors", "neighbors_of_features", "distances"]

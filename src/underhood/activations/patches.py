@@ -131,7 +131,7 @@ def scan(model: nn.Module, dataset: object, layer: str, k: int = 9, *, channels:
     Dataset indices in the result are global (``start`` included), so the states of several
     slices merge with :func:`merge` into the state of the whole.
     """
-    images = dataset_images(dataset)
+    images = dataset_images(dataset, model)
     stop = len(images) if stop is None else stop
     part_images = images[start:stop]
     if len(part_images) == 0:
@@ -278,7 +278,7 @@ def top_patches(model: nn.Module, dataset: object, layer: str, k: int = 9, *, ch
         >>> tp = top_patches(model, underhood.datasets.shapes(2000), "features.10", k=9)   # doctest: +SKIP
         >>> tp.index[0]       # the 9 images that excite channel 0 most                      # doctest: +SKIP
     """
-    images = dataset_images(dataset)
+    images = dataset_images(dataset, model)
     positive_int("k", k)
     if k > len(images):
         raise InputError(f"k: {k} images per channel asked, the dataset has only {len(images)}; pass k <= "

@@ -75,7 +75,7 @@ def histogram_edges(model: nn.Module, dataset: object, layer: str, *, bins: int 
                     batch_size: int | str | None = None) -> torch.Tensor:
     """Histogram edges spanning the responses of the dataset's first ``EDGE_SAMPLE`` inputs, with a
     25% margin: independent of batching and sharding, so every shard of a run bins alike."""
-    images = dataset_images(dataset)[:EDGE_SAMPLE]
+    images = dataset_images(dataset, model)[:EDGE_SAMPLE]
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
     return _edges_from(torch.cat([_responses(_flat(acts[layer])) for _, acts in stream(model, layer, images, size)]),
                        bins)
@@ -92,7 +92,7 @@ def accumulate(model: nn.Module, dataset: object, layer: str, edges: torch.Tenso
     itself (held back until that many are seen), which saves the extra pass. States of disjoint
     slices add up (:func:`merge`); :func:`from_state` turns one into :class:`LayerStatistics`.
     """
-    images = dataset_images(dataset)[start:stop]
+    images = dataset_images(dataset, model)[start:stop]
     if len(images) == 0:
         raise InputError(f"start/stop: the slice {start}:{stop} is empty")
     if isinstance(edges, int) and start != 0:
@@ -170,6 +170,6 @@ def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
         >>> st = statistics(model, underhood.datasets.shapes(512), "features.10")   # doctest: +SKIP
         >>> int(st.dead.sum()), st.active.mean()                                      # doctest: +SKIP
     """
-    images = dataset_images(dataset)
+    images = dataset_images(dataset, model)
     positive_int("bins", bins)
     return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress))

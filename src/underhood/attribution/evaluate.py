@@ -29,19 +29,21 @@ from ..core.checks import positive_int
 from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import frozen
+from ..core.inputs import check_inputs
 from ..core.results import Result, Summary
 from ..data.imageset import ImageSet
 from .base import fixed_target
 from .cam import pooled_maps
 from .metrics import (
-    deletion_curve,
+    _curve_result,
+    curves_for_methods,
     energy_in_mask,
-    insertion_curve,
     mask_shares,
     pointing_game,
     randomized_copy,
     similarities,
 )
+from .perturbation import superpixels
 from .registry import METHODS, REGISTRY, get
 
 COLUMNS = {"pointing": "up", "energy": "up", "deletion": "down", "insertion": "up", "model_rand": "down",
@@ -172,11 +174,21 @@ def method_options(model: nn.Module, methods: Sequence[str], *, full: bool = Fal
 def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(METHODS), *, n: int = 16,
              steps: int = 20, full: bool = False, random_model: nn.Module | None = None,
              spurious_model: nn.Module | None = None, spurious_data: ImageSet | None = None,
-             options: Mapping[str, dict] | None = None, seed: int = 0, progress: bool = False) -> Evaluation:
+             options: Mapping[str, dict] | None = None, seed: int = 0, progress: bool = False,
+             sanity_n: int | None = None, maps: Mapping[str, torch.Tensor] | None = None,
+             shortcut_maps: Mapping[str, torch.Tensor] | None = None) -> Evaluation:
     """Score each method on the first ``n`` images of ``data`` (see the module docstring for columns).
 
     Localisation needs ``data.masks``; ``data_rand`` needs ``random_model``; the shortcut columns
     need ``spurious_model`` and ``spurious_data`` (with ``marker_masks``).
+
+    Args:
+        sanity_n: images (the first ``sanity_n`` of the ``n``) for the randomisation and shortcut
+            columns, which compute maps on other models (default ``n``).
+        maps: maps already computed for ``model`` on the first ``n`` images and their predicted
+            classes with these options (e.g. by ``explain``), reused instead of recomputed.
+        shortcut_maps: the same for ``spurious_model`` on the first ``sanity_n`` images of
+            ``spurious_data``.
     """
     from tqdm.auto import tqdm
 
@@ -184,48 +196,73 @@ def evaluate(model: nn.Module, data: ImageSet, methods: Sequence[str] = tuple(ME
     if unknown:
         raise InputError(f"methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     positive_int("n", n)  # images
-    device = model_device(model)
-    x = data.images[:n].to(device)
+    x = check_inputs(model, data.images[:n], "data")
     opts = method_options(model, methods, full=full, overrides=options)
     shortcut_opts = (method_options(spurious_model, methods, full=full, overrides=options)
                      if spurious_model is not None else {})
-    values, seconds, curves = {}, {}, {}
+    m = min(n, positive_int("sanity_n", sanity_n)) if sanity_n is not None else n  # images
+    given, given_shortcut = _given(maps, methods, len(x), "maps"), _given(shortcut_maps, methods, m, "shortcut_maps")
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, None)   # the predicted classes, explained by every model below
+    twin = randomized_copy(model, seed=seed)
+    values, seconds, curves, all_maps = {}, {}, {}, {}
     for name in tqdm(methods, desc="evaluate", disable=not progress):
         start = time.perf_counter()
-        values[name], curves[name] = _score(model, data, x, name, opts[name], steps, random_model, seed)
+        values[name], all_maps[name] = _score(model, data, x, fixed, name, opts[name],
+                                              {"model": twin, "data": random_model}, m, given.get(name))
         if spurious_model is not None and spurious_data is not None:
-            values[name].update(_shortcut(spurious_model, spurious_data, n, name, shortcut_opts[name]))
-        seconds[name] = round(time.perf_counter() - start, 2)
-    settings = {"n": n, "steps": steps, "full": full, "seed": seed, "options": opts,
+            values[name].update(_shortcut(spurious_model, spurious_data, m, name, shortcut_opts[name],
+                                          given_shortcut.get(name)))
+        seconds[name] = time.perf_counter() - start
+    # deletion / insertion of every method in one batched pass (the curves' ends are shared)
+    start = time.perf_counter()
+    both = curves_for_methods(model, x, list(all_maps.values()), fixed, steps=steps) if methods else ()
+    for kind, res in zip(("deletion", "insertion"), both):
+        for name, c in zip(all_maps, res):
+            values[name][kind] = float(_curve_result(c, kind).auc.mean())
+            curves.setdefault(name, {})[kind] = [round(float(v), 5) for v in c.mean(0)]
+    share = (time.perf_counter() - start) / max(1, len(methods))
+    seconds = {k: round(v + share, 2) for k, v in seconds.items()}
+    settings = {"n": n, "sanity_n": m, "steps": steps, "full": full, "seed": seed, "options": opts,
                 "dataset": data.info.get("dataset") if getattr(data, "info", None) else None}
     return Evaluation(values, settings, seconds, curves)
 
 
-def _score(model, data, x, name, opts, steps, random_model, seed) -> tuple[dict[str, float], dict[str, list[float]]]:
+def _given(maps: Mapping[str, torch.Tensor] | None, methods: Sequence[str], n: int, name: str) -> dict:
+    """Precomputed maps, checked: one map per image for methods among ``methods``."""
+    out = dict(maps or {})
+    for k, v in out.items():
+        if k not in methods or not isinstance(v, torch.Tensor) or v.ndim != 4 or len(v) != n:
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise InputError(f"{name}: expected {{method: [{n}, C, H, W] maps}} for methods evaluated here, "
+                             f"got {k!r}: {got}; compute them on the same images")
+    return out
+
+
+def _score(model, data, x, fixed, name, opts, others, m, maps) -> tuple[dict[str, float], torch.Tensor]:
+    """The columns of one method that need no curve, and its maps on the ``n`` images."""
     fn = get(name)
-    with frozen(model):
-        fixed, _ = fixed_target(model, x, None)   # the predicted classes, explained by every model below
-    maps = fn(model, x, fixed, **opts)
+    maps = fn(model, x, fixed, **opts) if maps is None else maps.to(x.device)
     row = {}
     if data.masks is not None:
         masks = data.masks[: len(x)].to(x.device)
         row["pointing"] = float(pointing_game(maps, masks).float().mean())
         row["energy"] = float(energy_in_mask(maps, masks).mean())
-    curves = {}
-    for kind, curve in (("deletion", deletion_curve), ("insertion", insertion_curve)):
-        res = curve(model, x, maps, steps=steps)
-        row[kind], curves[kind] = float(res.auc.mean()), [round(float(v), 5) for v in res.curves.mean(0)]
-    # the maps of a fully re-initialised copy, and of a copy trained on permuted labels, for the
-    # classes the trained model predicts (the last columns of the sanity checks)
-    for column, other in (("model", randomized_copy(model, seed=seed)), ("data", random_model)):
+    # the maps of a fully re-initialised copy, and of a copy trained on permuted labels, on the first m
+    # images, for the classes the trained model predicts (the last columns of the sanity checks);
+    # LIME's superpixels depend on the image only, so they are cut once for both
+    other_opts = dict(opts)
+    if name == "lime" and "segments" not in opts and any(o is not None for o in others.values()):
+        other_opts["segments"] = superpixels(x[:m], opts.get("n_segments", 50), opts.get("compactness", 10.0))
+    for column, other in others.items():
         if other is not None:
-            rank, structure = similarities(maps, fn(other, x, fixed, **opts))
+            rank, structure = similarities(maps[:m], fn(other, x[:m], fixed[:m], **other_opts))
             row[f"{column}_rand"], row[f"{column}_ssim"] = float(rank.nanmean()), float(structure.nanmean())
-    return row, curves
+    return row, maps
 
 
-def _shortcut(model, data, n, name, opts) -> dict[str, float]:
+def _shortcut(model, data, n, name, opts, maps=None) -> dict[str, float]:
     x = data.images[:n].to(model_device(model))
-    maps = get(name)(model, x, None, **opts)
+    maps = get(name)(model, x, None, **opts) if maps is None else maps.to(x.device)
     obj, marker = mask_shares(maps, data.masks[:n].to(x.device), data.marker_masks[:n].to(x.device))
     return {"marker": float(marker.mean()), "object": float(obj.mean())}

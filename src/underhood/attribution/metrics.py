@@ -221,6 +221,51 @@ def _curves(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, target: 
     return s.view(n, steps + 1).cpu()
 
 
+def curves_for_methods(model: nn.Module, inputs: torch.Tensor, maps: Sequence[torch.Tensor], target: Target = None,
+                       *, steps: int = 50, blur_sigma: float = 5.0, batch_size: int | str | None = None,
+                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deletion and insertion curves ``([M, N, steps + 1], [M, N, steps + 1])`` of ``M`` maps of the same inputs.
+
+    The same numbers as :func:`deletion_curve` (zeros baseline) and :func:`insertion_curve` (blurred
+    baseline) called once per map, at a fraction of their passes: the copies of every map go through
+    the model together, and the two ends of each curve (the image, the black image, the blurred image)
+    do not depend on the map, so they are scored once per image instead of four times per map.
+    """
+    positive_int("steps", steps)  # the number of curve intervals
+    x = prepare(model, inputs)
+    n, hw = x.shape[0], x.shape[2] * x.shape[3]
+    heats = [heatmap(m).to(x.device) for m in maps]
+    for m, h in zip(maps, heats):
+        if h.shape != (n, *x.shape[2:]):
+            raise InputError(f"maps: expected [{n}, C, {x.shape[2]}, {x.shape[3]}] to match the inputs, "
+                             f"got {tuple(m.shape)}; compute the maps on these inputs")
+    blurred, k_all = _blur(x, blur_sigma), len(heats) * n
+    order = torch.cat(heats).flatten(1).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(hw, device=x.device).expand(k_all, hw))
+    i = torch.arange(1, steps, device=x.device)  # the inner steps; 0 and steps are the ends
+    k = torch.div(2 * i * hw + steps, 2 * steps, rounding_mode="floor")  # round(i HW / steps), halves up
+    with frozen(model):
+        fixed, _ = fixed_target(model, x, target)
+        shape, out = tuple(x.shape[1:]), []
+        ends = score_copies(model, lambda part: (torch.cat([x, torch.zeros_like(x), blurred])[part],
+                                                 torch.arange(3 * n, device=x.device)[part] % n),
+                            3 * n, fixed, batch_size=batch_size, shape=shape, kind="probability").view(3, n)
+        for insert, (top, rest) in ((False, (torch.zeros_like(x), x)), (True, (x, blurred))):
+            def make(part: slice, top=top, rest=rest) -> tuple[torch.Tensor, torch.Tensor]:
+                j = torch.arange(part.start, part.stop, device=x.device)
+                row, step = j // len(i), j % len(i)
+                chosen = (rank[row] < k[step][:, None]).view(-1, 1, *x.shape[2:])
+                return torch.where(chosen, top[row % n], rest[row % n]), row % n
+
+            inner = score_copies(model, make, k_all * len(i), fixed, batch_size=batch_size, shape=shape,
+                                 kind="probability", progress=progress,
+                                 desc="insertion" if insert else "deletion").view(len(heats), n, len(i))
+            first, last = (ends[2], ends[0]) if insert else (ends[0], ends[1])
+            out.append(torch.cat([first.expand(len(heats), n)[..., None], inner, last.expand(len(heats), n)[..., None]],
+                                 dim=2).cpu())
+    return out[0], out[1]
+
+
 @dataclass(repr=False)
 class CurveResult(Result):
     """A deletion or insertion curve per image, and the area under it (see :func:`deletion_curve`).
@@ -637,7 +682,7 @@ def _fix_target(model: nn.Module, x: torch.Tensor, target: Target) -> Target:
 
 def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Method, target: Target = None, *,
                         seed: int = 0, layers: Sequence[str] | None = None, similarity_on: str = "abs",
-                        **options) -> RandomizationResult:
+                        by: str = "layer", **options) -> RandomizationResult:
     """Cascading model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
 
     On a deep copy of ``model`` (the model itself is untouched), layers are re-initialised one
@@ -651,7 +696,10 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
     randomised model keeps no learned quantity; a BatchNorm is re-initialised as a freshly built
     one is (identity affine, running statistics reset), since its learned per-channel scale
     and shift are weights too. Pass ``layers`` (names, blocks allowed) to randomise fewer,
-    coarser stages, e.g. only convolutions. Each layer's randomisation is seeded from
+    coarser stages, e.g. only convolutions, or ``by="block"``: one stage per weight layer (a
+    convolution or linear layer) together with the layers without a weight matrix that follow it in
+    forward order up to the next one (its BatchNorm), named after the weight layer; the last stage
+    is the same fully randomised model. Each layer's randomisation is seeded from
     ``(seed, name)`` under a forked RNG: deterministic, and the global RNG is not disturbed.
 
     Similarities of each stage's maps to the original ones, per sample: :func:`spearman`
@@ -666,6 +714,7 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
         seed: randomisation seed.
         layers: layer names to randomise (default: see above), in any order.
         similarity_on: ``"abs"`` or ``"signed"``, for the rank correlation.
+        by: ``"layer"`` (one stage per layer) or ``"block"`` (see above).
         **options: passed to ``method``.
 
     Returns:
@@ -676,6 +725,7 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
         >>> print(res.summary())                             # doctest: +SKIP
     """
     choice("similarity_on", similarity_on, ("abs", "signed"))
+    choice("by", by, ("layer", "block"))
     label, method = _name(method), _resolve_method(method)
     x = prepare(model, inputs)
     fixed = _fix_target(model, x, target)
@@ -685,12 +735,26 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
     except Exception as exc:  # any failure to copy means the same to the user
         raise InputError(f"model: cannot deep-copy {type(model).__name__} ({exc}); the test needs a copy to "
                          "randomise") from exc
-    names = _stages(twin, x, layers)
     layer_of = named_layers(twin)
-    for name in names:
-        _randomize(layer_of[name], name, seed)
+    names = _stages(twin, x, layers)
+    groups = _blocks(names, layer_of) if by == "block" else [[n] for n in names]
+    for group in groups:
+        for name in group:
+            _randomize(layer_of[name], name, seed)
         maps.append(_run(method, twin, x, fixed, options))
-    return _result(["original", *names], maps, similarity_on, label)
+    return _result(["original", *(g[0] for g in groups)], maps, similarity_on, label)
+
+
+def _blocks(names: Sequence[str], layer_of: dict[str, nn.Module]) -> list[list[str]]:
+    """``names`` (output side first) grouped into blocks: a layer owning a weight matrix (ndim >= 2), then the
+    layers after it in forward order that own none; the groups output side first, each led by its weight layer."""
+    groups: list[list[str]] = []
+    for name in reversed(names):  # forward order
+        if not groups or any(p.ndim >= 2 for p in layer_of[name].parameters(recurse=False)):
+            groups.append([name])
+        else:
+            groups[-1].append(name)
+    return groups[::-1]
 
 
 def data_randomization(model: nn.Module, random_model: nn.Module, inputs: torch.Tensor, method: str | Method,

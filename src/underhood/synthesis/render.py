@@ -13,6 +13,7 @@ from ..core.checks import positive_int
 from ..core.device import model_device
 from ..core.errors import InputError
 from ..core.hooks import differentiable, frozen
+from ..core.inputs import check_inputs, check_size
 from ..core.results import Result
 from .objectives import Objective, batch
 from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
@@ -126,6 +127,7 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
     if operations and param != "pixels":
         raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
     c, h, w = _input_shape(model, size, None)
+    check_size(model, (h, w), "size", channels=c, hint="pass a larger size")
     tf = _transforms(transforms, (h, w))
     device = model_device(model)
     image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd).to(device)
@@ -175,10 +177,7 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: in
     Returns the dreamed images in ``[0, 1]``, the input's size."""
     from tqdm.auto import tqdm
 
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4:
-        raise InputError(f"image: expected [N, C, H, W] or [C, H, W], got {tuple(image.shape)}")
+    image = check_inputs(model, image, "image", unbatched=True)
     positive_int("octaves", octaves)
     positive_int("steps", steps)
     device = model_device(model)
@@ -268,8 +267,7 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
 
     from . import priors as P
 
-    if image.ndim == 3:
-        image = image[None]
+    image = check_inputs(model, image, "image", unbatched=True)
     positive_int("steps", steps)
     if not seeds:
         raise InputError("seeds: no seed given; give at least one")
@@ -321,8 +319,7 @@ def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int 
     ``<phi(x), phi(x0)> * cos(phi(x), phi(x0))^power`` at ``layer``: an image that shows, exaggerated,
     what the representation of ``image`` already detects. ``param``, ``transforms`` and ``priors`` as
     in :func:`render`. Returns ``[N, C, H, W]`` in ``[0, 1]``."""
-    if image.ndim == 3:
-        image = image[None]
+    image = check_inputs(model, image, "image", unbatched=True)
     device = model_device(model)
     x0 = image.to(device).float()
     with probe(model, [layer], need_logits=False) as pr, torch.no_grad():

@@ -10,7 +10,11 @@ import torch
 from .figures import TITLE_KW
 from .render import colormap, new_figure, subplots, to_numpy_image
 
-GOOD, BAD, INK = "#1a7f37", "#cf222e", "#24292f"
+GOOD, BAD, INK, MUTED = "#1a7f37", "#cf222e", "#24292f", "#8c959f"
+# one meaning across the report: green = correct / the class kept, red = wrong / the decision the attack changed;
+# a colour never stands for "confident"
+STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D")
 
 
 def _show(ax, image: torch.Tensor) -> None:
@@ -96,23 +100,23 @@ def robustness_figure(curves: Mapping[str, object], *, title: str | None = None,
         scale = 255.0 if norm == "linf" else 1.0
         eps = np.asarray(curve.eps, dtype=float) * scale
         acc = np.asarray(curve.accuracy, dtype=float) * 100
-        style = {"marker": "o", "ms": 3.5} if len(eps) <= 20 else {}
+        style = {"marker": MARKERS[i % len(MARKERS)], "ms": 4} if len(eps) <= 20 else {}
         if curve.norms is not None:  # accuracy(e) = share of minimal norms above e: a step function
             style["drawstyle"] = "steps-post"
-        ax.plot(eps, acc, color=colors(i % 10), lw=1.6, label=name, **style)
+        ax.plot(eps, acc, color=colors(i % 10), lw=1.6, ls=STYLES[i % len(STYLES)], label=name, **style)
     if chance is not None:
-        ax.axhline(chance * 100, color="#8c959f", lw=1, ls="--", label="chance")
+        ax.axhline(chance * 100, color=MUTED, lw=1, ls=(0, (2, 3)), label="chance")
     ax.set_ylim(-2, 102)
     return _curve_axes(fig, ax, _eps_label(norm), "accuracy under attack (%)", title)
 
 
 def _curve_axes(fig, ax, xlabel: str, ylabel: str, title: str | None):
     """Labels, grid, legend and title of a curve plot; the figure, laid out."""
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=8)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=8, frameon=False)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout(pad=0.4)
@@ -128,7 +132,7 @@ def norms_figure(norms: Mapping[str, torch.Tensor], *, norm: str = "l2", title: 
         v = v[np.isfinite(v)]
         if len(v):
             ax.plot(v, np.arange(1, len(v) + 1) / len(values) * 100, drawstyle="steps-post", color=colors(i % 10),
-                    lw=1.6, label=f"{name} (median {np.median(v):.2f})")
+                    lw=1.6, ls=STYLES[i % len(STYLES)], label=f"{name} (median {np.median(v):.2f})")
     return _curve_axes(fig, ax, f"minimal perturbation ({'L2' if norm == 'l2' else norm})", "images fooled (%)",
                        title)
 
@@ -161,14 +165,16 @@ def universal_figure(perturbation: torch.Tensor, images: torch.Tensor, clean_pre
 
 def fooling_figure(result, *, classes: Sequence[str] | None = None, ncols: int = 8, title: str | None = None,
                    cell: float = 1.35):
-    """Images made from scratch, titled with the class the model sees and its confidence."""
+    """Images made from scratch, titled with the class each was made for and the model's probability of it
+    (or the class it sees instead): dark where the image reached the attack's confidence, grey where not.
+    Neither green nor red: an image of noise has no correct class."""
     from .figures import image_grid
 
     cls = (result.target if result.target is not None else result.predicted).tolist()
     pred, conf = result.predicted.tolist(), result.confidence.tolist()
     titles = [f"{_name(classes, k)}\np = {c:.3f}" if p == k else f"{_name(classes, k)}\n(sees {_name(classes, p)})"
               for k, p, c in zip(cls, pred, conf)]
-    colors = [BAD if ok else "#8c959f" for ok in result.success.tolist()]
+    colors = [INK if ok else MUTED for ok in result.success.tolist()]
     return image_grid(result.adversarial.detach().cpu(), titles=titles, ncols=ncols, cell=cell, suptitle=title,
                       title_colors=colors)
 

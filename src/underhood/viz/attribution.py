@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from .render import colormap, subplots, to_numpy_image
+from .render import new_figure, subplots, to_numpy_image
 
 STYLES = {
     "saliency": "magnitude", "input_x_gradient": "magnitude", "smoothgrad": "magnitude",
@@ -31,6 +31,21 @@ LABELS = {
     "guided_gradcam": "Guided Grad-CAM", "cam": "CAM", "gradcam": "Grad-CAM", "gradcam_pp": "Grad-CAM++",
     "scorecam": "Score-CAM", "occlusion": "Occlusion", "lime": "LIME",
 }
+
+
+# the methods in groups that share a picture convention (one readable figure each in the report)
+GROUPS = {
+    "gradients": ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients"),
+    "relu rules": ("deconvnet", "guided_backprop", "guided_gradcam"),
+    "cam": ("cam", "gradcam", "gradcam_pp", "scorecam"),
+    "perturbation": ("occlusion", "lime"),
+}
+# one colour and one line style per method: a qualitative palette (tab10 and three more), and the
+# style of the method's group, so no two curves look alike in colour or in grey
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#000000", "#e6ab02", "#1b3a6b")
+DASHES = {"gradients": "-", "relu rules": "--", "cam": "-.", "perturbation": ":"}
+CORRECT, WRONG = "#1a7f37", "#cf222e"  # green = right / same class, red = wrong: one meaning across the report
 
 
 def _scale(values: torch.Tensor, clip: float) -> float:
@@ -71,63 +86,88 @@ def render_map(attribution: torch.Tensor, style: str, image: torch.Tensor | None
     raise ValueError(f"style: expected one of magnitude, rgb, overlay, diverging; got {style!r}")
 
 
+def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], *, cell: float, col_titles: Sequence[str] = (),
+            row_titles: Sequence[str] = (), row_colors: Sequence[str] | None = None,
+            notes: Sequence[Sequence[str]] | None = None, fontsize: float = 10, bold_rows: bool = False,
+            bold_cols: bool = True, title: str | None = None):
+    """One figure holding a grid of equal-sized RGB cells on a single axes, with white gaps between them.
+
+    A grid of images drawn as one picture costs a fraction of one axes per cell to build and save.
+    Column titles go above the first row, row titles to the left of each row (vertical, so they
+    never reach into the row above), ``notes[i][j]`` under cell ``(i, j)``.
+    """
+    rows, cols = len(cells), max(len(r) for r in cells)
+    h, w = next(c for r in cells for c in r if c is not None).shape[:2]
+    gx = max(1, round(0.06 * w))
+    gy = gx + (round(0.2 * h) if notes else 0)
+    canvas = np.ones((rows * h + (rows - 1) * gy, cols * w + (cols - 1) * gx, 3))
+    for i, r in enumerate(cells):
+        for j, c in enumerate(r):
+            if c is not None:
+                canvas[i * (h + gy):i * (h + gy) + h, j * (w + gx):j * (w + gx) + w] = c[..., :3]
+    px = cell / w  # inches per canvas pixel
+    fig = new_figure(figsize=(canvas.shape[1] * px, canvas.shape[0] * px))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="equal")
+    ax.set_axis_off()
+    for j, t in enumerate(col_titles):
+        ax.text(j * (w + gx) + w / 2, -0.04 * h, t, ha="center", va="bottom", fontsize=fontsize,
+                fontweight="bold" if bold_cols else "normal")
+    for i, t in enumerate(row_titles):
+        ax.text(-0.04 * w, i * (h + gy) + h / 2, t, ha="right", va="center", rotation=90, fontsize=fontsize,
+                fontweight="bold" if bold_rows else "normal", color=row_colors[i] if row_colors else "black")
+    for i, r in enumerate(notes or ()):
+        for j, t in enumerate(r):
+            if t:
+                ax.text(j * (w + gx) + w / 2, i * (h + gy) + h + 0.03 * h, t, ha="center", va="top",
+                        fontsize=fontsize - 1)
+    if title:
+        fig.suptitle(title, fontsize=fontsize + 1, y=1 + 0.35 / (canvas.shape[0] * px))
+    return fig
+
+
 def attribution_figure(images: torch.Tensor, maps: Mapping[str, torch.Tensor], *,
                        row_titles: Sequence[str] | None = None, styles: Mapping[str, str] | None = None,
-                       cell: float = 1.45, title: str | None = None):
-    """Images x methods: each row an input (titled, e.g. with class and score), each column a method.
+                       cell: float = 1.45, title: str | None = None, row_colors: Sequence[str] | None = None,
+                       fontsize: float = 10):
+    """Images x methods: each row an input (labelled on its left, e.g. with class and score), each column a method.
 
     Args:
         images: ``[N, C, H, W]`` in [0, 1].
         maps: method name -> ``[N, C or 1, H, W]`` attributions (as returned by the methods).
-        row_titles: one line per image (class name and score, say).
+        row_titles: one line per image (class name and score, say), written beside the row, so it
+            never runs into the row above.
         styles: override the default style of a method (see :data:`STYLES`).
+        cell: the size of one image, in inches.
+        row_colors: a colour per row title (e.g. :data:`CORRECT` / :data:`WRONG`).
+        fontsize: of the titles, in points.
     """
     names = list(maps)
-    n, cols = len(images), len(names) + 1
-    fig, axes = subplots(n, cols, figsize=(cols * cell, n * cell + 0.35), squeeze=False)
-    for i in range(n):
-        axes[i][0].imshow(to_numpy_image(images[i]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        if row_titles is not None:
-            axes[i][0].set_title(row_titles[i], fontsize=7.5)
-        for j, name in enumerate(names, start=1):
-            style = (styles or {}).get(name, STYLES.get(name, "magnitude"))
-            axes[i][j].imshow(render_map(maps[name][i], style, images[i]), interpolation="nearest")
-            if i == 0:
-                axes[i][j].set_title(LABELS.get(name, name), fontsize=8, fontweight="bold")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.25, w_pad=0.2, h_pad=0.5)
-    return fig
+    cells = []
+    for i in range(len(images)):
+        picture = to_numpy_image(images[i])
+        picture = picture if picture.ndim == 3 else np.repeat(picture[..., None], 3, axis=2)
+        cells.append([picture] + [render_map(maps[name][i], (styles or {}).get(name, STYLES.get(name, "magnitude")),
+                                             images[i]) for name in names])
+    return _mosaic(cells, cell=cell, col_titles=["input"] + [LABELS.get(n, n) for n in names],
+                   row_titles=row_titles or (), row_colors=row_colors, fontsize=fontsize, title=title)
 
 
 def strips_figure(image: torch.Tensor | None, rows: Mapping[str, Sequence[torch.Tensor]], stages: Sequence[str], *,
-                  cell: float = 1.2, title: str | None = None, styles: Mapping[str, str] | None = None):
+                  cell: float = 1.2, title: str | None = None, styles: Mapping[str, str] | None = None,
+                  fontsize: float = 10, notes: Mapping[str, Sequence[str]] | None = None):
     """Sanity-check strips: one row per method, one column per stage (e.g. cascading randomisation).
 
-    ``image`` is drawn under the overlay styles (grey when ``None``)."""
+    ``image`` is drawn under the overlay styles (grey when ``None``). Stage titles are written
+    horizontally, broken at a space onto two lines when long; ``notes[method][j]`` (e.g. the rank
+    correlation with the first map) is written under cell ``j`` of that row."""
     names = list(rows)
-    fig, axes = subplots(len(names), len(stages), figsize=(len(stages) * cell + 0.8, len(names) * cell + 0.4),
-                             squeeze=False)
-    for i, name in enumerate(names):
-        style = (styles or {}).get(name, STYLES.get(name, "magnitude"))
-        for j, m in enumerate(rows[name]):
-            axes[i][j].imshow(render_map(m, style, image), interpolation="nearest")
-            if i == 0:
-                axes[i][j].set_title(stages[j], fontsize=7, rotation=30, ha="left", va="bottom",
-                                     rotation_mode="anchor")
-        axes[i][0].set_ylabel(LABELS.get(name, name), fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.3, w_pad=0.15, h_pad=0.3)
-    return fig
+    cells = [[render_map(m, (styles or {}).get(name, STYLES.get(name, "magnitude")), image) for m in rows[name]]
+             for name in names]
+    labels = [s if len(s) <= 16 else "\n".join(s.rsplit(" ", 1)) for s in stages]
+    return _mosaic(cells, cell=cell, col_titles=labels, row_titles=[LABELS.get(n, n) for n in names],
+                   notes=[list((notes or {}).get(n, ())) for n in names] if notes else None, fontsize=fontsize,
+                   bold_rows=True, bold_cols=False, title=title)
 
 
 def metric_table_figure(values: Mapping[str, Mapping[str, float]], directions: Mapping[str, str], *,
@@ -167,24 +207,34 @@ def curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title:
     """Deletion and insertion curves (Petsiuk et al. 2018), one line per method: the class probability
     against the fraction of pixels removed (deletion, lower is better) or restored (insertion, higher).
     ``kinds`` picks the panels (e.g. ``("deletion",)``)."""
-    fig, axes = subplots(1, len(kinds), figsize=(4.75 * len(kinds), 3.4), sharey=True, squeeze=False)
+    fig, axes = subplots(1, len(kinds), figsize=(4.1 * len(kinds) + 1.6, 3.6), sharey=True, squeeze=False)
     axes = list(axes[0])
-    cmap = colormap("tab20")
     for i, (name, c) in enumerate(curves.items()):
+        color, dash = line_style(name, i)
         for ax, kind in zip(axes, kinds):
             if kind in c:
                 y = np.asarray(c[kind], dtype=float)
-                ax.plot(np.linspace(0, 1, len(y)), y, color=cmap(i % 20), lw=1.4, label=LABELS.get(name, name))
+                ax.plot(np.linspace(0, 1, len(y)), y, color=color, ls=dash, lw=1.6, label=LABELS.get(name, name))
     for ax, kind in zip(axes, kinds):
         better = "lower" if kind == "deletion" else "higher"
-        ax.set_title(f"{kind.capitalize()} (area {better} is better)", fontsize=9)
-        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}, most important first",
-                      fontsize=8)
+        ax.set_title(f"{kind.capitalize()} (area {better} is better)", fontsize=10)
+        ax.set_xlabel(f"fraction of pixels {'removed' if kind == 'deletion' else 'restored'}\n(most important first)",
+                      fontsize=9)
         ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=8)
-    axes[0].set_ylabel("class probability", fontsize=8)
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.tick_params(labelsize=9)
+    axes[0].set_ylabel("class probability", fontsize=9)
+    axes[-1].legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, handlelength=2.6)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def line_style(name: str, index: int = 0) -> tuple[str, str]:
+    """``(colour, line style)`` of a method's curve: its own colour (registry order) and its group's dashes;
+    a name outside the registry gets the ``index``-th colour and a solid line."""
+    order = [m for group in GROUPS.values() for m in group]
+    if name in order:
+        group = next(g for g, members in GROUPS.items() if name in members)
+        return PALETTE[order.index(name) % len(PALETTE)], DASHES[group]
+    return PALETTE[index % len(PALETTE)], "-"

@@ -89,7 +89,7 @@ def _fit(ax, xy: np.ndarray, pad: float) -> None:
 
 def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images: torch.Tensor | None = None,
                      thumbnails: int = 0, title: str | None = None, panel: float = 3.6,
-                     thumb_size: float = 20.0):
+                     thumb_size: float = 20.0, ncols: int | None = None):
     """One scatter panel per layer of an :class:`~underhood.activations.embed.Embedding`, side by side.
 
     Points are coloured by class (a legend names them: ``classes[label]``, or the label
@@ -97,7 +97,8 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
     layout and its trustworthiness. With ``images`` (``[N, C, H, W]``, the embedded images in
     order) and ``thumbnails > 0``, that many images (``thumb_size`` points wide, framed in
     their class colour) are drawn on each panel next to points spread over the layout. Axes
-    carry no ticks: t-SNE and UMAP coordinates have no units.
+    carry no ticks: t-SNE and UMAP coordinates have no units. ``ncols`` panels per row (default:
+    all in one row; 2 lays four layers out as a readable square).
 
     Example:
         >>> fig = embedding_figure(e, classes=data.classes, images=data.images, thumbnails=12)  # doctest: +SKIP
@@ -107,9 +108,13 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
     layers = list(embedding.layers)
     n = len(next(iter(embedding.coords.values())))
     labels = embedding.labels
-    fig = Figure(figsize=(panel * len(layers), panel + 0.5))
-    axes = fig.subplots(1, len(layers), squeeze=False)
-    axes = list(axes.flat)
+    ncols = len(layers) if ncols is None else max(1, min(int(ncols), len(layers)))
+    nrows = -(-len(layers) // ncols)
+    fig = Figure(figsize=(panel * ncols, (panel + 0.45) * nrows + 0.4))
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid.flat[len(layers):]:
+        fig.delaxes(ax)
+    axes = list(grid.flat)[:len(layers)]
     if labels is not None:
         labels = labels.cpu().numpy()
         n_classes = max(int(labels.max()) + 1, len(classes) if classes is not None else 0)
@@ -128,10 +133,10 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
             scores.append(f"{embedding.k}-NN acc. {embedding.knn_accuracy[name]:.0%}")
         if name in embedding.trustworthiness:
             scores.append(f"trust. {embedding.trustworthiness[name]:.2f}")
-        ax.set_title(name, fontsize=11, fontweight="bold", pad=16 if scores else 6)
+        ax.set_title(name, fontsize=12, fontweight="bold", pad=18 if scores else 6)
         if scores:
             ax.text(0.5, 1.015, "  ·  ".join(scores), transform=ax.transAxes, ha="center", va="bottom",
-                    fontsize=8.5, color=MUTED)
+                    fontsize=10, color=MUTED)
         ax.set_xticks([])
         ax.set_yticks([])
         for spine in ax.spines.values():
@@ -141,7 +146,7 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
             frames = [palette[labels[i]] if labels is not None else "#57606a" for i in pick]
             _thumbnails(ax, xy, images, pick, frames, size=thumb_size)
     method = METHOD_NAMES.get(embedding.method, embedding.method)
-    fig.suptitle(title or f"{method} of {n} images at each layer", fontsize=12, y=0.99)
+    fig.suptitle(title or f"{method} of {n} images at each layer", fontsize=13, y=0.995)
     if labels is not None:
         from matplotlib.lines import Line2D
 
@@ -149,11 +154,15 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
         names = [classes[c] if classes is not None and c < len(classes) else str(c) for c in present]
         handles = [Line2D([], [], marker="o", linestyle="", markersize=7, color=palette[c]) for c in present]
         ncol = min(len(present), 10 if len(present) <= 10 else int(np.ceil(len(present) / 2)))
-        fig.legend(handles, names, loc="lower center", ncol=ncol, frameon=False, fontsize=9,
+        rows = -(-len(present) // min(ncol, max(4, 3 * ncols)))  # a narrow figure wraps the legend, evenly
+        ncol = -(-len(present) // rows)
+        fig.legend(handles, names, loc="lower center", ncol=ncol, frameon=False, fontsize=10.5,
                    handletextpad=0.2, columnspacing=1.2, bbox_to_anchor=(0.5, 0.0))
-        fig.tight_layout(rect=(0, 0.08 if len(present) <= ncol else 0.13, 1, 0.96), w_pad=1.0)
+        legend_rows = -(-len(present) // ncol)
+        fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight(), 1, 1 - 0.4 / fig.get_figheight()),
+                         w_pad=1.0, h_pad=1.2)
     else:
-        fig.tight_layout(rect=(0, 0, 1, 0.96), w_pad=1.0)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()), w_pad=1.0, h_pad=1.2)
     shown = images is not None and thumbnails > 0
     for ax, name in zip(axes, layers):  # once the panels have their final size
         _fit(ax, embedding.coords[name].detach().float().cpu().numpy(), 1.45 * thumb_size + 4 if shown else 6.0)
@@ -161,10 +170,10 @@ def embedding_figure(embedding, *, classes: Sequence[str] | None = None, images:
 
 
 def _caption(ax, text: str, color: str, distance: float | None = None) -> None:
-    ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=8, color=color,
+    ax.text(0.5, -0.04, text, transform=ax.transAxes, ha="center", va="top", fontsize=10, color=color,
             fontweight="bold" if color != MUTED else "normal")
     if distance is not None:
-        ax.text(0.5, -0.2, f"{distance:.3g}", transform=ax.transAxes, ha="center", va="top", fontsize=6.5,
+        ax.text(0.5, -0.23, f"{distance:.3g}", transform=ax.transAxes, ha="center", va="top", fontsize=9,
                 color=MUTED)
 
 
@@ -209,7 +218,7 @@ def neighbors_figure(query_images: torch.Tensor, dataset_images, neighbors, *, c
     ratios = [1.0, 0.25] + [1.0] * k + [0.35] + [1.0] * k
     spaces = (("pixel space", 2, neighbors.pixel_index, neighbors.pixel_distance),
               (f"feature space at {neighbors.layer}", 3 + k, neighbors.feature_index, neighbors.feature_distance))
-    below = 0.38 if distances else 0.25  # caption room under each row, in cells
+    below = 0.45 if distances else 0.28  # caption room under each row, in cells
     height = q * cell * (1 + below) + 0.55
     fig = Figure(figsize=(cell * sum(ratios), height))
     grid = fig.add_gridspec(q, len(ratios), width_ratios=ratios, wspace=0.08, hspace=below, left=0.01,
@@ -243,7 +252,7 @@ def neighbors_figure(query_images: torch.Tensor, dataset_images, neighbors, *, c
     lift = 1 / height  # one inch in figure coordinates
     for text, (first, last) in heads.items():
         x0, x1 = first.get_position().x0, last.get_position().x1
-        fig.text((x0 + x1) / 2, top + 0.12 * lift, text, ha="center", va="bottom", fontsize=10, fontweight="bold")
+        fig.text((x0 + x1) / 2, top + 0.12 * lift, text, ha="center", va="bottom", fontsize=11, fontweight="bold")
         if first is not last:
             fig.add_artist(Line2D([x0, x1], [top + 0.06 * lift] * 2, color="#8c959f", linewidth=1))
     (_, pixel_last), (feature_first, _) = heads[spaces[0][0]], heads[spaces[1][0]]

@@ -52,11 +52,11 @@ def predictions_figure(images: torch.Tensor, labels: torch.Tensor, probs: torch.
     titles = [f"{classes[p]} {c:.0%}" + ("" if p == y else f"\n(true: {classes[y]})")
               for p, c, y in zip(pred.tolist(), conf.tolist(), labels.tolist())]
     colors = ["#1a7f37" if p == y else "#cf222e" for p, y in zip(pred.tolist(), labels.tolist())]
-    fig, axes = _grid_axes(len(images), ncols, 1.35, 0.45)
+    fig, axes = _grid_axes(len(images), ncols, 1.35, 0.5)
     for i, img in enumerate(images):
         arr = to_numpy_image(img)
         axes[i].imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        axes[i].set_title(titles[i], color=colors[i], **TITLE_KW)
+        axes[i].set_title(titles[i], color=colors[i], fontsize=9.5)
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -75,12 +75,31 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
 
         raise InputError(f"weight: expected a conv kernel [out, in, kh, kw], got shape {tuple(w.shape)}")
     if w.shape[1] == 3:
+        import numpy as np
+        from matplotlib.figure import Figure
+
         w = w[:max_filters]
         # one scale for all filters keeps their relative contrast (as in the AlexNet figure)
         shown = normalize(w, per="all")
-        fig, axes = _grid_axes(len(shown), min(ncols, max(4, math.ceil(len(shown) / 2))), 0.8)
+        n, (kh, kw) = len(shown), shown.shape[2:]
+        cols = min(ncols, max(4, math.ceil(n / 2)), n)
+        rows = math.ceil(n / cols)
+        scale = max(1, 32 // max(kh, kw))  # each kernel drawn about 32 px wide
+        gap = max(2, scale // 2)           # white gaps: kernels stay apart at any display size
+        mosaic = np.ones((rows * (kh * scale + gap) - gap, cols * (kw * scale + gap) - gap, 3))
         for i, k in enumerate(shown):
-            axes[i].imshow(to_numpy_image(k), interpolation="nearest")
+            r, c = divmod(i, cols)
+            tile = np.kron(to_numpy_image(k), np.ones((scale, scale, 1)))
+            mosaic[r * (kh * scale + gap):r * (kh * scale + gap) + kh * scale,
+                   c * (kw * scale + gap):c * (kw * scale + gap) + kw * scale] = tile
+        fig = Figure(figsize=(0.62 * cols + 0.2, 0.62 * rows + (0.45 if title else 0.2)))
+        ax = fig.subplots()
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title, fontsize=10)
+        fig.tight_layout(pad=0.2)
+        return fig
     else:
         import numpy as np
 
@@ -103,22 +122,18 @@ def filters_figure(weight: torch.Tensor, *, max_filters: int = 64, max_channels:
         ax = fig.subplots()
         ax.imshow(mosaic, interpolation="nearest")
         ax.set_xticks([c * cell_w + (kw * scale - 1) / 2 for c in range(cols)], [str(c) for c in range(cols)],
-                      fontsize=6)
+                      fontsize=9)
         ax.set_yticks([r * cell_h + (kh * scale - 1) / 2 for r in range(rows)], [str(r) for r in range(rows)],
-                      fontsize=6)
+                      fontsize=9)
         ax.tick_params(length=0)
         for side in ax.spines.values():
             side.set_visible(False)
-        ax.set_xlabel("input channel", fontsize=8)
-        ax.set_ylabel("filter", fontsize=8)
+        ax.set_xlabel("input channel", fontsize=10)
+        ax.set_ylabel("filter", fontsize=10)
         if title:
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=10)
         fig.tight_layout(pad=0.3)
         return fig
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.15)
-    return fig
 
 
 def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch.Tensor | None = None, *,
@@ -145,7 +160,7 @@ def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch
     if image is not None:
         arr = to_numpy_image(image)
         axes[0, 0].imshow(arr, cmap="gray" if arr.ndim == 2 else None, interpolation="nearest")
-        axes[0, 0].set_title("input", **TITLE_KW)
+        axes[0, 0].set_title("input", fontsize=10)
         r = 1
     for name, act in stages:
         act = act.detach().float().cpu()
@@ -157,9 +172,9 @@ def feature_maps_figure(stages: Sequence[tuple[str, torch.Tensor]], image: torch
         maps = normalize(act[order])
         for j, (c, m) in enumerate(zip(order.tolist(), maps)):
             axes[r, j].imshow(m.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            axes[r, j].set_title(f"ch {c}", fontsize=7)
+            axes[r, j].set_title(f"ch {c}", fontsize=9.5)
         axes[r, 0].text(-0.12, 0.5, f"{name}\n{'x'.join(map(str, act.shape))}", transform=axes[r, 0].transAxes,
-                        ha="right", va="center", fontsize=8)
+                        ha="right", va="center", fontsize=10)
         r += 1
     fig.tight_layout(pad=0.3)
     return fig

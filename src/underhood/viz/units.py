@@ -10,6 +10,8 @@ import torch
 
 from .render import to_numpy_image
 
+RULE_NAMES = {"guided": "guided-backprop", "deconvnet": "deconvnet", "gradient": "gradient"}
+
 
 def _mosaic(tiles: torch.Tensor, ncols: int, gap: int = 1, fill: float = 1.0) -> np.ndarray:
     """``[n, C, h, w]`` tiles in [0, 1] -> one ``[H, W(, 3)]`` array with ``gap``-pixel white lines."""
@@ -52,8 +54,11 @@ def top_patches_figure(result, *, units: Sequence[int] | None = None, ncols: int
     has_patterns = result.patterns is not None
     ncols = max(1, min(ncols, len(rows)))
     nrows = math.ceil(len(rows) / ncols)
-    width = 2.0 * (2 if has_patterns else 1) + 0.2
-    fig = Figure(figsize=(ncols * width, nrows * 2.3 + (0.4 if title else 0)))
+    width = 2.0 * (2 if has_patterns else 1) + 0.35
+    head = title if title is not None else f"{result.layer}: the top {k} patches of each channel" + (
+        f" (left) and the unit's {RULE_NAMES.get(result.rule, result.rule or 'backward')} pattern in each (right)"
+        if has_patterns else "")
+    fig = Figure(figsize=(ncols * width, nrows * 2.45 + 0.45))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -65,11 +70,10 @@ def top_patches_figure(result, *, units: Sequence[int] | None = None, ncols: int
             spacer = np.ones((left.shape[0], max(2, left.shape[1] // 12)) + left.shape[2:], dtype=left.dtype)
             left = np.concatenate([left, spacer, right], 1)
         ax.imshow(left, cmap="gray" if left.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{result.layer} ch {int(result.channels[row])}  (max {float(result.values[row, 0]):.2g})",
-                     fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.4)
+        ax.set_title(f"channel {int(result.channels[row])}  (max {float(result.values[row, 0]):.2g})", fontsize=11)
+    if head:
+        fig.suptitle(head, fontsize=11.5, y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig.tight_layout(pad=0.4, w_pad=1.6, h_pad=0.8, rect=(0, 0, 1, 1 - (0.4 if head else 0) / fig.get_figheight()))
     return fig
 
 

@@ -26,7 +26,9 @@ from ..core.seeding import seeded
 from ..viz.render import figure_to_png
 
 DATASETS = ("moons", "circles", "spiral", "blobs")
-CLASS_COLORS = ("#d62728", "#1f77b4")  # class 0 red, class 1 blue
+# class 0 orange, class 1 blue (tab10's first two, swapped to keep blue for class 1): red means "wrong" elsewhere
+CLASS_COLORS = ("#ff7f0e", "#1f77b4")
+REGION_COLORS = ("#fdd0a2", "#f7f7f7", "#b3cde8")  # class-1 probability 0, 0.5, 1
 Line = tuple[float, float, float, float]
 
 
@@ -242,7 +244,7 @@ def toy2d_frame(result: Toy2D, index: int, *, ax=None, resolution: int = 200):
     """Draw snapshot ``index``: decision regions, the data, and each hidden unit's line.
 
     The background is the class-1 probability of the network with that snapshot's parameters
-    (soft red/blue), the black contour its decision boundary, the grey lines the hidden units'
+    (soft orange/blue), the black contour its decision boundary, the grey lines the hidden units'
     lines ``w_i . x + b_i = 0`` (:func:`unit_lines`). Returns the axes.
 
     Example:
@@ -260,7 +262,7 @@ def toy2d_frame(result: Toy2D, index: int, *, ax=None, resolution: int = 200):
     xlim, ylim = _box(result.x)
     gx, gy = np.meshgrid(np.linspace(*xlim, resolution), np.linspace(*ylim, resolution))
     prob = _class1_probability(snap, np.stack([gx.ravel(), gy.ravel()], 1)).reshape(gx.shape)
-    cmap = LinearSegmentedColormap.from_list("toy2d", ["#f4b6b6", "#f7f7f7", "#b3cde8"])
+    cmap = LinearSegmentedColormap.from_list("toy2d", list(REGION_COLORS))
     ax.imshow(prob, origin="lower", extent=(*xlim, *ylim), cmap=cmap, vmin=0, vmax=1,
               interpolation="bilinear", aspect="equal")
     if prob.min() < 0.5 < prob.max():
@@ -272,12 +274,13 @@ def toy2d_frame(result: Toy2D, index: int, *, ax=None, resolution: int = 200):
     for c, color in enumerate(CLASS_COLORS):
         ax.scatter(x[y == c, 0], x[y == c, 1], s=9, c=color, edgecolors="white", linewidths=0.3, zorder=3)
     ax.set(xlim=xlim, ylim=ylim, xticks=[], yticks=[], aspect="equal")
-    ax.set_title(f"step {snap.step}, accuracy {100 * snap.accuracy:.0f}%", fontsize=10)
+    ax.set_title(f"step {snap.step}, accuracy {100 * snap.accuracy:.0f}%", fontsize=11)
     return ax
 
 
-def toy2d_strip(result: Toy2D, k: int = 8):
-    """A figure with ``k`` frames in a row, evenly picked among the snapshots (the last included).
+def toy2d_strip(result: Toy2D, k: int = 8, *, ncols: int | None = None):
+    """A figure with ``k`` frames, evenly picked among the snapshots (the last included), ``ncols``
+    to a row (default: all in one row).
 
     Example:
         >>> fig = toy2d_strip(toy2d(steps=100), k=4)   # doctest: +SKIP
@@ -289,9 +292,13 @@ def toy2d_strip(result: Toy2D, k: int = 8):
         raise InputError("result: it has no snapshots; train with snapshots=[...] to draw frames")
     k = min(k, len(result.snapshots))
     picks = np.round(np.linspace(0, len(result.snapshots) - 1, k)).astype(int) if k > 1 else [-1]
-    fig = Figure(figsize=(2.7 * k, 3.0))
-    axes = fig.subplots(1, k, squeeze=False)
-    for ax, index in zip(axes[0], picks):
+    ncols = k if ncols is None else max(1, min(positive_int("ncols", ncols), k))
+    nrows = -(-k // ncols)
+    fig = Figure(figsize=(2.7 * ncols, 3.0 * nrows))
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in grid.flat[k:]:
+        fig.delaxes(ax)
+    for ax, index in zip(grid.flat, picks):
         toy2d_frame(result, int(index), ax=ax)
     fig.tight_layout()
     return fig
