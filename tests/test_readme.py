@@ -36,8 +36,9 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
 
 
-def python_blocks(text: str) -> list[Block]:
-    """Every ```python block, with its id and the readme-test marker on the line before its fence."""
+def fenced_blocks(text: str, lang: str) -> list[tuple[str, int, int, re.Match | None]]:
+    """Every ```<lang> block as (id, index of its opening fence line, index of its closing fence line,
+    the readme-test marker on the line before it); ids are the nearest heading's slug + an index."""
     lines = text.splitlines()
     blocks, heading, per_heading, fence_start = [], "top", {}, None
     for i, line in enumerate(lines):
@@ -46,16 +47,21 @@ def python_blocks(text: str) -> list[Block]:
         elif line.startswith("```"):
             if fence_start is None:
                 fence_start = i
-            else:
-                if lines[fence_start].strip() == "```python":
-                    per_heading[heading] = per_heading.get(heading, 0) + 1
-                    marker = MARKER.fullmatch(lines[fence_start - 1].strip()) if fence_start else None
-                    blocks.append(Block(id=f"{_slug(heading)}-{per_heading[heading]}", line=fence_start + 2,
-                                        source="\n".join(lines[fence_start + 1:i]),
-                                        marker=marker.group(1) if marker else None,
-                                        reason=(marker.group(2) or "") if marker else ""))
-                fence_start = None
+                continue
+            if lines[fence_start].strip() == f"```{lang}":
+                per_heading[heading] = per_heading.get(heading, 0) + 1
+                marker = MARKER.fullmatch(lines[fence_start - 1].strip()) if fence_start else None
+                blocks.append((f"{_slug(heading)}-{per_heading[heading]}", fence_start, i, marker))
+            fence_start = None
     return blocks
+
+
+def python_blocks(text: str) -> list[Block]:
+    """Every ```python block, with its id and the readme-test marker on the line before its fence."""
+    lines = text.splitlines()
+    return [Block(id=bid, line=start + 2, source="\n".join(lines[start + 1:end]),
+                  marker=marker.group(1) if marker else None, reason=(marker.group(2) or "") if marker else "")
+            for bid, start, end, marker in fenced_blocks(text, "python")]
 
 
 BLOCKS = python_blocks(README.read_text())

@@ -14,7 +14,6 @@ fence works as in tests/test_readme.py:
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -25,8 +24,9 @@ import pytest
 
 from underhood.cli import main
 
+from .test_readme import fenced_blocks
+
 README = Path(__file__).resolve().parents[1] / "README.md"
-MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|slow)\s*(?:\((.*)\))?\s*-->")
 
 
 @dataclass
@@ -38,40 +38,25 @@ class Block:
     reason: str = ""
 
 
-def _slug(heading: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-")
-
-
 def shell_blocks(text: str) -> list[Block]:
     """Every ```bash block with its commands (continuation lines joined), id and marker."""
     lines = text.splitlines()
-    blocks, heading, per_heading, fence = [], "top", {}, None
-    for i, line in enumerate(lines):
-        if fence is None and line.startswith("#"):
-            heading = line.lstrip("#").strip()
-        elif line.startswith("```"):
-            if fence is None:
-                fence = i
+    blocks = []
+    for bid, fence, end, marker in fenced_blocks(text, "bash"):
+        block = Block(bid, fence + 1, marker=marker.group(1) if marker else None,
+                      reason=(marker.group(2) or "") if marker else "")
+        pending, start = "", None
+        for j in range(fence + 1, end):
+            part = lines[j].rstrip()
+            start = j + 1 if start is None else start
+            if part.endswith("\\"):
+                pending += part[:-1] + " "
                 continue
-            if lines[fence].strip() == "```bash":
-                per_heading[heading] = per_heading.get(heading, 0) + 1
-                marker = MARKER.fullmatch(lines[fence - 1].strip()) if fence else None
-                block = Block(f"{_slug(heading)}-{per_heading[heading]}", fence + 1,
-                              marker=marker.group(1) if marker else None,
-                              reason=(marker.group(2) or "") if marker else "")
-                pending, start = "", None
-                for j in range(fence + 1, i):
-                    part = lines[j].rstrip()
-                    start = j + 1 if start is None else start
-                    if part.endswith("\\"):
-                        pending += part[:-1] + " "
-                        continue
-                    command = (pending + part).strip()
-                    if command and not command.startswith("#"):
-                        block.commands.append((start, command))
-                    pending, start = "", None
-                blocks.append(block)
-            fence = None
+            command = (pending + part).strip()
+            if command and not command.startswith("#"):
+                block.commands.append((start, command))
+            pending, start = "", None
+        blocks.append(block)
     return blocks
 
 

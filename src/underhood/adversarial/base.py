@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.checks import parse_eps, pixels
+from ..core.checks import parse_eps
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.inputs import check_inputs
@@ -202,7 +202,7 @@ def setup(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, target:
     otherwise one sample is, to learn the number of classes. A target equal to a sample's
     label is an error: a targeted attack needs another class.
     """
-    x = pixels(check_inputs(model, inputs))
+    x = check_inputs(model, inputs)
     full = labels is None or clean
     logits = model(x if full else x[:1])
     if logits.ndim != 2:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.batching import batches, logits, resolve_batch_size
-from ..core.checks import number, parse_eps, pixels, positive_int
+from ..core.checks import number, parse_eps, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
 from ..core.results import Result
@@ -109,8 +109,8 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
     n = positive_int("n", n)
     factor = number("factor", factor)
     adv = adversarial.adversarial if isinstance(adversarial, AttackResult) else adversarial
-    x = pixels(check_inputs(model, inputs))
-    adv = pixels(check_inputs(model, adv, "adversarial"), "adversarial")
+    x = check_inputs(model, inputs)
+    adv = check_inputs(model, adv, "adversarial")
     if adv.shape != x.shape:
         raise InputError(f"adversarial: shape {tuple(adv.shape)} differs from the inputs' {tuple(x.shape)}; "
                          "give one adversarial image per input")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..core.batching import batches, logits, resolve_batch_size
-from ..core.checks import parse_eps, pixels, positive_int
+from ..core.checks import parse_eps, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
 from ..core.results import Result
@@ -84,7 +84,7 @@ def _data(model: nn.Module, data: Any, labels: Labels) -> tuple[torch.Tensor, to
     if not isinstance(images, torch.Tensor):
         raise InputError(f"data: expected an ImageSet, an (images, labels) pair or an [N, C, H, W] tensor, "
                          f"got {type(data).__name__}")
-    x = pixels(check_inputs(model, images, "data"), "data")
+    x = check_inputs(model, images, "data")
     return x, None if labels is None else torch.as_tensor(labels).to(x.device).long().flatten()
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.batching import batches, logits
-from ..core.checks import choice, number, pixels, positive_int
+from ..core.checks import choice, number, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
 from ..core.results import Result
@@ -310,9 +310,8 @@ def substitute(model: nn.Module, inputs: torch.Tensor, *, test_inputs: torch.Ten
     attack = choice("attack", attack, CRAFT)
     max_queries = None if max_queries is None else positive_int("max_queries", max_queries)
     with attacking(model):
-        s0 = pixels(check_inputs(model, inputs))
-        test = s0 if test_inputs is None else pixels(check_inputs(model, test_inputs, "test_inputs"),
-                                                        "test_inputs")
+        s0 = check_inputs(model, inputs)
+        test = s0 if test_inputs is None else check_inputs(model, test_inputs, "test_inputs")
         if test.shape[1:] != s0.shape[1:]:
             raise InputError(f"test_inputs: images of shape {tuple(test.shape[1:])}, the inputs' are "
                              f"{tuple(s0.shape[1:])}; give images of one size")

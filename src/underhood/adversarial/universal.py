@@ -55,7 +55,7 @@ def _split(value: Any, model: nn.Module, shape: tuple[int, ...]) -> tuple[torch.
     if not isinstance(images, torch.Tensor):
         raise InputError(f"held_out: expected images [N, C, H, W], an (images, labels) pair or an ImageSet, "
                          f"got {type(value).__name__}")
-    x = pixels(check_inputs(model, images, "held_out"), "held_out")
+    x = check_inputs(model, images, "held_out")
     if tuple(x.shape[1:]) != shape:
         raise InputError(f"held_out: images of shape {tuple(x.shape[1:])} differ from the inputs' {shape}; "
                          "give images of the same size")
@@ -225,7 +225,7 @@ def universal(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, 
     from tqdm.auto import tqdm
 
     with attacking(model):
-        p = _problem(model, pixels(check_inputs(model, inputs)), labels, batch_size)
+        p = _problem(model, check_inputs(model, inputs), labels, batch_size)
         x, y, n = p.x, p.labels, len(p.x)
         shape = tuple(x.shape[1:])
         eps = check_eps(eps, norm, shape)
@@ -528,7 +528,7 @@ def patch(model: nn.Module, inputs: torch.Tensor, target: int, *, size: float = 
     from tqdm.auto import tqdm
 
     with attacking(model):
-        x = pixels(check_inputs(model, inputs))
+        x = check_inputs(model, inputs)
         with torch.no_grad():
             classes = model(x[:1]).shape[1]
         target = _check_target(target, classes)
