@@ -3,8 +3,16 @@
 Each method weighs the channels ``A_k`` of one convolutional layer and returns
 ``relu(sum_k w_k A_k)`` upsampled bilinearly (``align_corners=False``) to the input size,
 ``[N, 1, H, W]``, without normalisation. They differ only in the channel weights ``w_k``
-(CAM returns the map before the ReLU, as in its paper). ``layer=None`` is the last ``Conv2d``;
-a reused module (one ReLU called several times) uses its last call.
+(CAM returns the map before the ReLU, as in its paper). A reused module (one ReLU called
+several times) uses its last call.
+
+The layer may output a convolutional map ``[N, C, h, w]``, a channels-last map ``[N, h, w, C]``
+(Swin stages, ConvNeXt blocks in NHWC) or a token sequence ``[N, L, C]`` (ViT blocks): it is read
+as ``[N, C, h, w]`` by :func:`underhood.core.layout.spatial` (prefix tokens such as the class
+token dropped, the grid inferred from the input size). The keyword options ``tokens=`` (number
+of prefix tokens), ``grid=(h, w)`` and ``layout=`` ("nchw", "nhwc", "tokens") fix that reading.
+``layer=None`` is :func:`underhood.core.layers.default_layer`: the last ``Conv2d`` of a CNN, the
+last block before the final norm of a transformer.
 """
 
 from __future__ import annotations
@@ -15,15 +23,15 @@ from torch import nn
 
 from ..core.errors import InputError, LayerError
 from ..core.hooks import frozen, graph_from, hooked
-from ..core.layers import last_conv, named_layers, resolve
+from ..core.layers import default_layer, named_layers, resolve
+from ..core.layout import Layout, infer, spatial, to_nchw
 from ..core.targets import Target, class_indices, fix, is_class_target, scores
-from .base import fixed_target, prepare, score_copies
+from .base import autocast, check_amp, finite, fixed_target, prepare, scaled_grad, score_copies
 
 
-def _spatial(layer: str, a: torch.Tensor) -> None:
-    if a.ndim != 4:
-        raise LayerError(f"layer: {layer!r} outputs {tuple(a.shape)}, but CAM methods need a spatial "
-                         "[N, C, H, W] feature map; pick a convolutional layer (the default is the last Conv2d)")
+def _feature_map(layer: str, a: torch.Tensor, size: tuple[int, ...], reading: dict) -> tuple[torch.Tensor, Layout]:
+    """The layer output as ``[N, C, h, w]`` and its layout (``reading``: tokens / grid / layout options)."""
+    return spatial(a, size, layer=layer, what="a CAM method", **reading)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -38,36 +46,43 @@ def combine(weights: torch.Tensor, activations: torch.Tensor, size: tuple[int, i
     return upsample(m.clamp(min=0) if relu else m, size)
 
 
-def layer_gradients(model: nn.Module, x: torch.Tensor, target: Target,
-                    layer: str | None) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """``(layer, A, d score / d A)`` with one forward and a backward that stops at the layer."""
-    layer = layer or last_conv(model)
+def layer_gradients(model: nn.Module, x: torch.Tensor, target: Target, layer: str | None, *,
+                    tokens: int | None = None, grid: tuple[int, int] | None = None,
+                    layout: str | None = None, amp: bool | str = False) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """``(layer, A, d score / d A)``, both ``[N, C, h, w]`` float32, with one forward (under ``amp``'s
+    autocast) and a backward that stops at the layer."""
+    layer = layer or default_layer(model, x)
     resolve(model, layer)
     with frozen(model), graph_from(model, layer) as leaves:
-        s, _ = scores(model, x, target)
+        with autocast(x.device, amp):
+            s, _ = scores(model, x, target)
         if not leaves:
             raise LayerError(f"layer: {layer!r} did not run in forward; pick a layer that does")
-        _spatial(layer, leaves[-1])
-        grad = torch.autograd.grad(s.sum(), leaves[-1], allow_unused=True)[0] if s.requires_grad else None
+        a, lay = _feature_map(layer, leaves[-1], tuple(x.shape[-2:]), dict(tokens=tokens, grid=grid, layout=layout))
+        grad = scaled_grad(s, leaves[-1], amp, allow_unused=True) if s.requires_grad else None
     if grad is None:
         raise InputError(f"target: the score does not depend on layer {layer!r}; for a Unit target, "
                          "pick a CAM layer before the unit's layer")
-    return layer, leaves[-1].detach(), grad
+    return layer, a.detach().float(), to_nchw(grad, lay)
 
 
-def gradcam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None) -> torch.Tensor:
+def gradcam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None,
+            tokens: int | None = None, grid: tuple[int, int] | None = None,
+            layout: str | None = None, amp: bool | str = False) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): ``relu(sum_k alpha_k A_k)``, ``alpha_k = mean_ij d score / d A_k[i, j]``.
 
-    Costs one forward pass and one backward pass that stops at ``layer``.
+    Costs one forward pass and one backward pass that stops at ``layer``. On a ViT block the
+    ``h x w`` patch tokens are the positions (the class token is left out of ``A`` and of the mean).
 
     Returns ``[N, 1, H, W]``, non-negative, unnormalised.
 
     Example:
         >>> heat = gradcam(model, x, layer="features.14")   # doctest: +SKIP
+        >>> heat = gradcam(vit, x, layer="encoder.layers.encoder_layer_11")   # doctest: +SKIP
     """
-    x = prepare(model, inputs)
-    _, a, g = layer_gradients(model, x, target, layer)
-    return combine(g.mean((2, 3)), a, tuple(x.shape[-2:]))
+    x, amp = prepare(model, inputs), check_amp(amp)
+    _, a, g = layer_gradients(model, x, target, layer, tokens=tokens, grid=grid, layout=layout, amp=amp)
+    return finite(combine(g.mean((2, 3)), a, tuple(x.shape[-2:])), amp)
 
 
 def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -84,30 +99,33 @@ def gradcam_pp_weights(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam_pp(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
-               layer: str | None = None) -> torch.Tensor:
+               layer: str | None = None, tokens: int | None = None, grid: tuple[int, int] | None = None,
+               layout: str | None = None, amp: bool | str = False) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018): pixel-weighted positive gradients as channel weights.
 
     Returns ``[N, 1, H, W]``, non-negative, unnormalised (see :func:`gradcam_pp_weights`).
     """
-    x = prepare(model, inputs)
-    _, a, g = layer_gradients(model, x, target, layer)
-    return combine(gradcam_pp_weights(a, g), a, tuple(x.shape[-2:]))
+    x, amp = prepare(model, inputs), check_amp(amp)
+    _, a, g = layer_gradients(model, x, target, layer, tokens=tokens, grid=grid, layout=layout, amp=amp)
+    return finite(combine(gradcam_pp_weights(a, g), a, tuple(x.shape[-2:])), amp)
 
 
 @torch.no_grad()
-def _activations_and_target(model: nn.Module, x: torch.Tensor, layer: str,
-                            target: Target) -> tuple[torch.Tensor, Target]:
-    """The layer's output and the target fixed on the clean inputs, from one forward pass."""
-    with graph_from(model, layer) as leaves:
+def _activations_and_target(model: nn.Module, x: torch.Tensor, layer: str, target: Target,
+                            reading: dict, amp: bool | str = False) -> tuple[torch.Tensor, Target]:
+    """The layer's output as ``[N, C, h, w]`` and the target fixed on the clean inputs, from one forward pass."""
+    with graph_from(model, layer) as leaves, autocast(x.device, amp):
         _, outputs = scores(model, x, target)
     if not leaves:
         raise LayerError(f"layer: {layer!r} did not run in forward; pick a layer that does")
-    _spatial(layer, leaves[-1])
-    return leaves[-1].detach(), (fix(target, outputs) if is_class_target(target) else target)
+    a, _ = _feature_map(layer, leaves[-1].detach().float(), tuple(x.shape[-2:]), reading)
+    return a, (fix(target, outputs) if is_class_target(target) else target)
 
 
 def scorecam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None,
-             batch_size: int | str | None = None, progress: bool = False) -> torch.Tensor:
+             batch_size: int | str | None = None, progress: bool = False, tokens: int | None = None,
+             grid: tuple[int, int] | None = None, layout: str | None = None,
+             amp: bool | str = False) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): each channel weighted by the class probability of the input masked by it.
 
     ``w_k = softmax(f(x * H_k))_c`` with ``H_k`` the channel upsampled and min-max scaled to
@@ -117,11 +135,12 @@ def scorecam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, l
 
     Returns ``[N, 1, H, W]``, non-negative, unnormalised.
     """
-    x = prepare(model, inputs)
-    layer = layer or last_conv(model)
+    x, amp = prepare(model, inputs), check_amp(amp)
+    layer = layer or default_layer(model, x)
     size = tuple(x.shape[-2:])
     with frozen(model):
-        a, fixed = _activations_and_target(model, x, layer, target)
+        a, fixed = _activations_and_target(model, x, layer, target, dict(tokens=tokens, grid=grid, layout=layout),
+                                           amp)
         flat = a.flatten(2)
         pairs = ((flat.amax(2) - flat.amin(2)) > 0).nonzero()  # [P, 2]: (sample, channel)
 
@@ -134,63 +153,94 @@ def scorecam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, l
 
         kind = "probability" if is_class_target(target) else "logit"
         s = score_copies(model, make, len(pairs), fixed, batch_size=batch_size, shape=tuple(x.shape[1:]),
-                         kind=kind, progress=progress, desc="score-cam")
+                         kind=kind, progress=progress, desc="score-cam", amp=amp)
     weights = a.new_zeros(a.shape[:2])
     weights[pairs[:, 0], pairs[:, 1]] = s.to(a.dtype)
-    return combine(weights, a, size)
+    return finite(combine(weights, a, size), amp)
 
 
 def guided_gradcam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
-                   layer: str | None = None) -> torch.Tensor:
+                   layer: str | None = None, tokens: int | None = None, grid: tuple[int, int] | None = None,
+                   layout: str | None = None, amp: bool | str = False) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times Grad-CAM, broadcast over channels.
+
+    Guided backprop needs ReLUs (see :mod:`underhood.attribution.rules`), so on a GELU / SiLU
+    model (most vision transformers) this raises its one-line error; use Grad-CAM there.
 
     Returns ``[N, C, H, W]``, signed.
     """
     from .rules import guided_backprop
 
-    x = prepare(model, inputs)
+    x, amp = prepare(model, inputs), check_amp(amp)
     with frozen(model):
-        fixed, _ = fixed_target(model, x, target)
-    return guided_backprop(model, x, fixed) * gradcam(model, x, fixed, layer=layer)
+        fixed, _ = fixed_target(model, x, target, amp=amp)
+    return guided_backprop(model, x, fixed) * gradcam(model, x, fixed, layer=layer, tokens=tokens, grid=grid,
+                                                      layout=layout, amp=amp)
 
 
 @torch.no_grad()
-def pooled_maps(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[str, torch.Tensor]], nn.Linear, torch.Tensor]:
-    """One forward: ``(layers whose spatial mean is the head's input, in call order, with their output;
-    the last nn.Linear called; the model's outputs)`` -- the feature maps CAM can use."""
+def pooled_maps(model: nn.Module, x: torch.Tensor, *, layer: str | None = None, tokens: int | None = None,
+                grid: tuple[int, int] | None = None,
+                layout: str | None = None) -> tuple[list[tuple[str, torch.Tensor]], nn.Linear, torch.Tensor]:
+    """One forward: ``(layers whose spatial mean is the head's input, in call order, with their output as
+    [N, C, h, w]; the head: the nn.Linear whose output is the model's output; the model's outputs)`` --
+    the feature maps CAM can use. Token and channels-last outputs are read through
+    :mod:`underhood.core.layout` (``tokens`` / ``grid`` / ``layout`` apply to ``layer`` only)."""
     layers = named_layers(model)
     widths = {m.in_features for m in layers.values() if isinstance(m, nn.Linear)}
     if not widths:
         raise LayerError("model: cam needs a global-average-pooling + linear head and this model has no "
                          "nn.Linear; use gradcam")
     maps: list[tuple[str, torch.Tensor]] = []
-    head: list[tuple[nn.Linear, torch.Tensor]] = []
+    linears: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
+    size = tuple(x.shape[-2:])
 
     def make(name: str):
+        reading = dict(tokens=tokens, grid=grid, layout=layout) if name == layer else {}
+
         def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                return
             if isinstance(module, nn.Linear) and inputs and isinstance(inputs[0], torch.Tensor):
-                head.append((module, inputs[0].detach().clone()))
-            if (isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[1] in widths
-                    and output.shape[2] * output.shape[3] > 1):
-                maps.append((name, output.detach().clone()))
+                linears.append((module, inputs[0].detach().clone(), output.detach()))
+            if output.ndim not in (3, 4):
+                return
+            try:
+                lay = infer(output.shape, size, layer=name, **reading)
+            except LayerError:
+                if name == layer:
+                    raise
+                return
+            a = to_nchw(output.detach(), lay)
+            if a.shape[1] in widths and lay.grid[0] * lay.grid[1] > 1:
+                maps.append((name, a.clone()))
         return hook
 
     with frozen(model), hooked(model, {m: make(n) for n, m in layers.items()}):
         outputs = model(x)
-    if not head:
+    if not linears:
         raise LayerError("model: cam needs a linear head and no nn.Linear ran in forward; use gradcam")
-    linear, features = head[-1]
-    pooled = [(n, a) for n, a in maps if torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)]
+    # the head is the linear layer that gives the logits (an auxiliary head may run after it)
+    heads = [(m, f) for m, f, o in linears if o.shape == outputs.shape and torch.equal(o, outputs)]
+    if not heads:
+        raise LayerError("model: cam needs the model's output to be an nn.Linear's output (a global-average-"
+                         "pooling + linear head), and no linear layer gives it; use gradcam")
+    linear, features = heads[-1]
+    pooled = [(n, a) for n, a in maps if a.shape[:2] == features.shape
+              and torch.allclose(a.mean((2, 3)), features, rtol=1e-4, atol=1e-5)]
     return pooled, linear, outputs
 
 
-def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None) -> torch.Tensor:
+def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer: str | None = None,
+        tokens: int | None = None, grid: tuple[int, int] | None = None, layout: str | None = None) -> torch.Tensor:
     """Class activation map (Zhou et al. 2016) of a global-average-pooling + linear head.
 
     ``M_c(i, j) = sum_k w_ck A_k(i, j)``, where ``A`` is the feature map the head averages and
-    ``w_c`` the linear layer's row for class ``c`` (bias excluded). ``layer=None`` finds ``A``: the
-    last layer whose spatial mean is the head's input; a named layer must satisfy that too.
-    Grad-CAM at the same layer equals ``relu(M_c) / (h w)``.
+    ``w_c`` the row for class ``c`` (bias excluded) of the linear layer whose output is the model's
+    output. ``layer=None`` finds ``A``: the last layer whose spatial mean is the head's input; a
+    named layer must satisfy that too. Grad-CAM at the same layer equals ``relu(M_c) / (h w)``.
+    A channels-last map averaged over ``(h, w)`` (a Swin-style ``norm(x).mean((1, 2))`` head)
+    qualifies; a ViT whose head reads the class token does not (use :func:`gradcam`).
 
     Returns ``[N, 1, H, W]``, signed (the paper's map, before any ReLU).
     """
@@ -198,7 +248,7 @@ def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer:
     if not is_class_target(target):
         raise InputError("target: cam explains a class logit; give None, a class index or one per sample "
                          "(use gradcam for a Unit or callable target)")
-    pooled, linear, outputs = pooled_maps(model, x)
+    pooled, linear, outputs = pooled_maps(model, x, layer=layer, tokens=tokens, grid=grid, layout=layout)
     matches = [(n, a) for n, a in pooled if layer is None or n == layer]
     if not matches:
         where = f"layer {layer!r} is not" if layer else "no layer is"

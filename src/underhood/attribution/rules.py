@@ -4,6 +4,20 @@ Both are the input gradient with the backward pass through every ReLU replaced b
 quantity (see :mod:`underhood.core.rules`); max-pooling routes the signal through its
 "switches" as in the ordinary gradient. Maps are signed, shaped like ``inputs``; the papers
 show them as normalised RGB images (``underhood.viz``).
+
+Both rules are defined for ReLU only. At a ReLU ``y = max(x, 0)`` the ordinary backward pass is
+``grad_out * [x > 0]``, a binary gate set by the forward pass; deconvnet replaces it with
+``relu(grad_out)`` (Zeiler & Fergus) and guided backprop with ``relu(grad_out) * [x > 0]``
+(Springenberg et al. 2014: only positive signal, only through units that were on). GELU, SiLU and
+other smooth activations have no such gate: their derivative is a continuous function of ``x``
+that is neither 0 nor 1 and even negative (GELU's dips below 0 near ``x = -0.75``), so "the units
+active in the forward pass" is not defined there. Gating on ``x > 0``, or multiplying
+``relu(grad_out)`` by the local derivative or its positive part, would each be a new method with
+different maps and no paper behind it; underhood does not invent one. On a model without ReLUs
+(most vision transformers, ConvNeXt, EfficientNet) these functions, and guided Grad-CAM, raise a
+one-line :class:`~underhood.core.errors.ModelError` naming the activation found; saliency,
+integrated gradients and Grad-CAM need no rule and work there. ReLUs that do run are still ruled
+(a model mixing ReLU and GELU gets the rule at its ReLUs only).
 """
 
 from __future__ import annotations
@@ -17,6 +31,8 @@ from ..core.rules import relu_rule
 from ..core.targets import Target
 from .base import input_gradient, prepare
 
+_SMOOTH = (nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Tanh, nn.Sigmoid)
+
 
 def _ruled_gradient(model: nn.Module, inputs: torch.Tensor, target: Target, rule: str, name: str) -> torch.Tensor:
     if isinstance(model, torch.jit.ScriptModule):
@@ -26,8 +42,10 @@ def _ruled_gradient(model: nn.Module, inputs: torch.Tensor, target: Target, rule
     with frozen(model), relu_rule(rule) as mode:
         grad, _ = input_gradient(model, x, target)
     if mode.count == 0:
-        raise ModelError(f"model: {name} found no ReLU (nn.ReLU, torch.relu, F.relu, Tensor.relu) in forward, "
-                         "so its rule has nothing to act on; use saliency for this model")
+        smooth = sorted({type(m).__name__ for m in model.modules() if isinstance(m, _SMOOTH)})
+        uses = f" (the model uses {', '.join(smooth)}: no on/off gate for the rule)" if smooth else ""
+        raise ModelError(f"model: {name} found no ReLU (nn.ReLU, torch.relu, F.relu, Tensor.relu) in forward{uses}, "
+                         "so its rule has nothing to act on; use saliency, integrated_gradients or gradcam")
     return grad
 
 

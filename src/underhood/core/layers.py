@@ -7,7 +7,11 @@ input pixels. A convolution or pooling with kernel ``k``, stride ``s``, padding 
 dilation ``d`` maps ``(r, j, c)`` to ``(r + (d(k-1)) j, j s, c + (d(k-1)/2 - p) j)``; an op
 combining several tensors (a residual ``+``, a concatenation) takes the union of their
 fields; an op that leaves the spatial grid (global pooling, flatten, linear) sees the whole
-input.
+input. The two spatial axes are followed through ``permute``/``transpose``, so a channels-last
+``[N, h, w, C]`` map (Swin stages, ConvNeXt blocks) keeps its field through ops that act on the
+channel axis only (``linear``, ``layer_norm`` over ``C``, elementwise ops); anything the tracer
+cannot follow (attention, a token sequence, a reshape that splits or merges the grid, ``roll``)
+is marked global, conservatively.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import InputError, LayerError
-from .hooks import trace
+from .hooks import evaluating, hooked, trace
+from .layout import Layout, infer
 from .names import Wrapper, first_tensor, inner, named_layers, resolve, tensors
 
 
@@ -35,6 +40,83 @@ def last_conv(model: nn.Module) -> str:
     if not convs:
         raise LayerError("layer: the model has no Conv2d layer; name a layer with spatial output explicitly")
     return convs[-1]
+
+
+_TRANSFORMER_PARTS = (nn.LayerNorm, nn.MultiheadAttention)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)) or \
+        "Norm" in type(module).__name__
+
+
+def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
+    """The layer CAM-style methods use when none is named.
+
+    A convolutional network (no ``LayerNorm`` / ``MultiheadAttention`` after its last ``Conv2d``)
+    gets its last ``Conv2d``, found without running the model. Otherwise (vision transformers,
+    Swin, ConvNeXt) one forward pass of the first sample picks the last block before the final
+    norm: the last layer, in call order, whose output has a spatial reading on a grid larger than
+    1x1 (:func:`underhood.core.layout.infer`) and which returns before the model's final norm
+    (a norm layer whose enclosing layers all return its very output: ``norm`` of a ViT, not
+    ``blocks.0.norm1``); norm layers themselves are skipped, and of layers returning the same
+    tensor the outermost that is not an ``nn.Sequential`` is named (``blocks.1``, not ``blocks``;
+    torchvision's ConvNeXt ``features.7.2``, not its ``stochastic_depth`` whose output the block
+    adds to in place).
+
+    Example:
+        >>> default_layer(tiny_vit, x)       # doctest: +SKIP
+        'blocks.1'
+    """
+    mods = named_layers(model)
+    convs = conv_layers(model)
+    after = list(mods)[list(mods).index(convs[-1]) + 1:] if convs else list(mods)
+    if convs and not any(isinstance(mods[n], _TRANSFORMER_PARTS) for n in after):
+        return convs[-1]
+    order, outs = _returned(model, inputs[:1])
+    spatial = {n for n in order if (lay := _layout_of(outs[n][0], inputs.shape[-2:])) is not None
+               and lay.grid[0] * lay.grid[1] > 1}
+
+    def same(a: str, b: str) -> bool:  # the same tensor, not modified in place in between
+        return outs[a][0] is outs[b][0] and outs[a][1] == outs[b][1]
+
+    def final(n: str) -> bool:  # a norm whose enclosing layers all return its output
+        return all(same(p, n) for p in order if n.startswith(p + "."))
+
+    norms = [i for i, n in enumerate(order) if n in spatial and _is_norm(mods[n]) and final(n)]
+    stop = norms[-1] if norms else len(order)
+    candidates = [n for n in order[:stop] if n in spatial and not _is_norm(mods[n])
+                  and not any(same(order[i], n) for i in norms)]
+    if not candidates:
+        if convs:
+            return convs[-1]
+        raise LayerError("layer: the model has no Conv2d layer and no layer with a spatial output "
+                         "([N, C, h, w], [N, h, w, C] or [N, L, C] tokens); name a layer explicitly")
+    group = [n for n in candidates if same(n, candidates[-1])]   # children before parents
+    blocks = [n for n in group if not isinstance(mods[n], (nn.Sequential, nn.ModuleList))]
+    return blocks[-1] if blocks else group[0]
+
+
+@torch.no_grad()
+def _returned(model: nn.Module, x: torch.Tensor) -> tuple[list[str], dict[str, tuple[torch.Tensor, int]]]:
+    """One eval forward: layer names in first-return order, and each one's last output with its version
+    counter at return time (a tensor modified in place later, ``r += x``, counts as a different output)."""
+    order: list[str] = []
+    outs: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def make(name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            t = first_tensor(output)
+            if t is None:
+                return
+            if name not in outs:
+                order.append(name)
+            outs[name] = (t, t._version)
+        return hook
+
+    with evaluating(model), hooked(model, {m: make(n) for n, m in named_layers(model).items()}):
+        model(x)
+    return order, outs
 
 
 @dataclass(frozen=True)
@@ -56,12 +138,23 @@ class Field:
 
 
 GLOBAL = "global"
+# shape-preserving ops that mix positions: the tracer does not follow them
+_MIXING = frozenset({"roll", "flip", "fliplr", "flipud", "rot90", "sort", "argsort", "matmul", "__matmul__", "bmm",
+                     "einsum", "scaled_dot_product_attention", "multi_head_attention_forward"})
+# ops along one `dim`: local when that axis is not spatial
+_ALONG_DIM = frozenset({"softmax", "log_softmax", "cumsum", "cumprod", "normalize"})
+# ops that read the last two axes as the grid
+_NCHW_OPS = frozenset({"conv2d", "conv_transpose2d", "pixel_shuffle", "pixel_unshuffle", "pad", "interpolate"})
 
 
 def _pair(v: object) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         return (int(v[0]), int(v[-1]))
     return (int(v), int(v))  # type: ignore[arg-type]
+
+
+def _pair_or_list(v: object) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list, torch.Size)) else (v,)
 
 
 def _arg(args: tuple, kwargs: dict, index: int, name: str, default: object) -> object:
@@ -101,9 +194,22 @@ class _FieldTracer(TorchFunctionMode):
         if any(f == GLOBAL for f in fields):
             return GLOBAL
         out_t = out if isinstance(out, torch.Tensor) else next(iter(tensors(out)), None)
-        if out_t is None or out_t.ndim != 4:
+        if out_t is None or out_t.ndim != 4 or any(f[2] != fields[0][2] for f in fields):  # type: ignore[index]
             return GLOBAL
-        x = inputs[0]
+        x, axes = inputs[0], fields[0][2]  # type: ignore[index]
+        if name in _MIXING:
+            return GLOBAL
+        if name in ("permute", "transpose", "swapaxes", "swapdims"):
+            return self._moved(fields[0], name, args, kwargs, x.ndim)
+        if name == "linear" or name == "layer_norm":
+            # acts on the last axis (layer_norm: on the last len(normalized_shape) axes)
+            k = 1 if name == "linear" else len(_pair_or_list(_arg(args, kwargs, 1, "normalized_shape", ())))
+            return fields[0] if max(axes) < x.ndim - k and out_t.shape[:-1] == x.shape[:-1] else GLOBAL
+        if name in _ALONG_DIM:
+            dim = _arg(args, kwargs, 1, "dim", None)
+            return GLOBAL if dim is None or int(dim) % x.ndim in axes else fields[0]
+        if axes != (2, 3) and (name in _NCHW_OPS or "pool" in name):
+            return GLOBAL
         if name == "conv2d":
             w = _arg(args, kwargs, 1, "weight", None)
             k = tuple(w.shape[-2:])  # type: ignore[union-attr]
@@ -123,17 +229,35 @@ class _FieldTracer(TorchFunctionMode):
             p = _pair(_arg(args, kwargs, 3 + offset, "padding", 0)) if "lp_pool" not in name else (0, 0)
             d = _pair(_arg(args, kwargs, 4, "dilation", 1)) if "max_pool" in name else (1, 1)
             return self._through(fields[0], k, s, p, d)
-        if out_t.shape[-2:] != x.shape[-2:]:
+        if x.ndim != 4 or any(out_t.shape[a] != x.shape[a] for a in axes):
             return GLOBAL  # an op we cannot follow: be conservative
+        if name in ("reshape", "view", "flatten", "unflatten") and out_t.shape != x.shape:
+            return GLOBAL
         merged = fields[0]
         for f in fields[1:]:
-            merged = (merged[0].union(f[0]), merged[1].union(f[1]))  # type: ignore[index]
+            merged = (merged[0].union(f[0]), merged[1].union(f[1]), axes)  # type: ignore[index]
         return merged
 
     @staticmethod
+    def _moved(field: object, name: str, args: tuple, kwargs: dict, ndim: int) -> object:
+        """The field after ``permute`` / ``transpose``: the same field on the axes' new positions."""
+        fy, fx, (ay, ax) = field  # type: ignore[misc]
+        if name == "permute":
+            dims = args[1:] if len(args) > 2 else _arg(args, kwargs, 1, "dims", ())
+            order = [int(d) % ndim for d in dims]  # type: ignore[union-attr]
+        else:
+            a, b = (int(_arg(args, kwargs, i, n, 0)) % ndim for i, n in ((1, "dim0"), (2, "dim1")))
+            order = list(range(ndim))
+            order[a], order[b] = order[b], order[a]
+        if sorted(order) != list(range(ndim)):
+            return GLOBAL
+        ny, nx = order.index(ay), order.index(ax)
+        return (fy, fx, (ny, nx)) if ny < nx else GLOBAL  # a transposed grid: not followed
+
+    @staticmethod
     def _through(field: object, k: tuple, s: tuple, p: tuple, d: tuple) -> object:
-        fy, fx = field  # type: ignore[misc]
-        return (fy.through(k[0], s[0], p[0], d[0]), fx.through(k[1], s[1], p[1], d[1]))
+        fy, fx, axes = field  # type: ignore[misc]
+        return (fy.through(k[0], s[0], p[0], d[0]), fx.through(k[1], s[1], p[1], d[1]), axes)
 
 
 @dataclass
@@ -148,6 +272,18 @@ class LayerInfo:
     jump: tuple[float, float] | None      # input pixels between neighbouring units
     start: tuple[float, float] | None     # centre of unit (0, 0) in input pixel coordinates
     calls: int
+    layout: str | None = None             # "nchw", "nhwc", "tokens" (see core.layout); None: not spatial
+    grid: tuple[int, int] | None = None   # the (h, w) grid of the spatial reading
+    prefix: int = 0                       # prefix tokens (class, register) before the patch tokens
+
+    @property
+    def output(self) -> str:
+        """The output shape, with its spatial reading when it is not plain NCHW: ``17x32 (tokens 4x4+1)``."""
+        text = "x".join(map(str, self.output_shape or ()))
+        if self.layout in ("nhwc", "tokens") and self.grid is not None:
+            extra = f"+{self.prefix}" if self.prefix else ""
+            text += f" ({self.layout} {self.grid[0]}x{self.grid[1]}{extra})"
+        return text
 
     @property
     def rf_size(self) -> str:
@@ -166,7 +302,10 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
 
     Returns:
         One :class:`LayerInfo` per layer: name, type, output shape (batch of one), parameter
-        count, receptive field size and jump (``None`` for layers that see the whole input).
+        count, receptive field size and jump (``None`` for layers that see the whole input), and
+        the output's spatial ``layout`` (``"nchw"``, ``"nhwc"``, ``"tokens"`` with its ``grid`` and
+        ``prefix`` tokens, as :func:`underhood.core.layout.infer` reads it; ``None`` for vectors).
+        Token sequences after attention, and what follows a reshape of the grid, are marked global.
 
     Example:
         >>> rows = layers(load_model("shapes"))          # doctest: +SKIP
@@ -185,7 +324,7 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
     x = torch.zeros(1, *input_size, device=dev)
     try:
         with tracer:
-            tracer.set(x, (Field(1.0, 1.0, 0.0), Field(1.0, 1.0, 0.0)))
+            tracer.set(x, (Field(1.0, 1.0, 0.0), Field(1.0, 1.0, 0.0), (2, 3)))
             record = trace(model, x)
     except RuntimeError as exc:
         reason = str(exc).splitlines()[0]
@@ -196,6 +335,7 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
         t = outputs.get(name)
         field = tracer.get(t) if t is not None else None
         spatial = isinstance(field, tuple)
+        lay = _layout_of(t, input_size[-2:])
         rows.append(LayerInfo(
             name=name, type=type(mods[name]).__name__,
             output_shape=tuple(t.shape[1:]) if t is not None else None,
@@ -203,8 +343,19 @@ def layers(model: nn.Module, *, input_size: Sequence[int] | None = None,
             rf=(field[0].r, field[1].r) if spatial else None,
             jump=(field[0].j, field[1].j) if spatial else None,
             start=(field[0].c, field[1].c) if spatial else None,
-            calls=calls[name]))
+            calls=calls[name], layout=lay.kind if lay else None, grid=lay.grid if lay else None,
+            prefix=lay.prefix if lay else 0))
     return rows
+
+
+def _layout_of(t: torch.Tensor | None, size: Sequence[int]) -> Layout | None:
+    """The spatial reading of an output (``None`` when it has none, e.g. a sequence that forms no grid)."""
+    if t is None:
+        return None
+    try:
+        return infer(t.shape, size)
+    except LayerError:
+        return None
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -215,7 +366,7 @@ def parameter_count(model: nn.Module) -> int:
 def format_table(rows: list[LayerInfo]) -> str:
     """The architecture table as aligned text, for the terminal."""
     head = ("layer", "type", "output", "params", "rf", "jump")
-    body = [(r.name, r.type, "x".join(map(str, r.output_shape or ())), f"{r.params:,}", r.rf_size,
+    body = [(r.name, r.type, r.output, f"{r.params:,}", r.rf_size,
              "-" if r.jump is None else f"{r.jump[0]:g}") for r in rows]
     widths = [max(len(str(v)) for v in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
@@ -247,5 +398,5 @@ def last_hidden(model: nn.Module) -> str:
     return pools[-1] if pools else stages(model)[-1]
 
 
-__all__ = ["Wrapper", "inner", "named_layers", "resolve", "first_tensor", "conv_layers", "last_conv", "stages",
-           "last_hidden", "layers", "LayerInfo", "Field", "format_table", "parameter_count"]
+__all__ = ["Wrapper", "inner", "named_layers", "resolve", "first_tensor", "conv_layers", "last_conv", "default_layer",
+           "stages", "last_hidden", "layers", "LayerInfo", "Field", "format_table", "parameter_count"]

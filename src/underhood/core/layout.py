@@ -13,7 +13,9 @@ Inference, from the output's shape and the input's ``(H, W)``:
 
 - 4-D: ``"nchw"`` when ``h / H`` and ``w / W`` agree (the same stride on both axes, within 25 %)
   and ``"nhwc"`` otherwise when the last three axes fit that reading; both fitting means
-  ``"nchw"``. ``grid=(h, w)`` or ``layout=`` decide when the shape alone cannot.
+  ``"nchw"``, unless the NHWC strides agree strictly better (``[N, 8, 12, 16]`` for a 32x48
+  input is an 8x12 NHWC map, stride 4 on both axes, not 12x16 with strides 2.7 and 3).
+  ``grid=(h, w)`` or ``layout=`` decide when the shape alone cannot.
 - 3-D: the smallest ``prefix`` in 0..16 such that ``L - prefix = h * w`` with ``h / w = H / W``
   exactly (for a square input, the patch tokens form a square). ``tokens=`` (the number of
   prefix tokens) and ``grid=`` fix either part explicitly.
@@ -67,14 +69,19 @@ def _pair(grid: Sequence[int] | int | None, name: str = "grid") -> tuple[int, in
     return h, w
 
 
-def _same_stride(h: int, w: int, size: tuple[int, int] | None) -> bool:
+def _stride_gap(h: int, w: int, size: tuple[int, int] | None) -> float:
+    """How far the strides ``H / h`` and ``W / w`` disagree, relative (``inf`` when ``(h, w)`` exceeds the input)."""
     if size is None:
-        return True
+        return 0.0
     H, W = size
     if h > H or w > W:
-        return False
+        return math.inf
     sy, sx = H / h, W / w
-    return abs(sy - sx) <= 0.25 * max(sy, sx)
+    return abs(sy - sx) / max(sy, sx)
+
+
+def _same_stride(h: int, w: int, size: tuple[int, int] | None) -> bool:
+    return _stride_gap(h, w, size) <= 0.25
 
 
 def _token_grid(n: int, size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -109,7 +116,8 @@ def infer(shape: Sequence[int], size: Sequence[int] | None = None, *, layout: st
     where = f"{layer!r} outputs {shape[1:]}"
     if len(shape) == 4:
         if layout == "tokens" or tokens is not None:
-            raise LayerError(f"tokens: {where}, a 4-D map, not a token sequence; drop tokens= or pick a "
+            option = "tokens" if tokens is not None else "layout"
+            raise LayerError(f"{option}: {where}, a 4-D map, not a token sequence; drop {option}= or pick a "
                              "transformer block")
         as_nchw, as_nhwc = (shape[2], shape[3]), (shape[1], shape[2])
         if layout == "nchw" or (layout is None and fixed is not None and fixed == as_nchw):
@@ -118,7 +126,7 @@ def infer(shape: Sequence[int], size: Sequence[int] | None = None, *, layout: st
             kind = "nhwc"
         elif fixed is not None:
             raise LayerError(f"grid: {where}; grid={fixed} matches neither [N, C, h, w] nor [N, h, w, C]")
-        elif _same_stride(*as_nchw, hw):
+        elif _same_stride(*as_nchw, hw) and _stride_gap(*as_nchw, hw) <= _stride_gap(*as_nhwc, hw):
             kind = "nchw"
         elif _same_stride(*as_nhwc, hw):
             kind = "nhwc"
@@ -143,7 +151,9 @@ def infer(shape: Sequence[int], size: Sequence[int] | None = None, *, layout: st
             if g is not None:
                 return Layout("tokens", g, p)
         hint = f" for a {hw[0]}x{hw[1]} input" if hw else ""
-        raise LayerError(f"tokens: {where}, a sequence of {length} tokens that does not form a patch grid{hint}; "
+        option = "grid" if fixed is not None and tokens is None else "tokens"
+        raise LayerError(f"{option}: {where}, a sequence of {length} tokens that does not form a "
+                         f"{'grid of ' + 'x'.join(map(str, fixed)) if fixed else 'patch grid'}{hint}; "
                          "give grid=(h, w) and/or tokens=<number of prefix tokens>")
     return None
 

@@ -23,16 +23,40 @@ class Unit:
     """A unit inside the network: channel ``channel`` of layer ``layer``, at ``(y, x)``.
 
     With ``y``/``x`` left ``None`` the activation is summed over that axis. For a layer with
-    ``[N, C]`` output only ``channel`` applies.
+    ``[N, C]`` output only ``channel`` applies. A token sequence ``[N, L, C]`` (a ViT block) or a
+    channels-last map ``[N, h, w, C]`` (a Swin stage) is read as ``[N, C, h, w]`` through
+    :mod:`underhood.core.layout` (the grid inferred from the input size; prefix tokens such as
+    the class token are not positions, so a sum over positions leaves them out); ``layout=``,
+    ``tokens=`` (number of prefix tokens) and ``grid=(h, w)`` fix the reading when it is ambiguous.
+
+    Example:
+        >>> Unit("blocks.1", 7, y=2, x=3)      # channel 7 of the ViT block's patch token (2, 3)
+        Unit(layer='blocks.1', channel=7, y=2, x=3)
     """
 
     layer: str
     channel: int
     y: int | None = None
     x: int | None = None
+    layout: str | None = None
+    tokens: int | None = None
+    grid: tuple[int, int] | None = None
 
-    def score(self, activation: torch.Tensor) -> torch.Tensor:
-        """The unit's value per sample, ``[N]``, from the layer's activation."""
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={getattr(self, k)!r}" for k in ("layout", "tokens", "grid")
+                        if getattr(self, k) is not None)
+        return f"Unit(layer={self.layer!r}, channel={self.channel!r}, y={self.y!r}, x={self.x!r}{extra})"
+
+    def score(self, activation: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """The unit's value per sample, ``[N]``, from the layer's activation (``size``: the input's
+        ``(H, W)``, which places a token sequence on its grid)."""
+        if activation.ndim in (3, 4):
+            from .layout import infer, to_nchw
+
+            lay = infer(activation.shape, size, layout=self.layout, tokens=self.tokens, grid=self.grid,
+                        layer=self.layer)
+            if lay is not None:
+                activation = to_nchw(activation, lay)
         if activation.ndim < 2 or not 0 <= self.channel < activation.shape[1]:
             raise InputError(f"target: channel {self.channel} is out of range for layer {self.layer!r} "
                              f"with output shape {tuple(activation.shape[1:])}")
@@ -41,9 +65,9 @@ class Unit:
             return a
         if a.ndim != 3:
             return a.flatten(1).sum(1)
-        for axis, value, size in (("y", self.y, a.shape[1]), ("x", self.x, a.shape[2])):
-            if value is not None and not 0 <= value < size:
-                raise InputError(f"target: Unit.{axis}={value} is outside layer {self.layer!r} of size {size}")
+        for axis, value, size_ in (("y", self.y, a.shape[1]), ("x", self.x, a.shape[2])):
+            if value is not None and not 0 <= value < size_:
+                raise InputError(f"target: Unit.{axis}={value} is outside layer {self.layer!r} of size {size_}")
         a = a[:, self.y] if self.y is not None else a.sum(1)
         return a[..., self.x] if self.x is not None else a.sum(-1)
 
@@ -58,8 +82,10 @@ def class_indices(target: Target, logits: torch.Tensor) -> torch.Tensor:
         return logits.detach().argmax(-1)
     if isinstance(target, bool):
         raise InputError(f"target: expected a class index, got {target!r}")
-    if isinstance(target, int):
-        idx = torch.full((n,), target, dtype=torch.long, device=logits.device)
+    if isinstance(target, int):  # checked on the host: no device round trip
+        if not 0 <= target < k:
+            raise InputError(f"target: class {target} is out of range for a model with {k} outputs (0..{k - 1})")
+        return torch.full((n,), target, dtype=torch.long, device=logits.device)
     else:
         try:
             idx = torch.as_tensor(target).to(logits.device).flatten()
@@ -119,7 +145,7 @@ def scores(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
             outputs = logits_of(model(inputs))
         if target.layer not in cap.live:
             raise InputError(f"target: layer {target.layer!r} did not run in forward; pick a layer that does")
-        return target.score(cap.live[target.layer]), outputs
+        return target.score(cap.live[target.layer], inputs.shape[-2:]), outputs
     outputs = logits_of(model(inputs))
     if callable(target) and not isinstance(target, torch.Tensor):
         s = target(outputs)
