@@ -12,6 +12,7 @@ from ..core.checks import positive_int
 from ..core.errors import InputError
 from ..core.inputs import dataset_images
 from ..core.results import Result
+from .maps import feature_view
 
 
 @dataclass(repr=False)
@@ -20,7 +21,9 @@ class LayerStatistics(Result):
 
     A channel's *response* to an input is its activation averaged over positions (the value
     itself for a ``[N, C]`` layer); it is *active* on an input when its activation is positive
-    at some position.
+    at some position. The positions of a token layer ``[N, L, C]`` are its patch tokens (prefix
+    tokens such as a class token are left out), those of a channels-last layer ``[N, h, w, C]`` its
+    ``h x w`` grid: the ``[N, C, h, w]`` view of :func:`underhood.activations.maps`.
 
     Attributes:
         layer: the layer's name.
@@ -57,11 +60,12 @@ EDGE_SAMPLE = 256  # the histogram range comes from the first this-many inputs o
 
 
 def _responses(flat: torch.Tensor) -> torch.Tensor:
-    return flat.mean(2).float().cpu()
+    return flat.mean(2).float()
 
 
-def _flat(a: torch.Tensor) -> torch.Tensor:
-    a = a.double()
+def _flat(a: torch.Tensor, size: tuple[int, ...], layer: str, reading: dict) -> torch.Tensor:
+    """``[N, C, positions]`` in float64: a spatial layer read as ``[N, C, h, w]`` (see :func:`feature_view`)."""
+    a = feature_view(a, size[-2:], layer, **reading)[0].double()
     return a.flatten(2) if a.ndim > 2 else a[:, :, None]
 
 
@@ -72,25 +76,31 @@ def _edges_from(first: torch.Tensor, bins: int) -> torch.Tensor:
 
 
 def histogram_edges(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
-                    batch_size: int | str | None = None) -> torch.Tensor:
+                    batch_size: int | str | None = None, tokens: int | None = None,
+                    grid: tuple[int, int] | None = None, layout: str | None = None) -> torch.Tensor:
     """Histogram edges spanning the responses of the dataset's first ``EDGE_SAMPLE`` inputs, with a
-    25% margin: independent of batching and sharding, so every shard of a run bins alike."""
+    25% margin: independent of batching and sharding, so every shard of a run bins alike (CPU tensor)."""
     images = dataset_images(dataset, model)[:EDGE_SAMPLE]
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
-    return _edges_from(torch.cat([_responses(_flat(acts[layer])) for _, acts in stream(model, layer, images, size)]),
-                       bins)
+    reading = {"tokens": tokens, "grid": grid, "layout": layout}
+    return _edges_from(torch.cat([_responses(_flat(acts[layer], images.shape, layer, reading))
+                                  for _, acts in stream(model, layer, images, size)]), bins)
 
 
 @torch.no_grad()
 def accumulate(model: nn.Module, dataset: object, layer: str, edges: torch.Tensor | int, *, start: int = 0,
-               stop: int | None = None, batch_size: int | str | None = None,
-               progress: bool = False) -> dict[str, torch.Tensor]:
+               stop: int | None = None, batch_size: int | str | None = None, progress: bool = False,
+               tokens: int | None = None, grid: tuple[int, int] | None = None,
+               layout: str | None = None) -> dict[str, torch.Tensor]:
     """Sums, sums of squares, counts, activity and histogram counts over ``dataset[start:stop]``.
 
     ``edges`` are the histogram edges (see :func:`histogram_edges`), or a number of bins when
     ``start == 0``: the edges then come from the first ``EDGE_SAMPLE`` responses of the pass
     itself (held back until that many are seen), which saves the extra pass. States of disjoint
     slices add up (:func:`merge`); :func:`from_state` turns one into :class:`LayerStatistics`.
+    The sums stay on the model's device during the pass (no host round trip per batch); the
+    returned state is on the CPU. ``tokens`` / ``grid`` / ``layout`` read a token or channels-last
+    layer as in :func:`underhood.activations.maps`.
     """
     images = dataset_images(dataset, model)[start:stop]
     if len(images) == 0:
@@ -98,40 +108,43 @@ def accumulate(model: nn.Module, dataset: object, layer: str, edges: torch.Tenso
     if isinstance(edges, int) and start != 0:
         raise InputError("edges: a slice not starting at 0 needs explicit edges; use histogram_edges()")
     size = resolve_batch_size(batch_size, model, tuple(images.shape[1:]))
+    reading = {"tokens": tokens, "grid": grid, "layout": layout}
     state: dict[str, torch.Tensor] = {}
     held: list[torch.Tensor] = []
+    seen = 0
 
     def bin_(responses: torch.Tensor) -> None:
         index = torch.bucketize(responses, state["edges"][1:-1].contiguous()).T  # [C, B]
         state["histogram"].scatter_add_(1, index, torch.ones_like(index))
 
     for _, acts in stream(model, layer, images, size, progress=progress, desc="statistics"):
-        flat = _flat(acts[layer])
+        flat = _flat(acts[layer], images.shape, layer, reading)
         if not state:
-            c = flat.shape[1]
+            c, dev = flat.shape[1], flat.device
             bins = edges if isinstance(edges, int) else len(edges) - 1
-            state = {"sum": torch.zeros(c, dtype=torch.float64), "sum_sq": torch.zeros(c, dtype=torch.float64),
-                     "active": torch.zeros(c, dtype=torch.float64), "count": torch.zeros((), dtype=torch.float64),
-                     "n": torch.zeros((), dtype=torch.float64), "histogram": torch.zeros(c, bins, dtype=torch.long)}
+            state = {k: torch.zeros(c, dtype=torch.float64, device=dev) for k in ("sum", "sum_sq", "active")}
+            state |= {k: torch.zeros((), dtype=torch.float64, device=dev) for k in ("count", "n")}
+            state["histogram"] = torch.zeros(c, bins, dtype=torch.long, device=dev)
             if not isinstance(edges, int):
-                state["edges"] = edges.clone()
-        state["sum"] += flat.sum((0, 2)).cpu()
-        state["sum_sq"] += flat.pow(2).sum((0, 2)).cpu()
+                state["edges"] = edges.to(dev, copy=True)
+        state["sum"] += flat.sum((0, 2))
+        state["sum_sq"] += flat.pow(2).sum((0, 2))
         state["count"] += flat.shape[0] * flat.shape[2]
         state["n"] += flat.shape[0]
-        state["active"] += (flat.amax(2) > 0).sum(0).double().cpu()
+        state["active"] += (flat.amax(2) > 0).sum(0)
+        seen += flat.shape[0]
         if "edges" in state:
             bin_(_responses(flat))
             continue
         held.append(_responses(flat))
-        if int(state["n"]) >= EDGE_SAMPLE:
-            state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges))
+        if seen >= EDGE_SAMPLE:  # once per pass: the edges come from the first EDGE_SAMPLE responses
+            state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges)).to(flat.device)
             bin_(torch.cat(held))
             held.clear()
     if held:
-        state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges))
+        state["edges"] = _edges_from(torch.cat(held)[:EDGE_SAMPLE], int(edges)).to(held[0].device)
         bin_(torch.cat(held))
-    return state
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def merge(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -158,13 +171,20 @@ def from_state(layer: str, state: dict[str, torch.Tensor]) -> LayerStatistics:
 
 @torch.no_grad()
 def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
-               batch_size: int | str | None = None, progress: bool = False) -> LayerStatistics:
+               batch_size: int | str | None = None, progress: bool = False, tokens: int | None = None,
+               grid: tuple[int, int] | None = None, layout: str | None = None) -> LayerStatistics:
     """Mean, spread, activity, dead units and response histograms of every channel of ``layer``.
 
     The dataset is streamed in batches (eval mode, no gradients; the forward pass stops after
     ``layer`` when it can): memory does not grow with its size. Sums, sums of squares and counts
-    accumulate in float64; histogram edges span the responses of the first 256 inputs with a 25%
-    margin, and later values outside them are counted in the end bins.
+    accumulate in float64 on the model's device; histogram edges span the responses of the first
+    256 inputs with a 25% margin, and later values outside them are counted in the end bins.
+
+    ``layer`` may output ``[N, C, h, w]``, ``[N, C]``, a token sequence ``[N, L, C]`` or a
+    channels-last map ``[N, h, w, C]``: the statistics are per channel over the positions of its
+    ``[N, C, h, w]`` view (:func:`underhood.activations.maps`), so a vision transformer's class token
+    and other prefix tokens are left out. ``tokens`` (prefix tokens), ``grid=(h, w)`` and ``layout``
+    fix that reading when it cannot be inferred from ``L`` and the input size.
 
     Example:
         >>> st = statistics(model, underhood.datasets.shapes(512), "features.10")   # doctest: +SKIP
@@ -172,4 +192,5 @@ def statistics(model: nn.Module, dataset: object, layer: str, *, bins: int = 30,
     """
     images = dataset_images(dataset, model)
     positive_int("bins", bins)
-    return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress))
+    return from_state(layer, accumulate(model, images, layer, bins, batch_size=batch_size, progress=progress,
+                                        tokens=tokens, grid=grid, layout=layout))

@@ -2,7 +2,10 @@
 ``neighbors`` and ``ablate``.
 
 The dataset-scale ones (``dissect``, ``embed``, ``statistics``) shard their data over ``torchrun``
-processes and resume (see :mod:`underhood.core.distributed`).
+processes and resume (see :mod:`underhood.core.distributed`). ``activations``, ``statistics`` and
+``dissect`` read token layers ``[N, L, C]`` and channels-last layers ``[N, h, w, C]`` as
+``[N, C, h, w]`` (``--tokens``, ``--grid``, ``--layout`` fix the reading; see
+:mod:`underhood.core.layout`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ from .common import (
     save_result,
     sharded_job,
 )
-from .options import channels, count, data_spec, image_file, natural, parse_channels, positive_float
+from .options import (
+    channels,
+    count,
+    data_spec,
+    image_file,
+    layout_options,
+    layout_reading,
+    natural,
+    parse_channels,
+    positive_float,
+)
 from .options import names as name_list
 
 EXAMPLES = {
@@ -33,12 +46,18 @@ EXAMPLES = {
     "statistics": "underhood statistics --model shapes --data shapes:4096 --layer features.16\n"
                   "  torchrun --nproc-per-node 2 -m underhood statistics --data my_images/ --layer layer4",
     "dissect": "underhood dissect --model shapes --data shapes:4096 --layer features.16 --channels 0:16\n"
-               "  torchrun --nproc-per-node 4 -m underhood dissect --model resnet.pt --data imgs/ --layer layer3",
+               "  torchrun --nproc-per-node 4 -m underhood dissect --model resnet.pt --data imgs/ --layer layer3\n"
+               "  underhood dissect --model timm:vit_small_patch16_224 --data imgs/ --layer blocks.8 --tokens 1",
     "embed": "underhood embed --model digits --data digits --layers input,conv1,conv2,fc2 --method tsne\n"
              "  torchrun --nproc-per-node 2 -m underhood embed --data shapes:20000 --method pca",
     "neighbors": "underhood neighbors samples/star.png --model shapes --data shapes:2000 --layer pool --k 6",
     "ablate": "underhood ablate --model shapes --data shapes:1000 --layer features.16",
 }
+
+
+def _key(reading: dict) -> dict:
+    """The layout options that were given, JSON-plain, for a sharded job's key (none given: the key of before)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in reading.items() if v is not None}
 
 
 def cmd_activations(args: argparse.Namespace) -> None:
@@ -51,7 +70,7 @@ def cmd_activations(args: argparse.Namespace) -> None:
     model = model_from(args)
     images = load_images(args.images, model)
     names = parse_names(args.layers) if args.layers else stages(model)
-    acts = maps(model, images.to(model_device(model)), names)
+    acts = maps(model, images.to(model_device(model)), names, **layout_reading(args))
     out = out_dir(args, "activations")
     files = []
     for i in range(len(args.images)):
@@ -78,7 +97,9 @@ def cmd_statistics(args: argparse.Namespace) -> None:
         model = model_from(args)
         data = dataset_from(args, model)
         # the histogram edges are fixed once per run (by rank 0) and kept with the shards
-        job = sharded_job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins}, [args.layer])
+        reading = layout_reading(args)
+        job = sharded_job(args, "statistics", model, data, {"layer": args.layer, "bins": args.bins, **_key(reading)},
+                          [args.layer])
         job.prepare(world)
         edges_file = job.folder / "edges.safetensors"
         edges = None
@@ -88,12 +109,14 @@ def cmd_statistics(args: argparse.Namespace) -> None:
             if edges_file.exists() and job.done():
                 edges = load_file(str(edges_file))["edges"]
             else:
-                edges = histogram_edges(model, data, args.layer, bins=args.bins, batch_size=args.batch_size)
+                edges = histogram_edges(model, data, args.layer, bins=args.bins, batch_size=args.batch_size,
+                                        **reading)
                 write_tensors(edges_file, {"edges": edges})
         edges = broadcast(edges)
         job.fresh = False
         parts = run_shards(job, lambda part: accumulate(model, data, args.layer, edges, start=part.start,
-                                                        stop=part.stop, batch_size=args.batch_size), world, args)
+                                                        stop=part.stop, batch_size=args.batch_size, **reading),
+                           world, args)
         if parts is None:
             return
     st = from_state(args.layer, merge(parts))
@@ -123,33 +146,37 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         if args.k > len(data):
             raise InputError(f"--k: {args.k} images per channel asked, the dataset has only {len(data)}; "
                              f"pass --k {len(data)} or less")
-        job = sharded_job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels},
-                          [args.layer])
+        reading = layout_reading(args)
+        job = sharded_job(args, "dissect", model, data, {"layer": args.layer, "k": args.k, "channels": channels,
+                                                         **_key(reading)}, [args.layer])
         parts = run_shards(job, lambda part: scan(model, data, args.layer, args.k, channels=channels,
                                                   batch_size=args.batch_size, start=part.start,
-                                                  stop=part.stop).tensors(),
+                                                  stop=part.stop, **reading).tensors(),
                            world, args)
         if parts is None:
             return
         state = merge([Partial(**p) for p in parts], args.k)
         shown = list(range(min(args.show, len(state.channels))))
         result = finish(model, data.images, args.layer, state, pattern=pattern, crops=True,
-                        batch_size=args.batch_size) if len(state.channels) * args.k <= 4096 else \
-            finish(model, data.images, args.layer, state, crops=False)
+                        batch_size=args.batch_size, **reading) if len(state.channels) * args.k <= 4096 else \
+            finish(model, data.images, args.layer, state, crops=False, **reading)
     out = out_dir(args, "dissect")
     files = []
     if result.patches is not None:
         save_figure(top_patches_figure(result, units=shown, ncols=4,
                                        title=f"{args.layer}: top-{args.k} patches of {len(result.channels)} "
                                              f"channels over {result.n} images"
-                                             + (f" | beside them, the {pattern} pattern" if pattern else "")),
+                                             + (f" | beside them, the {result.rule} pattern" if pattern else "")),
                     out / "dissect.png", dpi=120)
         files.append("dissect.png")
     save_result(result, out, "dissect", files, model=args.model, data=args.data, layer=args.layer, k=args.k,
                 channels=channels, pattern=pattern, n=result.n, field=result.field, processes=world.size,
-                shards=len(job.slices), resumed_shards=job.resumed)
+                shards=len(job.slices), resumed_shards=job.resumed, layout=result.info.get("layout"))
+    cell = " (global: the boxes are the patch cells the tokens embed)" if result.info.get("box") == "cell" else ""
+    if "pattern" in result.info:
+        print(f"note: {result.info['pattern']}")
     print(f"{args.layer}: top-{args.k} images of {len(result.channels)} channels over {result.n} images "
-          f"(receptive field {result.field or 'global'}); written to {final_dir(args, 'dissect').resolve()}")
+          f"(receptive field {result.field or 'global'}{cell}); written to {final_dir(args, 'dissect').resolve()}")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -263,11 +290,13 @@ def register(add: Add) -> None:
     p.add_argument("--k", type=count(), default=8, help="channels per layer (default 8)")
     p.add_argument("--random", action="store_true", help="k random channels instead of the k most active")
     p.add_argument("--seed", type=natural(), default=0)
+    layout_options(p)
 
     p = add("statistics", cmd_statistics, "per-channel activation statistics of a layer over a dataset")
     data_options(p, sharded=True)
     p.add_argument("--layer", required=True)
     p.add_argument("--bins", type=count(high=100_000), default=30)
+    layout_options(p)
 
     p = add("dissect", cmd_dissect, "the top-k images and receptive-field patches of every channel of a layer")
     data_options(p, sharded=True)
@@ -277,6 +306,7 @@ def register(add: Add) -> None:
     p.add_argument("--pattern", default="guided", choices=["guided", "deconvnet", "gradient", "none"],
                    help="the pattern drawn beside each patch (default guided backprop)")
     p.add_argument("--show", type=count(), default=16, help="channels drawn in the figure (default 16)")
+    layout_options(p)
 
     p = add("embed", cmd_embed, "2-D embeddings (t-SNE, PCA, UMAP) of a dataset at several layers")
     data_options(p, sharded=True)

@@ -93,6 +93,39 @@ def size() -> Number:
     return Number(int, low=1, high=MAX_SIDE)
 
 
+class Grid(Number):
+    """A grid ``HxW`` (or ``N`` for ``NxN``), each side an int in ``[low, high]``; returns ``(h, w)``.
+
+    A :class:`Number` on each side, so the bad-input table covers it like the numeric options.
+    """
+
+    def __init__(self, high: float | None = MAX_SIDE) -> None:
+        super().__init__(int, low=1, high=high)
+        self.__name__ = "grid"
+
+    def __call__(self, text: str) -> tuple[int, int]:  # type: ignore[override]
+        sides = text.lower().split("x")
+        if len(sides) > 2:
+            raise argparse.ArgumentTypeError(f"expected HxW (e.g. 14x14) or one side, got {text!r}")
+        h, w = (super(Grid, self).__call__(v) for v in (sides * 2)[:2])
+        return int(h), int(w)
+
+
+def layout_options(p: argparse.ArgumentParser) -> None:
+    """``--tokens``, ``--grid`` and ``--layout``: how a token / channels-last layer becomes ``[N, C, h, w]``
+    (:mod:`underhood.core.layout`); read them back with :func:`layout_reading`."""
+    p.add_argument("--tokens", type=count(high=MAX_SIDE), help="prefix tokens (class, register) before the patch "
+                   "tokens of a token layer [N, L, C] (default: inferred from L and the image size, 0 included)")
+    p.add_argument("--grid", type=Grid(), help="HxW grid of the patch tokens (default: inferred)")
+    p.add_argument("--layout", choices=["nchw", "nhwc", "tokens"],
+                   help="read the layer as [N, C, h, w], [N, h, w, C] or [N, L, C] tokens (default: from its shape)")
+
+
+def layout_reading(args: argparse.Namespace) -> dict:
+    """The ``tokens=`` / ``grid=`` / ``layout=`` keywords of :func:`layout_options`' values."""
+    return {"tokens": args.tokens, "grid": args.grid, "layout": args.layout}
+
+
 def budget(text: str) -> str:
     """A perturbation budget such as ``8/255`` or ``0.5``: finite and > 0 (the norm's ceiling is checked with the
     norm); the text is returned as given."""

@@ -55,7 +55,9 @@ def top_patches_figure(result, *, units: Sequence[int] | None = None, ncols: int
     ncols = max(1, min(ncols, len(rows)))
     nrows = math.ceil(len(rows) / ncols)
     width = 2.0 * (2 if has_patterns else 1) + 0.35
+    cells = getattr(result, "info", {}).get("box") == "cell"  # units that see the whole image: their patch cells
     head = title if title is not None else f"{result.layer}: the top {k} patches of each channel" + (
+        " (the patch cell of each token; the unit sees the whole image)" if cells else "") + (
         f" (left) and the unit's {RULE_NAMES.get(result.rule, result.rule or 'backward')} pattern in each (right)"
         if has_patterns else "")
     fig = Figure(figsize=(ncols * width, nrows * 2.45 + 0.45))
