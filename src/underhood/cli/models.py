@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
 EXAMPLES = {
     "models": "underhood models",
-    "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224",
+    "layers": "underhood layers shapes\n  underhood layers my_model.pt --input-size 3 224 224\n"
+              "  underhood layers --model torchvision:resnet18 --weights none",
     "predict": "underhood predict samples/star.png samples/photo.png --model shapes --top 3   "
                "# images: underhood samples",
     "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors\n"
@@ -37,6 +38,16 @@ def cmd_models(args: argparse.Namespace) -> None:
     width = max(len(name) for name in BUILTIN) + 2
     for name, text in BUILTIN.items():
         print(f"{name:{width}s}{text}{'' if name in shipped else '  (weights missing)'}")
+
+
+def check_layers(args: argparse.Namespace) -> None:
+    """The model as the positional argument or as --model (as every other command takes it), one of them."""
+    if args.model and args.model_option and args.model != args.model_option:
+        raise InputError(f"--model: the model is given twice ({args.model!r} and --model {args.model_option!r}); "
+                         "give it once")
+    args.model = args.model or args.model_option
+    if not args.model:
+        raise InputError("model: name the model, e.g. underhood layers shapes (or --model torchvision:resnet18)")
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
@@ -129,8 +140,10 @@ def register(add: Add) -> None:
     """Add the commands to the ``underhood`` parser (``add`` as in :class:`underhood.cli.common.Commands`)."""
     add("models", cmd_models, "list the built-in models", model=False, output=None)
 
-    p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields")
-    p.add_argument("model", help="model spec: built-in name, file or package.module:factory")
+    p = add("layers", cmd_layers, "the architecture table: shapes, parameters, receptive fields", check=check_layers)
+    p.add_argument("model", nargs="?", help="model spec: built-in name, file, package.module:factory, "
+                                            "torchvision:NAME or timm:NAME (or give it as --model)")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model spec, as for the other commands")
     p.add_argument("--input-size", type=Number(int, low=1, high=MAX_SIDE), nargs=3, metavar=("C", "H", "W"),
                    help="input size if the model has none")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,12 @@ from .normalized import Normalized
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRETRAINED = "pretrained"
+"""``load_model``'s default ``weights``: the spec's own weights (a zoo's pretrained ones, a built-in's shipped ones)."""
+
+Weights = str | os.PathLike | None
+"""``weights=``: :data:`PRETRAINED`, a path to a state dict, or ``None`` (an untrained architecture)."""
 
 BUILTIN = {
     "shapes": "VGG-style CNN on the procedural shapes (default)",
@@ -48,7 +55,7 @@ def _finish(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def _from_safetensors(path: Path) -> Normalized:
+def _from_safetensors(path: Path, weights: Weights = PRETRAINED, trust: bool = False) -> Normalized:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -63,10 +70,19 @@ def _from_safetensors(path: Path) -> Normalized:
     if not meta.get("arch"):
         keys = ", ".join(list(tensors)[:3]) + (", ..." if len(tensors) > 3 else "")
         raise ModelError(f"spec: {str(path)!r} holds {len(tensors)} tensors ({keys}) but no underhood metadata naming "
-                         "their architecture (files written by `underhood train` have it); build the network, load "
-                         "them with net.load_state_dict(safetensors.torch.load_file(path)) and pass load_model(net), "
-                         "or give 'package.module:factory'")
-    return _build(meta, tensors, repr(str(path)))
+                         "their architecture (files written by `underhood train` have it); pass it as weights= to "
+                         "the spec of its architecture (load_model('torchvision:NAME', weights=PATH), CLI: --weights), "
+                         "or load it into your network and pass load_model(net)")
+    if weights == PRETRAINED:
+        return _build(meta, tensors, repr(str(path)))
+    return _build(_conventions_of(meta), None if weights is None else read_state(weights, trust),
+                  repr(str(weights)), "weights")
+
+
+def _conventions_of(meta: dict) -> dict:
+    """What of a file's metadata still holds for other weights: the architecture and its conventions, not the
+    accuracy or the training run of the weights it came with."""
+    return {k: v for k, v in meta.items() if k in ("arch", "classes", "input_size", "mean", "std", "dataset")}
 
 
 def _mismatch(net: nn.Module, state: dict) -> str:
@@ -82,7 +98,73 @@ def _mismatch(net: nn.Module, state: dict) -> str:
     return "; ".join(parts) or "the tensors do not load"
 
 
-def _build(meta: dict, state: dict, source: object) -> Normalized:
+STATE_KEYS = ("state_dict", "model", "model_state_dict")
+"""Keys under which a checkpoint dict may hold the state dict (``{"state_dict": ..., "epoch": ...}``)."""
+
+PREFIXES = ("module.", "_orig_mod.", "net.")
+"""Key prefixes dropped when every key has one and the network's own keys do not: ``nn.DataParallel`` /
+DDP (``module.``), ``torch.compile`` (``_orig_mod.``) and an underhood model's own ``state_dict()``
+(``net.``, beside its ``mean`` and ``std`` buffers)."""
+
+
+def read_state(path: str | os.PathLike, trust: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict in the file ``path``, on the CPU: ``.safetensors``, or what ``torch.save`` wrote (read with
+    ``weights_only=True`` unless ``trust``): a state dict, a checkpoint dict holding one under a
+    :data:`STATE_KEYS` key, or (with ``trust``) a pickled module. One-line :class:`ModelError` otherwise."""
+    file = Path(path)
+    name = repr(str(path))
+    if not file.is_file():
+        raise ModelError(f"weights: no file named {name}; give a state dict saved with torch.save(net.state_dict(), "
+                         "PATH) or a .safetensors file, or weights=None (CLI: --weights none) for an untrained model")
+    if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelError(f"weights: cannot read {name} as safetensors ({exc})") from exc
+    try:
+        obj = torch.load(str(file), map_location="cpu", weights_only=not trust)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, ... : torch.load has no common base
+        if not trust and "Unsupported global" in str(exc):
+            raise ModelError(f"weights: {name} holds pickled Python objects, which can run arbitrary code when "
+                             "loaded; save net.state_dict() (or .safetensors) instead, or pass trust=True "
+                             "(CLI: --trust) if you trust the file") from exc
+        raise ModelError(f"weights: cannot load {name} as a state dict ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:80] if str(exc) else ''})") from exc
+    for _ in range(2):  # a checkpoint {"state_dict": {...}, ...}, or a pickled module (trust=True)
+        if isinstance(obj, nn.Module):
+            obj = obj.state_dict()
+        if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in STATE_KEYS if isinstance(obj.get(k), (dict, nn.Module))), None)
+            obj = obj if inner is None else inner
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = ", ".join(map(str, list(obj)[:4])) if isinstance(obj, dict) else type(obj).__name__
+        raise ModelError(f"weights: {name} is not a state dict of tensors (it holds {keys}); save "
+                         "net.state_dict(), or a dict with it under 'state_dict' or 'model'")
+    return dict(obj)
+
+
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: object, what: str,
+               argument: str = "weights") -> None:
+    """Load ``state`` into ``net`` (strict), dropping a :data:`PREFIXES` prefix that every key has and the
+    network's keys do not; a mismatch is one line naming the missing, unexpected and mis-shaped keys."""
+    own = net.state_dict()
+    for prefix in PREFIXES:
+        extra = ("mean", "std") if prefix == "net." else ()
+        if state and all(k.startswith(prefix) or k in extra for k in state) \
+                and not any(k.startswith(prefix) for k in own):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{argument}: the weights in {source} do not fit {what}: {_mismatch(net, state)}; "
+                         "save them from that architecture (torch.save(net.state_dict(), PATH)), or load your "
+                         "own network with load_model(net) or 'package.module:factory'") from exc
+
+
+def _build(meta: dict, state: dict | None, source: object, argument: str = "spec") -> Normalized:
     arch = meta.get("arch")
     if arch not in ARCHITECTURES:
         raise ModelError(f"spec: {source} names architecture {arch!r}, which is not built in; "
@@ -91,12 +173,8 @@ def _build(meta: dict, state: dict, source: object) -> Normalized:
     input_size = meta.get("input_size") or None
     channels = int(input_size[0]) if input_size else 3
     net = ARCHITECTURES[arch](num_classes=len(classes), in_channels=channels)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"spec: the weights in {source} do not fit architecture {arch!r}: {_mismatch(net, state)}; "
-                         "save them from that architecture, or load your own network with load_model(net) or "
-                         "'package.module:factory'") from exc
+    if state is not None:  # None: the architecture untrained (weights=None)
+        load_state(net, state, source, f"architecture {arch!r}", argument)
     mean = meta.get("mean") or [0.0] * channels
     std = meta.get("std") or [1.0] * channels
     info = {k: v for k, v in meta.items() if k not in ("classes", "input_size", "mean", "std")}
@@ -144,7 +222,7 @@ def _is_image(path: Path) -> bool:
     return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
-def _from_file(path: Path, trust: bool) -> nn.Module:
+def _from_file(path: Path, trust: bool, weights: Weights = PRETRAINED) -> nn.Module:
     if not path.is_file():
         raise ModelError(f"spec: no built-in model and no file named {str(path)!r}; "
                          f"built-ins are {', '.join(BUILTIN)}")
@@ -153,10 +231,11 @@ def _from_file(path: Path, trust: bool) -> nn.Module:
                          f"name ({', '.join(BUILTIN)}), a weights file or 'package.module:factory', and the image "
                          "as the input (underhood.load_image)")
     if path.suffix == ".safetensors":
-        return _from_safetensors(path)
+        return _from_safetensors(path, weights, trust)
     if _is_torchscript(path):
         try:
-            return _wrap(torch.jit.load(str(path), map_location="cpu"), str(path))
+            return _with_weights(_wrap(torch.jit.load(str(path), map_location="cpu"), str(path)), weights, trust,
+                                 str(path))
         except RuntimeError as exc:
             raise ModelError(f"spec: {str(path)!r} looks like TorchScript but does not load ({exc})") from exc
     try:
@@ -170,17 +249,20 @@ def _from_file(path: Path, trust: bool) -> nn.Module:
         raise ModelError(f"spec: cannot load {str(path)!r}: it is not a PyTorch checkpoint, TorchScript or "
                          f".safetensors file{why}") from exc
     if isinstance(obj, nn.Module):
-        return _wrap(obj, str(path))
+        return _with_weights(_wrap(obj, str(path)), weights, trust, str(path))
     if isinstance(obj, dict) and "arch" in obj:
         state = obj.get("state_dict") or obj.get("model") or {}
         meta = {k: v for k, v in obj.items() if k not in ("state_dict", "model")}
-        return _build(meta, state, repr(str(path)))
+        if weights == PRETRAINED:
+            return _build(meta, state, repr(str(path)))
+        return _build(_conventions_of(meta), None if weights is None else read_state(weights, trust),
+                      repr(str(weights)), "weights")
     raise ModelError(f"spec: {str(path)!r} is a checkpoint without an 'arch' key naming a built-in "
                      f"architecture ({', '.join(ARCHITECTURES)}); save {{'arch': ..., 'state_dict': ...}} "
                      "or load the model with 'package.module:factory'")
 
 
-def _from_factory(spec: str) -> nn.Module:
+def _from_factory(spec: str, weights: Weights = PRETRAINED, trust: bool = False) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -192,46 +274,126 @@ def _from_factory(spec: str) -> nn.Module:
     model = factory()
     if not isinstance(model, nn.Module):
         raise ModelError(f"spec: {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return _wrap(model, spec)
+    return _with_weights(_wrap(model, spec), weights, trust, spec)
 
 
-def _from_torchvision(name: str) -> nn.Module:
+def _with_weights(model: Normalized, weights: Weights, trust: bool, spec: str) -> Normalized:
+    """A network that comes whole (factory, TorchScript, pickled module) with the state dict ``weights`` loaded
+    into it; ``None`` is refused: underhood cannot tell how such a network is initialised."""
+    if weights == PRETRAINED:
+        return model
+    if weights is None:
+        raise ModelError(f"weights: None (an untrained architecture) works for built-in names and files, "
+                         f"'torchvision:NAME' and 'timm:NAME'; {spec!r} builds its own network, so have it build "
+                         "one untrained, or pass weights=PATH to a state dict")
+    load_state(model.net, read_state(weights, trust), repr(str(weights)), repr(spec))
+    return model
+
+
+def _offline(library: str, name: str) -> ModelError:
+    return ModelError(f"spec: {library} could not fetch the pretrained weights for {name} (offline?); pass "
+                      "weights=PATH to a local state dict (CLI: --weights PATH) or weights=None for an untrained model")
+
+
+def _download_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is how a zoo fails to fetch weights: urllib/requests/socket errors (``OSError``), torch.hub's
+    ``RuntimeError`` (hash, incomplete file), or an error of huggingface_hub, requests, urllib3 or httpx."""
+    root = type(exc).__module__.split(".")[0]
+    return isinstance(exc, (OSError, RuntimeError)) or root in ("huggingface_hub", "requests", "urllib3", "httpx")
+
+
+def _indices(net: nn.Module) -> list[str]:
+    """``"0"``, ``"1"``, ... one per output of the network's last layer with ``out_features``."""
+    for m in reversed(list(net.modules())):
+        out = getattr(m, "out_features", None)
+        if isinstance(out, int):
+            return [str(i) for i in range(out)]
+    return []
+
+
+def _from_torchvision(name: str, weights: Weights = PRETRAINED, trust: bool = False) -> nn.Module:
     try:
         tv_models = importlib.import_module("torchvision.models")
     except Exception as exc:  # ImportError, or a RuntimeError when its build does not match torch
         raise ModelError(f"spec: 'torchvision:{name}' needs torchvision, which does not import here ({exc}); "
                          "install a torchvision built for this torch") from exc
+    try:  # the weights enum is a table in the package: class names and preprocessing, with no download
+        default = tv_models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError) as exc:
+        default, why = None, exc
     try:
-        weights = tv_models.get_model_weights(name).DEFAULT
-        net = tv_models.get_model(name, weights=weights)
+        if weights == PRETRAINED and default is None:
+            raise ModelError(f"spec: torchvision has no model {name!r} with pretrained weights ({why}); pass "
+                             "weights=PATH (CLI: --weights PATH) or weights=None for an untrained model")
+        net = tv_models.get_model(name, weights=default if weights == PRETRAINED else None)
     except (ValueError, KeyError, AttributeError) as exc:
         raise ModelError(f"spec: torchvision has no model {name!r} ({exc})") from exc
-    classes = list(weights.meta.get("categories") or [])
-    return Normalized(net, IMAGENET_MEAN, IMAGENET_STD, classes, (3, 224, 224), {"source": f"torchvision:{name}"})
+    except ModelError:
+        raise
+    except Exception as exc:
+        if weights == PRETRAINED and _download_error(exc):
+            raise _offline("torchvision", name) from exc
+        raise
+    if weights is not None and weights != PRETRAINED:
+        load_state(net, read_state(weights, trust), repr(str(weights)), f"torchvision's {name}")
+    meta = dict(getattr(default, "meta", None) or {})
+    preset = getattr(getattr(default, "transforms", None), "keywords", None) or {}  # partial(ImageClassification)
+    classes = list(meta.get("categories") or []) or _indices(net)
+    crop = preset.get("crop_size", 224)
+    return Normalized(net, preset.get("mean", IMAGENET_MEAN), preset.get("std", IMAGENET_STD), classes,
+                      (3, crop, crop), {"source": f"torchvision:{name}"})
 
 
-def _from_timm(name: str) -> nn.Module:
+def _weights_name(weights: Weights) -> str:
+    return "none" if weights is None else str(weights)
+
+
+def _timm_classes(net: nn.Module) -> list[str]:
+    """ImageNet class names from timm's own table (no download) when the head has 1k (or a known subset's)
+    classes, else indices."""
+    n = int(getattr(net, "num_classes", 0) or len(_indices(net)))
+    try:
+        data = importlib.import_module("timm.data")
+        infer = getattr(data, "infer_imagenet_subset", None)
+        subset = infer(net) if infer is not None else ("imagenet-1k" if n == 1000 else None)
+        if subset:
+            info = data.ImageNetInfo(subset)
+            return [info.index_to_description(i) for i in range(n)]
+    except Exception:  # an older timm without ImageNetInfo, or a head that matches no table: indices
+        pass
+    return [str(i) for i in range(n)]
+
+
+def _from_timm(name: str, weights: Weights = PRETRAINED, trust: bool = False) -> nn.Module:
     try:
         timm = importlib.import_module("timm")
     except Exception as exc:
         raise ModelError(f"spec: 'timm:{name}' needs timm, which does not import here ({exc})") from exc
+    is_model = getattr(timm, "is_model", None)
+    if is_model is not None and not is_model(name):
+        raise ModelError(f"spec: timm has no model {name!r} (timm.list_models('*{name[:4]}*') lists close names)")
     try:
-        net = timm.create_model(name, pretrained=True)
-    except (RuntimeError, ValueError) as exc:
-        raise ModelError(f"spec: timm cannot create {name!r} ({exc})") from exc
-    cfg = getattr(net, "pretrained_cfg", {}) or {}
-    classes = []
-    try:
-        info = importlib.import_module("timm.data").ImageNetInfo()
-        classes = [info.index_to_description(i) for i in range(net.num_classes)]
-    except Exception:  # older timm: no class-name table; fall back to indices
-        classes = [str(i) for i in range(getattr(net, "num_classes", 0))]
-    return Normalized(net, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), classes,
-                      tuple(cfg.get("input_size", (3, 224, 224))), {"source": f"timm:{name}"})
+        net = timm.create_model(name, pretrained=weights == PRETRAINED)
+    except Exception as exc:
+        text = str(exc)
+        if weights == PRETRAINED and "No pretrained weights" in text:
+            raise ModelError(f"spec: timm has no pretrained weights for {name}; pass weights=PATH to a local state "
+                             "dict (CLI: --weights PATH) or weights=None for an untrained model") from exc
+        if weights == PRETRAINED and "Unknown model" not in text and _download_error(exc):
+            raise _offline("timm", name) from exc  # huggingface_hub's offline errors are OSErrors and ValueErrors
+        raise ModelError(f"spec: timm cannot create {name!r} ({text.splitlines()[0] if text else exc!r})") from exc
+    if weights is not None and weights != PRETRAINED:
+        load_state(net, read_state(weights, trust), repr(str(weights)), f"timm's {name}")
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    cfg = cfg if isinstance(cfg, dict) else getattr(cfg, "__dict__", {})  # a PretrainedCfg dataclass in some timm
+    return Normalized(net, cfg.get("mean") or IMAGENET_MEAN, cfg.get("std") or IMAGENET_STD, _timm_classes(net),
+                      tuple(cfg.get("input_size") or (3, 224, 224)),
+                      {"source": f"timm:{name}"})
 
 
 def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device = "auto",
-               trust: bool = False, output: Output = None, classes: Sequence[str] | None = None,
+               trust: bool = False, weights: Weights = PRETRAINED, output: Output = None,
+               classes: Sequence[str] | None = None,
                input_size: Sequence[int] | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None) -> nn.Module:
     """Load a model that takes ``[0, 1]`` pixels, in eval mode, carrying ``classes``.
@@ -244,6 +406,14 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
             ``nn.Module`` (wrapped with identity normalisation).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
         trust: allow unpickling arbitrary Python objects from a checkpoint (only for files you trust).
+        weights: ``"pretrained"`` (default: the spec's own weights; for ``torchvision:`` / ``timm:`` the
+            library downloads or finds them in its cache, and offline that is a one-line error that says
+            what to pass instead); a path to a state dict (``.safetensors``, or a ``torch.save`` file read
+            with ``weights_only=True``; a checkpoint dict holding it under ``"state_dict"`` / ``"model"``
+            and a ``module.`` prefix are fine) loaded into the spec's architecture; or ``None``: the
+            architecture untrained (built-in names and files, ``torchvision:``, ``timm:``). Zoo models keep
+            their ImageNet class names, normalisation and input size from the library's own tables (no
+            download). CLI: ``--weights PATH|none``.
         output: which tensor of the model's output is the logits, for a ``forward`` that returns a
             tuple, list, dict or an object with ``.logits``: ``None`` (default: the ``"logits"`` key,
             else the ``.logits`` attribute, else the first tensor), an int index (``output=1``), a str
@@ -261,15 +431,29 @@ def load_model(spec: str | nn.Module = "shapes", *, device: str | torch.device =
         >>> model = load_model("shapes")                    # doctest: +SKIP
         >>> model.classes[:3]                               # doctest: +SKIP
         ['circle', 'square', 'triangle']
+        >>> net = load_model("torchvision:resnet50", weights="resnet50.safetensors")  # doctest: +SKIP
     """
     dev = resolve_device(device)
     output = check_output(output)
     given = _conventions(classes, input_size, mean, std)
+    weights = _check_weights(weights)
     if isinstance(spec, nn.Module):
+        if weights != PRETRAINED:
+            raise InputError("weights: only for a spec that names an architecture; load the state dict into your "
+                             "module (net.load_state_dict(...)) and pass load_model(net)")
         return _finish(_with_output(_wrap(spec, type(spec).__name__), output, given), dev)
     # building a network initialises its weights from the global generator: the caller's state is restored
     with torch.random.fork_rng(devices=[]):
-        return _finish(_with_output(_load(spec, trust), output, given), dev)
+        model = _load(spec, trust, weights)
+    if weights != PRETRAINED and isinstance(model, Normalized):
+        model.meta["weights"] = _weights_name(weights)
+    return _finish(_with_output(model, output, given), dev)
+
+
+def _check_weights(weights: object) -> Weights:
+    if weights is None or (isinstance(weights, (str, os.PathLike)) and str(weights)):
+        return weights
+    raise InputError(f"weights: expected 'pretrained', a path to a state dict or None (untrained), got {weights!r}")
 
 
 def _conventions(classes: object, input_size: object, mean: object, std: object) -> dict[str, Any]:
@@ -314,8 +498,8 @@ def _with_output(model: nn.Module, output: Output, given: dict[str, Any] | None 
                       output if output is not None else getattr(model, "output", None))
 
 
-def _load(spec: object, trust: bool) -> nn.Module:
-    """The model named by a spec (see :func:`load_model`), on the CPU."""
+def _load(spec: object, trust: bool, weights: Weights = PRETRAINED) -> nn.Module:
+    """The model named by a spec with ``weights`` (see :func:`load_model`), on the CPU."""
     if not isinstance(spec, str) or not spec:
         raise ModelError(f"spec: expected a model name, path or 'package.module:factory', got {spec!r}")
     if spec in BUILTIN:
@@ -323,14 +507,14 @@ def _load(spec: object, trust: bool) -> nn.Module:
         if not path.is_file():
             raise ModelError(f"spec: the weights of built-in {spec!r} are missing from the installation "
                              f"({path}); reinstall underhood or retrain with `underhood train --arch {spec}`")
-        model = _from_safetensors(path)
+        model = _from_safetensors(path, weights, trust)
         model.meta["source"] = spec
         return model
     prefix, sep, rest = spec.partition(":")
     if sep and prefix == "torchvision":
-        return _from_torchvision(rest)
+        return _from_torchvision(rest, weights, trust)
     if sep and prefix == "timm":
-        return _from_timm(rest)
+        return _from_timm(rest, weights, trust)
     if sep and not Path(spec).exists() and len(prefix) > 1:
-        return _from_factory(spec)
-    return _from_file(Path(spec), trust)
+        return _from_factory(spec, weights, trust)
+    return _from_file(Path(spec), trust, weights)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from ..core.checks import positive_int
-from ..core.device import model_device
+from ..core.device import home_device, model_device
 from ..core.errors import InputError
 from ..core.hooks import differentiable, frozen
-from ..core.inputs import check_inputs, check_size
+from ..core.inputs import PROBE_BELOW, check_inputs, check_size, expected_channels, minimum_size
 from ..core.results import Result
 from .objectives import Objective, batch
 from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
@@ -59,15 +59,23 @@ def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> 
         yield run
 
 
-def _input_shape(model: nn.Module, size: int | tuple[int, int] | None, channels: int | None) -> tuple[int, int, int]:
-    known = getattr(model, "input_size", None)
-    c = channels or (known[0] if known else 3)
+def _input_shape(model: nn.Module, size: int | Sequence[int] | None, channels: int | None) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images to make: ``size`` (a side, ``(H, W)`` or ``(C, H, W)``), else the model's
+    ``input_size``; the channels from ``size``, else ``channels``, else the model's (see
+    :func:`~underhood.core.inputs.expected_channels`), else 3."""
     if size is None:
-        if not known:
-            raise InputError("size: the model has no input_size; pass size=(H, W)")
-        return c, known[1], known[2]
-    h, w = (size, size) if isinstance(size, int) else size
-    return c, int(h), int(w)
+        size = getattr(model, "input_size", None)
+        if not size:
+            raise InputError("size: the model has no input_size; pass size=(H, W) or (C, H, W) (CLI: --size)")
+    dims = [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list, torch.Size)) else []
+    if len(dims) not in (1, 2, 3) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims):
+        raise InputError(f"size: expected a positive int, (H, W) or (C, H, W), got {size!r}")
+    h, w = (dims[0], dims[0]) if len(dims) == 1 else dims[-2:]
+    expected = expected_channels(model)
+    c = dims[0] if len(dims) == 3 else channels or expected or 3
+    if expected is not None and c != expected:
+        raise InputError(f"size: the model takes {expected}-channel images, got {c} channels in size={size!r}")
+    return c, h, w
 
 
 PRESETS = ("standard", "lucid", "small", "none")
@@ -91,7 +99,7 @@ def _transforms(spec: str | dict | None, size: tuple[int, int]) -> dict:
 
 
 def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: int | None = None,
-           param: str = "fourier", size: int | tuple[int, int] | None = None, steps: int = 256, lr: float = 0.1,
+           param: str = "fourier", size: int | Sequence[int] | None = None, steps: int = 256, lr: float = 0.1,
            transforms: str | dict | None = "standard", priors=None, seed: int = 0, progress: bool = False,
            decorrelate: bool = True, sd: float = 0.1) -> RenderResult:
     """Optimise images so that they maximise ``objective`` (Erhan et al. 2009; Olah et al. 2017).
@@ -100,7 +108,8 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
         objective: one objective for ``n`` images (default 1), or a list: image ``i`` maximises
             ``objective[i]`` (every channel of a layer in one batch).
         param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum; Olah et al.) or ``"pixels"``.
-        size: ``(H, W)`` (default: the model's ``input_size``).
+        size: ``(H, W)``, ``(C, H, W)`` or one side (default: the model's ``input_size``; a model without one
+            needs it: a one-line error says so). Any size the model accepts (at least its minimum).
         steps, lr: Adam on the parameters.
         transforms: ``"standard"`` (pad, jitter, scale, rotate, jitter, as in Lucid: Lucid's sizes
             from 128 pixels up, milder ones below, see :func:`~underhood.synthesis.param.standard_transforms`),
@@ -126,10 +135,10 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
     operations = priors is not None and priors.has_operations
     if operations and param != "pixels":
         raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
+    device = home_device(model)  # a meta or split model: one line before any pass
     c, h, w = _input_shape(model, size, None)
     check_size(model, (h, w), "size", channels=c, hint="pass a larger size")
     tf = _transforms(transforms, (h, w))
-    device = model_device(model)
     image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd).to(device)
     opt = torch.optim.Adam(image.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
@@ -154,11 +163,11 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
                 with torch.no_grad():
                     new = priors.apply(image(), grad=-x.grad, step=step)
                     image.raw.copy_(torch.logit(new.clamp(1e-4, 1 - 1e-4)))
-            trace.append(value.detach().cpu())
+            trace.append(value.detach())  # kept on the device: no host-device sync per step
         with torch.no_grad():
             final_image = image()
             final = obj(*pr(final_image))
-    return RenderResult(final_image.detach().cpu(), torch.stack(trace), start.cpu(), final.cpu(),
+    return RenderResult(final_image.detach().cpu(), torch.stack(trace).cpu(), start.cpu(), final.cpu(),
                         {"param": param, "steps": steps, "lr": lr, "seed": seed, "objective": obj.name})
 
 
@@ -184,6 +193,10 @@ def deep_dream(model: nn.Module, image: torch.Tensor, layer: str, *, octaves: in
     h, w = image.shape[-2:]
     sizes = [(max(8, round(h / octave_scale ** k)), max(8, round(w / octave_scale ** k)))
              for k in range(octaves - 1, -1, -1)]
+    declared = getattr(model, "input_size", None)
+    if min(sizes[0]) < min(declared[1:] if declared else (PROBE_BELOW,)):  # no octave below the model's minimum
+        low = minimum_size(model)
+        sizes = [(min(h, max(sh, low[0])), min(w, max(sw, low[1]))) for sh, sw in sizes]
     g = torch.Generator().manual_seed(seed)
     x = image.to(device).float()
     detail = torch.zeros_like(x)
@@ -332,6 +345,6 @@ def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int 
         return dot * cos ** power
 
     result = render(model, Objective(fn, frozenset({layer}), f"caricature({layer})"), n=len(x0), steps=steps, lr=lr,
-                    size=tuple(x0.shape[-2:]), seed=seed, transforms=transforms, param=param, priors=priors,
+                    size=tuple(x0.shape[-3:]), seed=seed, transforms=transforms, param=param, priors=priors,
                     progress=progress)
     return result.images

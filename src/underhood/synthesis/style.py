@@ -29,7 +29,7 @@ from ..core.checks import choice, number, positive_int
 from ..core.device import threads
 from ..core.errors import InputError, LayerError
 from ..core.hooks import differentiable, frozen, trace
-from ..core.inputs import check_inputs
+from ..core.inputs import check_inputs, check_size
 from ..core.layers import conv_layers, named_layers, resolve
 from ..core.results import Result
 from ..core.seeding import generator
@@ -242,6 +242,7 @@ def style_transfer(model: nn.Module, content: torch.Tensor, style: torch.Tensor,
         raise InputError(f"style: expected 1 image or one per content image ({len(content)}), got {len(style)}")
     if size is not None:
         content = _resize(content, size)
+        check_size(model, tuple(content.shape[-2:]), "size", channels=content.shape[1], hint="pass a larger size")
     lr = (0.1 if optimizer == "adam" else 1.0) if lr is None else float(lr)
     weights = {"content": float(content_weight), "style": float(style_weight), "tv": float(tv_weight)}
     small = content.device.type == "cpu" and content[:, 0].numel() <= SMALL
