@@ -9,7 +9,9 @@ one fails the test.
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 import weakref
 
 import pytest
@@ -17,6 +19,37 @@ import torch
 from torch import nn
 
 torch.set_num_threads(2)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+"""Where the command-line-versus-library tests run both sides: the command gets ``--device DEVICE`` and the
+library side a model on DEVICE, so a CUDA machine compares CUDA with CUDA (``--device auto`` picks CUDA there)."""
+
+ON_GPU = DEVICE != "cpu"
+if ON_GPU:  # cuBLAS is deterministic only with a fixed workspace; read when its first handle is made
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def same(actual: torch.Tensor, expected: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
+         gpu_atol: float = 1e-5, gpu_rtol: float = 1e-4) -> None:
+    """``actual`` equals ``expected`` (moved to the CPU first): within ``atol``/``rtol`` (0: bit for bit) on the
+    CPU; on a GPU within at least ``gpu_atol``/``gpu_rtol``. Integer and bool tensors must be equal everywhere.
+
+    Why a tolerance on a GPU, even with :func:`deterministic` on: the command and the library run the same
+    kernels on the same shapes, but a few CUDA backward kernels have no deterministic version (bilinear
+    upsampling, grid sampling: the synthesis transforms) and accumulate with atomics in an order that
+    varies between runs, so sums differ in their last bits (float32 epsilon 1.2e-7 times the number of
+    terms). The default covers a few hundred such terms in one pass; a test that iterates (an attack, a
+    render, Adam steps, where g / sqrt(v) enlarges tiny differences of tiny gradients) states its own,
+    in pixel units: 1e-3 is a quarter of one 8-bit grey level, invisible in the saved images.
+    """
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+    assert actual.shape == expected.shape, (tuple(actual.shape), tuple(expected.shape))
+    if actual.is_floating_point():
+        atol, rtol = (max(atol, gpu_atol), max(rtol, gpu_rtol)) if ON_GPU else (atol, rtol)
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+    else:
+        assert torch.equal(actual, expected), (actual, expected)
+
 
 _TRACKED: weakref.WeakSet = weakref.WeakSet()
 _EXPECTED_MODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -94,6 +127,25 @@ def model_state_guard(monkeypatch, request):
     _TRACKED.clear()
     if problems:
         pytest.fail("model state not restored: " + "; ".join(sorted(set(problems))[:6]), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """:data:`DEVICE`: ``"cuda"`` on a machine with a GPU, else ``"cpu"``."""
+    return DEVICE
+
+
+@pytest.fixture
+def deterministic():
+    """``torch.use_deterministic_algorithms`` for one test (the CLI-versus-library tests): on a GPU, cuDNN and
+    the ops that have one take their deterministic kernel, so both sides follow the same arithmetic; ops
+    without one only warn (``warn_only``), and :func:`same`'s tolerance covers them. Restored afterwards."""
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have a deterministic implementation.*")
+        yield
+    torch.use_deterministic_algorithms(before, warn_only=warn)
 
 
 @pytest.fixture

@@ -12,11 +12,18 @@ from safetensors.torch import load_file
 import underhood
 from underhood import attribution as A
 from underhood.attribution.evaluate import COLUMNS, Evaluation, cam_layer, evaluate
-from underhood.cli import main
+from underhood.cli import main as _main
 from underhood.cli.attribution import method_names
 from underhood.core.results import load
 from underhood.viz import attribution_figure, metric_table_figure, render_map, strips_figure
 from underhood.viz.render import to_png
+
+from .conftest import DEVICE, same
+
+
+def main(argv: list[str]) -> int:
+    """The command line on DEVICE, where the library side's model is (``--device auto`` would pick CUDA)."""
+    return _main([*argv, "--device", DEVICE])
 
 
 @pytest.fixture
@@ -36,16 +43,17 @@ def test_cli_method_names_are_the_registry():
     assert method_names() == list(REGISTRY)
 
 
+@pytest.mark.usefixtures("deterministic")
 def test_explain_writes_figure_maps_and_manifest(images, tmp_path, capsys):
     paths, data = images
     out = tmp_path / "out"
     assert main(["explain", *paths, "--methods", "saliency,gradcam", "--target", "star", "--out", str(out)]) == 0
     maps = load_file(str(out / "maps.safetensors"))
     assert maps["saliency"].shape == (2, 3, 64, 64) and maps["gradcam"].shape == (2, 1, 64, 64)
-    model = underhood.load_model("shapes", device="cpu")
+    model = underhood.load_model("shapes", device=DEVICE)
     x = torch.cat([underhood.load_image(p) for p in paths])
     star = model.classes.index("star")
-    assert torch.allclose(maps["saliency"], A.saliency(model, x, star), atol=1e-5)
+    same(maps["saliency"], A.saliency(model, x, star), atol=1e-5, rtol=1e-5)  # one backward pass: default on GPU
     with safe_open(str(out / "maps.safetensors"), "pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
     assert meta == {"images": paths, "targets": [star, star], "methods": ["saliency", "gradcam"]}

@@ -25,6 +25,7 @@ from PIL import Image
 
 import underhood.cli as cli
 from underhood.cli import build_parser, main
+from underhood.cli.common import weights_file
 from underhood.cli.options import (
     Number,
     budget,
@@ -57,6 +58,7 @@ ZERO_OK = {"--seed", "--thumbnails", "--noise", "--diversity", "--tv", "--alpha"
 No option accepts a negative value."""
 
 STRING_BAD = {
+    weights_file: ["missing.pt", ""],
     budget: ["0", "-1", "nan", "inf", "abc", "1/0", "1e9"],
     budgets: ["nan", "-1", "abc", "0:1:1", "1:0:5", "0:1e9:3"],
     channels: ["a:b", "-1", ","],
@@ -230,7 +232,7 @@ def test_cross_option_checks_come_before_the_work(image, no_work, capsys):
                  ["attack", image, "--method", "cw", "--eps", "8/255"],
                  ["attack", image, "--method", "deepfool", "--target", "circle"],
                  ["train", "--adversarial-eps", "8/255"], ["toy2d", "--steps", "4", "--frames", "8"],
-                 ["layers", "shapes", "--device", "cuda:7"] if not _cuda() else ["layers", "shapes", "--device", "x"]):
+                 ["layers", "shapes", "--device", "cuda:7"] if _cuda() < 8 else ["layers", "shapes", "--device", "x"]):
         _refused(argv, capsys)
 
 
@@ -255,10 +257,11 @@ def test_an_unwritable_parent_is_named(image, no_work, tmp_path, monkeypatch, ca
     assert "permission denied" in line and str(locked) in line
 
 
-def _cuda() -> bool:
+def _cuda() -> int:
+    """CUDA devices here (0 without CUDA): ``cuda:7`` is refused before the work on any machine with fewer than 8."""
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # ----------------------------------------------------------------------------- real processes

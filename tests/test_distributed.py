@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from underhood.core.distributed import ShardedJob, World, broadcast, session
 from underhood.core.errors import InputError
 
+from .conftest import DEVICE
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
@@ -84,7 +86,9 @@ def _same(a: Path, b: Path) -> None:
 
 
 def test_two_gloo_processes_give_the_same_result_as_one(tmp_path):
-    common = ["--data", "shapes:240", "--shard-size", "40", "--batch-size", "40", "--no-progress"]
+    # on a machine with one GPU both ranks share cuda:0 and the group is gloo (NCCL needs a GPU per rank:
+    # core.distributed.backend); the same kernels on the same batches give the same bits as one process
+    common = ["--data", "shapes:240", "--shard-size", "40", "--batch-size", "40", "--no-progress", "--device", DEVICE]
     one = _cli("dissect", "--layer", "features.9", "--channels", "0:6", "--k", "5", *common, "--out",
                str(tmp_path / "one"))
     two = _cli("dissect", "--layer", "features.9", "--channels", "0:6", "--k", "5", *common, "--out",
@@ -98,7 +102,7 @@ def test_two_gloo_processes_give_the_same_result_as_one(tmp_path):
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
     _same(tmp_path / "s1" / "result.safetensors", tmp_path / "s2" / "result.safetensors")
     common = ["embed", "--model", "digits", "--data", "digits", "--layers", "input,pool2,fc2", "--method", "pca",
-              "--shard-size", "50", "--batch-size", "50", "--no-progress"]
+              "--shard-size", "50", "--batch-size", "50", "--no-progress", "--device", DEVICE]
     one = _cli(*common, "--out", str(tmp_path / "e1"))
     two = _cli(*common, "--out", str(tmp_path / "e2"), launcher=TORCHRUN)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]

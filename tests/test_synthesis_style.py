@@ -119,19 +119,32 @@ def test_seeded_and_deterministic(model, images):
     assert torch.equal(a.image, b.image) and not torch.allclose(a.image, c.image)
 
 
-def test_batch_equals_one_at_a_time(model, images):
+def _close_images(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Equal up to float rounding. Batched kernels sum in another order (another CPU's kernels, or cuDNN's
+    algorithm for another batch size, more so), and Adam's g / sqrt(v) amplifies that where a gradient is ~0,
+    so a few pixels may move by a few Adam steps (lr 0.02): at most 5e-2 per pixel, 1e-4 on average. Measured
+    on 2 CPU cores: 6e-5 and 9e-8; a real mix-up (another style image) moves pixels by 6e-2 on average."""
+    d = (a.detach().cpu() - b.detach().cpu()).abs()
+    assert d.max() <= 5e-2 and d.mean() <= 1e-4, (float(d.max()), float(d.mean()))
+
+
+def test_batch_equals_one_at_a_time(images, device):
+    model = underhood.load_model("shapes", device=device)  # on a GPU, the GPU's kernels
     checker = ((torch.arange(48)[:, None] // 6 + torch.arange(40)[None] // 6) % 2).float()
     style = torch.stack([checker, 1 - checker, 0.5 * checker])  # another size: [3, 48, 40]
-    both = style_transfer(model, images, style, steps=15)
-    for i in range(2):
-        one = style_transfer(model, images[i], style, steps=15)
-        # equal up to float rounding (batched kernels sum in another order; Adam's g / sqrt(v) may
-        # amplify it where a gradient is ~0)
-        torch.testing.assert_close(both.image[i:i + 1], one.image, atol=1e-3, rtol=0)
-        assert (both.image[i:i + 1] - one.image).abs().mean() < 1e-5
-        torch.testing.assert_close(both.trace["total"][:, i:i + 1], one.trace["total"], atol=1e-4, rtol=1e-3)
-    per_image = style_transfer(model, images, torch.stack([style, style]), steps=15)
-    torch.testing.assert_close(per_image.image, both.image, atol=1e-3, rtol=0)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 convolutions (cuDNN's default) round to 10 bits: keep float32
+    try:
+        both = style_transfer(model, images, style, steps=15)
+        for i in range(2):
+            one = style_transfer(model, images[i], style, steps=15)
+            _close_images(both.image[i:i + 1], one.image)
+            torch.testing.assert_close(both.trace["total"][:, i:i + 1].cpu(), one.trace["total"].cpu(), atol=1e-4,
+                                       rtol=1e-3)
+        per_image = style_transfer(model, images, torch.stack([style, style]), steps=15)
+        _close_images(per_image.image, both.image)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def test_lbfgs_size_and_style_init(model, images):

@@ -21,11 +21,21 @@ from underhood.activations import (
     statistics,
     top_patches,
 )
-from underhood.cli import EXAMPLES, main
+from underhood.cli import EXAMPLES
+from underhood.cli import main as _main
 from underhood.core.results import load
 from underhood.data import from_spec
 from underhood.viz.render import to_png
 from underhood.weights.toy2d import Toy2D
+
+from .conftest import DEVICE, ON_GPU, same
+
+pytestmark = pytest.mark.usefixtures("deterministic")
+
+
+def main(argv: list[str]) -> int:
+    """The command line on DEVICE, where the library side's model is (``--device auto`` would pick CUDA)."""
+    return _main([*argv, "--device", DEVICE])
 
 
 @pytest.fixture
@@ -47,8 +57,8 @@ def test_every_command_has_an_example():
 def test_filters_writes_the_kernels(tmp_path):
     out = tmp_path / "f"
     assert main(["filters", "--layer", "features.7", "--out", str(out)]) == 0
-    model = underhood.load_model("shapes", device="cpu")
-    assert torch.equal(load_file(str(out / "filters.safetensors"))["weight"], model.net.features[7].weight.detach())
+    model = underhood.load_model("shapes", device=DEVICE)
+    same(load_file(str(out / "filters.safetensors"))["weight"], model.net.features[7].weight, gpu_atol=0, gpu_rtol=0)
     assert _manifest(out)["layer"] == "features.7" and (out / "filters.png").stat().st_size > 1000
 
 
@@ -75,15 +85,16 @@ def test_activations_top_and_random_channels(image, tmp_path):
 
 def test_dissect_and_statistics_equal_the_library(tmp_path):
     data = from_spec("shapes:64")
-    model = underhood.load_model("shapes", device="cpu")
+    model = underhood.load_model("shapes", device=DEVICE)
     out = tmp_path / "d"
     assert main(["dissect", "--data", "shapes:64", "--layer", "features.9", "--channels", "0:3", "--k", "4",
                  "--shard-size", "20", "--batch-size", "16", "--out", str(out), "--no-progress"]) == 0
     saved = load(out)
     direct = top_patches(model, data, "features.9", k=4, channels=range(3), batch_size=16)
     assert isinstance(saved, TopPatches) and saved.field == direct.field and saved.rule == direct.rule
-    assert torch.equal(saved.index, direct.index) and torch.allclose(saved.patches, direct.patches)
-    assert torch.allclose(saved.patterns, direct.patterns, atol=1e-6)
+    same(saved.index, direct.index)  # forward passes only, same kernels and shapes: the same ranking on a GPU
+    same(saved.patches, direct.patches, atol=1e-8, rtol=1e-5)
+    same(saved.patterns, direct.patterns, atol=1e-6, rtol=1e-5)
     assert _manifest(out)["shards"] == 4 and _manifest(out)["files"] == ["dissect.png"]
     out = tmp_path / "s"
     assert main(["statistics", "--data", "shapes:64", "--layer", "features.9", "--shard-size", "30",
@@ -91,8 +102,10 @@ def test_dissect_and_statistics_equal_the_library(tmp_path):
     saved = load(out)
     direct = statistics(model, data, "features.9", batch_size=16)
     assert isinstance(saved, LayerStatistics) and saved.n == direct.n == 64
-    assert torch.equal(saved.histogram, direct.histogram) and torch.allclose(saved.mean, direct.mean)
-    assert torch.equal(saved.dead, direct.dead) and torch.allclose(saved.edges, direct.edges)
+    same(saved.histogram, direct.histogram)
+    same(saved.mean, direct.mean, atol=1e-8, rtol=1e-5)
+    same(saved.dead, direct.dead)
+    same(saved.edges, direct.edges, atol=1e-8, rtol=1e-5)
     assert (out / "statistics.csv").read_text().startswith("channel,mean,std,active,dead")
 
 
@@ -103,20 +116,21 @@ def test_embed_neighbors_and_ablate(image, tmp_path, capsys):
     scores = json.loads((out / "embedding.json").read_text())["layers"]
     assert scores["fc2"]["knn_accuracy"] > scores["input"]["knn_accuracy"]
     saved = load(out)
-    digits = underhood.load_model("digits", device="cpu")
+    digits = underhood.load_model("digits", device=DEVICE)
     direct = embed(digits, from_spec("digits", size=digits.input_size[1:], channels=1), ["input", "fc2"], method="pca")
     assert isinstance(saved, Embedding) and saved.layers == ["input", "fc2"] and saved.coords["fc2"].shape == (360, 2)
-    assert torch.allclose(saved.coords["fc2"], direct.coords["fc2"], atol=1e-4)
+    same(saved.coords["fc2"], direct.coords["fc2"], atol=1e-4, rtol=1e-5)
     assert saved.knn_accuracy["fc2"] == pytest.approx(scores["fc2"]["knn_accuracy"])
     assert "features.safetensors" in _manifest(out)["files"]
-    shapes = underhood.load_model("shapes", device="cpu")
+    shapes = underhood.load_model("shapes", device=DEVICE)
     out = tmp_path / "n"
     assert main(["neighbors", image, "--data", "shapes:40", "--layer", "pool", "--k", "3", "--out", str(out)]) == 0
     found = json.loads((out / "neighbors.json").read_text())["queries"][0]
     assert len(found["pixel"]) == 3 and len(found["feature"]) == 3
     saved = load(out)
     direct = neighbors(shapes, underhood.load_image(image), from_spec("shapes:40"), "pool", k=3)
-    assert isinstance(saved, Neighbors) and torch.equal(saved.feature_index, direct.feature_index)
+    assert isinstance(saved, Neighbors)
+    same(saved.feature_index, direct.feature_index)
     assert saved.pixel_index[0].tolist() == found["pixel"]
     out = tmp_path / "ab"
     assert main(["ablate", "--data", "shapes:48", "--layer", "features.16", "--channels", "0:4", "--out", str(out),
@@ -124,8 +138,9 @@ def test_embed_neighbors_and_ablate(image, tmp_path, capsys):
     saved = load(out)
     direct = ablate(shapes, from_spec("shapes:48"), "features.16", units=[0, 1, 2, 3])
     assert isinstance(saved, Ablation) and saved.single.shape == (4,) and saved.curves["random"].shape == (5,)
-    assert torch.allclose(saved.single, direct.single) and saved.baseline == direct.baseline
-    assert torch.equal(saved.order_units["random"], direct.order_units["random"])
+    same(saved.single, direct.single, atol=1e-8, rtol=1e-5)
+    assert saved.baseline == pytest.approx(direct.baseline, rel=1e-4 if ON_GPU else 1e-12)
+    same(saved.order_units["random"], direct.order_units["random"])
     assert set(_manifest(out)["files"]) == {"ablation.png", "ablation.json"}
     assert "baseline accuracy" in capsys.readouterr().out
 

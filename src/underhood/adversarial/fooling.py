@@ -15,7 +15,7 @@ from torch import nn
 
 from ..core.batching import logits, resolve_batch_size
 from ..core.checks import choice, number, positive_int
-from ..core.device import model_device
+from ..core.device import home_device
 from ..core.errors import InputError
 from ..core.inputs import expected_channels
 from ..core.seeding import generator
@@ -211,8 +211,8 @@ def fooling_images(model: nn.Module, classes: int | Sequence[int] | None = None,
     rate = number("rate", rate, strict=True)
     sigma = number("sigma", sigma, strict=True)
     step_size = number("step_size", step_size, strict=True)
+    device = home_device(model)  # a meta or split model: one line before any pass
     shape = _image_shape(model, size, channels)
-    device = model_device(model)
     g = generator(seed)
     with attacking(model):
         with torch.no_grad():

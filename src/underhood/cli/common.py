@@ -31,7 +31,7 @@ KEEP = ("shards",)
 
 def standard_options(p: argparse.ArgumentParser, name: str, model: bool = True, output: str | None = "dir") -> None:
     """``--out`` (for commands that write), ``--debug``, ``--device`` and, for commands that load a model,
-    ``--trust``."""
+    ``--trust`` and ``--weights``."""
     from .options import device
 
     if output == "dir":
@@ -42,6 +42,17 @@ def standard_options(p: argparse.ArgumentParser, name: str, model: bool = True, 
     if model:
         p.add_argument("--trust", action="store_true",
                        help="allow loading pickled Python objects from a checkpoint you trust")
+        p.add_argument("--weights", metavar="PATH|none", type=weights_file,
+                       help="weights for the model's architecture: a state dict file (.safetensors or .pt), or none "
+                            "for an untrained model (default: the model's own; pretrained for torchvision:/timm:)")
+
+
+def weights_file(text: str) -> str:
+    """``--weights``: ``none``, ``pretrained`` or a file that exists (its contents are read when the model loads)."""
+    if text.lower() in ("none", "pretrained") or Path(text).is_file():
+        return text
+    raise argparse.ArgumentTypeError(f"no file named {text!r}; give a state dict file (.safetensors or .pt), none "
+                                     "for an untrained model, or leave --weights out for the model's own weights")
 
 
 class Commands:
@@ -156,17 +167,27 @@ def out_dir(args: argparse.Namespace, command: str) -> Path:
 
 
 def resolved_device(args: argparse.Namespace) -> torch.device:
-    """``--device`` as a usable device (``auto``: CUDA when present)."""
+    """``--device`` as a usable device (``auto``: CUDA when present; under ``torchrun``, plain ``cuda`` is this
+    rank's GPU, see :func:`underhood.core.distributed.rank_device`). A command without ``--device`` gets the CPU."""
     from ..core.device import resolve_device
+    from ..core.distributed import rank_device
 
-    return resolve_device(args.device)
+    return rank_device(resolve_device(getattr(args, "device", "cpu")))
 
 
 def model_from(args: argparse.Namespace, device: str | torch.device | None = None):
-    """The model of ``--model`` on ``device`` (default ``--device``), pickles only with ``--trust``."""
+    """The model of ``--model`` on ``device`` (default ``--device``, see :func:`resolved_device`), pickles only
+    with ``--trust``."""
     from ..models.loading import load_model
 
-    return load_model(args.model, device=device or args.device, trust=getattr(args, "trust", False))
+    return load_model(args.model, device=device or resolved_device(args), trust=getattr(args, "trust", False),
+                      weights=weights_option(args))
+
+
+def weights_option(args: argparse.Namespace) -> str | None:
+    """``--weights`` as ``load_model``'s ``weights``: ``"pretrained"`` when not given, ``None`` for ``none``."""
+    value = getattr(args, "weights", None)
+    return "pretrained" if value is None else None if value.lower() == "none" else value
 
 
 def load_images(paths: Sequence[str], model, size: int | None = None, *, need_size: bool = False,

@@ -7,7 +7,8 @@ run, relaunched with the same command (with any number of processes), redoes onl
 missing. After a barrier rank 0 reads every shard in order and merges them.
 
 Launch with ``torchrun --nproc-per-node N -m underhood <command> ...``; the process group uses
-gloo on CPU and NCCL on CUDA. Without ``torchrun`` the same code runs as one process.
+NCCL when each rank has a GPU of its own, else gloo (CPU ranks, or ranks sharing one GPU: see
+:func:`backend`). Without ``torchrun`` the same code runs as one process.
 """
 
 from __future__ import annotations
@@ -62,14 +63,38 @@ def session(device: torch.device | None = None) -> Iterator[World]:
     if _env_world() <= 1 or not dist.is_available():
         yield World()
         return
-    cuda = device is not None and torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    dist.init_process_group(backend(device), timeout=datetime.timedelta(hours=2))
     try:
         yield World(dist.get_rank(), dist.get_world_size())
     finally:
         dist.destroy_process_group()
+
+
+def backend(device: str | torch.device | None = None) -> str:
+    """The process group's backend: NCCL when every local rank has a GPU of its own, else gloo.
+
+    The group carries only small control messages (the plan, barriers; see :func:`broadcast`): shard
+    results travel through files, so no tensor of a scan ever crosses it. NCCL needs one GPU per
+    process (two ranks on one GPU fail at the first collective), so two processes sharing a
+    machine's only GPU, or CPU ranks, use gloo, whose object collectives stage through the CPU.
+    With NCCL each rank is bound to ``cuda:LOCAL_RANK`` first, as NCCL requires.
+    """
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return "gloo"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if local > torch.cuda.device_count():
+        return "gloo"
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return "nccl"
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """This rank's device: ``cuda`` without an index becomes ``cuda:LOCAL_RANK`` (modulo the GPUs there are), so
+    ``torchrun`` ranks spread over a machine's GPUs and share them when there are fewer GPUs than ranks."""
+    device = torch.device(device)
+    if device.type != "cuda" or device.index is not None or "LOCAL_RANK" not in os.environ:
+        return device
+    return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % max(1, torch.cuda.device_count()))
 
 
 def barrier() -> None:
@@ -81,12 +106,12 @@ def barrier() -> None:
 
 
 def broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank (the value itself in a single process)."""
+    """Rank 0's ``value`` on every rank (the value itself in a single process; a tensor arrives on the CPU)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
+        box = [value.detach().cpu() if isinstance(value, torch.Tensor) else value]  # staged through the CPU: a
+        dist.broadcast_object_list(box, src=0)  # pickled CUDA tensor would land on rank 0's GPU index everywhere
         return box[0]
     return value
 

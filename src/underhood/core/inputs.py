@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checks import pixels
-from .device import model_device, threads
+from .device import home_device, model_device, threads
 from .errors import InputError
 from .hooks import evaluating
 from .names import inner
@@ -34,11 +34,16 @@ def check_inputs(model: nn.Module, inputs: torch.Tensor, name: str = "inputs", *
     size) so a grey image given to an RGB model fails here, not deep in ``forward``; pixels must
     be finite and in ``[0, 1]``; images must be at least :func:`minimum_size`. With ``unbatched``
     a ``[C, H, W]`` tensor is taken as one image.
+
+    Devices: the model's device wins. Inputs elsewhere (CPU images, a CUDA model) are copied to it;
+    the caller's tensor is never changed. A model on the ``meta`` device or split over several
+    devices, and inputs on ``meta`` (no values), are one-line errors (:func:`home_device`).
     """
     if unbatched and isinstance(inputs, torch.Tensor) and inputs.ndim == 3:
         inputs = inputs[None]
+    device = home_device(model)  # first: a meta or split model fails here, in one line, before any pass
     _check_batch(model, inputs, name)
-    return pixels(inputs.detach().to(model_device(model), torch.float32), name)
+    return pixels(inputs.detach().to(device, torch.float32), name)
 
 
 def dataset_images(dataset: object, model: nn.Module | None = None, name: str = "dataset") -> torch.Tensor:
@@ -49,6 +54,8 @@ def dataset_images(dataset: object, model: nn.Module | None = None, name: str = 
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) == 0:
         raise InputError(f"{name}: expected an ImageSet or a non-empty [N, C, H, W] tensor, got "
                          f"{getattr(images, 'shape', type(dataset).__name__)}")
+    if model is not None:
+        home_device(model)
     _check_batch(model, images, name)
     return pixels(images, name)
 
@@ -62,6 +69,9 @@ def _check_batch(model: nn.Module | None, inputs: object, name: str) -> None:
                          "with inputs[None]")
     if inputs.ndim != 4 or inputs.shape[0] == 0:
         raise InputError(f"{name}: expected a non-empty [N, C, H, W] tensor, got shape {tuple(inputs.shape)}")
+    if inputs.device.type == "meta":
+        raise InputError(f"{name}: the tensor is on the meta device (a shape without values); give real pixels, "
+                         "e.g. load_image(path) or a tensor on the CPU or the model's device")
     if not inputs.is_floating_point():
         raise InputError(f"{name}: expected float pixels in [0, 1], got dtype {inputs.dtype}; "
                          "use inputs.float() / 255")
