@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 import underhood
-from run import report, timed
+from run import DEVICE, report, timed
 from underhood.activations import statistics, top_patches
 from underhood.core import batching
 
@@ -56,12 +56,12 @@ def _case(name: str, model: torch.nn.Module, images: torch.Tensor, layers: list[
 
 
 def bench_activations() -> None:
-    model = underhood.load_model("shapes", device="cpu")
+    model = underhood.load_model("shapes", device=DEVICE)
     images = underhood.datasets.shapes(4096, seed=11).images
     _case("shapes 4096 x 64x64", model, images, ["features.6", "features.16"], repeat=3)
     from attribution import ResNet18
 
     torch.manual_seed(0)
-    resnet = underhood.load_model(ResNet18(), device="cpu")
+    resnet = underhood.load_model(ResNet18(), device=DEVICE)
     big = underhood.datasets.shapes(384, size=224, seed=11).images
     _case("ResNet-18-sized 384 x 224x224", resnet, big, ["layer2", "layer4"], repeat=2)

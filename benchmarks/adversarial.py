@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 import underhood
-from run import report
+from run import DEVICE, report
 from synthesis import _alternate
 from underhood import adversarial as adv
 from underhood.models.training import test_set
@@ -54,7 +54,7 @@ def _speed_case(label: str, model: nn.Module, shape: tuple[int, ...], steps: int
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    x = torch.rand(shape)
+    x = torch.rand(shape, device=DEVICE)
     with torch.no_grad():
         y = model(x).argmax(1)
     fns = {"raw": _raw(model, x, steps),
@@ -77,13 +77,13 @@ def _speed_case(label: str, model: nn.Module, shape: tuple[int, ...], steps: int
 
 
 def bench_pgd_speed() -> None:
-    shapes = underhood.load_model("shapes", device="cpu")
+    shapes = underhood.load_model("shapes", device=DEVICE)
     _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 20, repeat=9)
     _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), 10, repeat=9)
     from attribution import ResNet18
 
     torch.manual_seed(0)
-    resnet = underhood.load_model(ResNet18(), device="cpu")
+    resnet = underhood.load_model(ResNet18(), device=DEVICE)
     _speed_case("ResNet-18-sized 16 x 224x224", resnet, (16, 3, 224, 224), 5, repeat=2)
 
 
@@ -102,10 +102,10 @@ def _min_pgd_l2(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int 
 
 def bench_accuracy(n: int = 256) -> None:
     data = test_set("shapes")
-    x, y = data.images[:n], data.labels[:n]
-    models = {"shapes": underhood.load_model("shapes", device="cpu")}
+    x, y = data.images[:n].to(DEVICE), data.labels[:n].to(DEVICE)
+    models = {"shapes": underhood.load_model("shapes", device=DEVICE)}
     if "shapes-robust" in underhood.list_models():
-        models["shapes-robust"] = underhood.load_model("shapes-robust", device="cpu")
+        models["shapes-robust"] = underhood.load_model("shapes-robust", device=DEVICE)
     pgd_acc = {}
     for name, model in models.items():
         t0, c0 = time.perf_counter(), time.process_time()

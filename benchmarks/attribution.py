@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 import underhood
-from run import report, timed
+from run import DEVICE, report, timed
 from underhood import attribution
 from underhood.attribution.perturbation import superpixels
 from underhood.core import batching
@@ -98,16 +98,16 @@ class Case:
 
 
 def shapes_case() -> Case:
-    model = underhood.load_model("shapes", device="cpu")
-    images = underhood.datasets.shapes(32, seed=3).images.float()
+    model = underhood.load_model("shapes", device=DEVICE)
+    images = underhood.datasets.shapes(32, seed=3).images.float().to(DEVICE)
     return Case("shapes", model, images, repeat=3, window=8, stride=4, n_occlusion=4, scorecam_layer=None,
                 n_scorecam=8, n_samples=16, steps=16, n_grad=16, lime_samples=1000)
 
 
 def resnet18_case() -> Case:
     torch.manual_seed(0)
-    model = underhood.load_model(ResNet18(), device="cpu")
-    images = underhood.datasets.shapes(32, size=224, seed=3).images.float()
+    model = underhood.load_model(ResNet18(), device=DEVICE)
+    images = underhood.datasets.shapes(32, size=224, seed=3).images.float().to(DEVICE)
     return Case("resnet18", model, images, repeat=2, window=32, stride=16, n_occlusion=1, scorecam_layer="layer2",
                 n_scorecam=1, n_samples=16, steps=16, n_grad=2, lime_samples=200)
 
@@ -343,13 +343,13 @@ def lime_package(model: nn.Module, x: torch.Tensor, seg: torch.Tensor, n: int, b
                  lime_image: object) -> Callable[[], None]:
     """``LimeImageExplainer.explain_instance`` on the same image, model, segmentation and batch size."""
     lime_image.tqdm = lambda rows, *a, **kw: rows  # its sample loop draws a progress bar on stderr
-    image = x[0].permute(1, 2, 0).double().numpy()
-    segments = seg[0].numpy()
+    image = x[0].permute(1, 2, 0).double().cpu().numpy()
+    segments = seg[0].cpu().numpy()
 
     def classifier_fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            t = torch.from_numpy(batch).to(torch.float32).permute(0, 3, 1, 2).contiguous()
-            return model(t).softmax(1).numpy()
+            t = torch.from_numpy(batch).to(DEVICE, torch.float32).permute(0, 3, 1, 2).contiguous()
+            return model(t).softmax(1).cpu().numpy()
 
     def run() -> None:
         lime_image.LimeImageExplainer(random_state=0).explain_instance(

@@ -12,6 +12,11 @@ the figure is pessimistic).
     python benchmarks/run.py embed         # t-SNE vs scikit-learn at 5,000 and 20,000 points
     python benchmarks/run.py synthesis     # render steps vs raw forward+backward; inversion quality
     python benchmarks/run.py adversarial   # pgd vs raw forward+backward; accuracy targets (standard, robust)
+    python benchmarks/run.py --device cuda attribution   # every section that makes a model: on that device
+    python benchmarks/captum_compare.py --device cuda    # side by side with Captum (its own script)
+
+``--device cpu|cuda|auto`` (default cpu) puts the models and inputs of the model, attribution,
+activations, synthesis and adversarial sections on that device; timings synchronise it.
 """
 
 from __future__ import annotations
@@ -28,14 +33,23 @@ import underhood
 from underhood.core import batching
 
 RESULTS: list[tuple[str, str]] = []
+DEVICE = torch.device("cpu")  # set by --device before any section is imported
+
+
+def sync() -> None:
+    """Wait for the device's queued work, so a timing covers it (nothing on a CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
     """Best wall seconds over ``repeat`` runs, and cpu/wall of that run."""
     best, ratio = float("inf"), 0.0
     for _ in range(repeat):
+        sync()
         c0, t0 = time.process_time(), time.perf_counter()
         fn()
+        sync()
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         if wall < best:
             best, ratio = wall, cpu / wall
@@ -51,7 +65,7 @@ def report(name: str, text: str, cpu_wall: float) -> None:
 def raw_throughput(model: torch.nn.Module, shape: tuple[int, ...], n: int = 512) -> tuple[float, int, float]:
     """Images/s of plain batched forward passes at the best batch size (measured)."""
     b = batching.auto_batch_size(model, shape)
-    x = torch.rand(n, *shape)
+    x = torch.rand(n, *shape, device=DEVICE)
 
     def run() -> None:
         with torch.no_grad():
@@ -63,11 +77,11 @@ def raw_throughput(model: torch.nn.Module, shape: tuple[int, ...], n: int = 512)
 
 
 def bench_model() -> float:
-    model = underhood.load_model("shapes", device="cpu")
+    model = underhood.load_model("shapes", device=DEVICE)
     rate, b, cw = raw_throughput(model, (3, 64, 64))
     report("raw forward, shapes model", f"{rate:8.0f} img/s at batch {b} (the reference)", cw)
     for size in batching.CANDIDATES:
-        x = torch.rand(size, 3, 64, 64)
+        x = torch.rand(size, 3, 64, 64, device=DEVICE)
         reps = max(1, 256 // size)
 
         def run(x=x, reps=reps) -> None:
@@ -114,12 +128,35 @@ def bench_demo() -> None:
     run(report)  # the per-section table too, kept in benchmarks/demo-timings.json
 
 
+def parse_device(argv: list[str]) -> tuple[torch.device, list[str]]:
+    """``--device cpu|cuda|auto`` (or ``--device=...``) taken out of ``argv``; CUDA asked for and absent
+    exits with one line."""
+    rest, value, it = [], "cpu", iter(argv)
+    for arg in it:
+        if arg == "--device":
+            value = next(it, "")
+        elif arg.startswith("--device="):
+            value = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    if value not in ("cpu", "cuda", "auto") and not value.startswith("cuda:"):
+        raise SystemExit(f"--device: expected cpu, cuda or auto, got {value!r}")
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {value}: CUDA is not available on this machine; use --device cpu")
+    from underhood.core.device import resolve_device
+
+    return resolve_device(value), rest
+
+
 def main(argv: list[str]) -> None:
+    global DEVICE
     torch.set_num_threads(int(os.environ.get("UNDERHOOD_THREADS", "2")))
+    DEVICE, argv = parse_device(argv)
     wanted = set(argv) or {"model", "data", "imports", "demo", "attribution", "activations", "embed", "synthesis",
                             "adversarial"}
     print(f"underhood {underhood.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} cpus")
+          f"{os.cpu_count()} cpus, device {DEVICE}"
+          f"{f' ({torch.cuda.get_device_name(DEVICE)})' if DEVICE.type == 'cuda' else ''}")
     reference = bench_model() if "model" in wanted else None
     if "data" in wanted:
         bench_data(reference)

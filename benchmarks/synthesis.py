@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 import underhood
-from run import report
+from run import DEVICE, report
 from underhood.core.hooks import capture
 from underhood.core.layers import resolve
 from underhood.synthesis import invert, render
@@ -56,7 +56,7 @@ def raw_step(model: nn.Module, shape: tuple[int, ...], layer: str | None = None,
     """``steps`` forward + backward passes w.r.t. a leaf input ``[N, C, H, W]``; with ``layer``, the
     forward ends at that layer's output and its sum is differentiated (what ``render`` runs for an
     objective on that layer)."""
-    x = torch.rand(shape, requires_grad=True)
+    x = torch.rand(shape, device=DEVICE, requires_grad=True)
 
     def to_layer(x: torch.Tensor) -> torch.Tensor:
         out = {}
@@ -139,13 +139,13 @@ def _speed_case(label: str, model: nn.Module, shape: tuple[int, int, int, int], 
 
 
 def bench_render() -> None:
-    shapes = underhood.load_model("shapes", device="cpu")
+    shapes = underhood.load_model("shapes", device=DEVICE)
     _speed_case("shapes 8 x 64x64", shapes, (8, 3, 64, 64), "features.10", steps=16, repeat=7)
     _speed_case("shapes 64 x 64x64", shapes, (64, 3, 64, 64), "features.10", steps=4, repeat=5)
     from attribution import ResNet18
 
     torch.manual_seed(0)
-    resnet = underhood.load_model(ResNet18(), device="cpu")
+    resnet = underhood.load_model(ResNet18(), device=DEVICE)
     _speed_case("ResNet-18-sized 8 x 224x224", resnet, (8, 3, 224, 224), "layer3", steps=3, repeat=3)
 
 
@@ -155,8 +155,8 @@ def bench_inversion(steps: int = 300, seeds: tuple[int, ...] = (0, 1), **options
     from underhood.core.layers import stages
     from underhood.models.training import test_set
 
-    model = underhood.load_model("shapes", device="cpu")
-    images = test_set("shapes").images[:4]
+    model = underhood.load_model("shapes", device=DEVICE)
+    images = test_set("shapes").images[:4].to(DEVICE)
     layers = ["features.2", *stages(model)]
     for layer in layers:
         t0, c0 = time.perf_counter(), time.process_time()

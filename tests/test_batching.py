@@ -51,3 +51,18 @@ def test_resolve_and_batched():
     x = torch.arange(10.0).view(10, 1)
     assert torch.equal(batching.batched(lambda t: t * 2, x, 3), x * 2)
     assert [s.stop for s in batching.batches(10, 4)] == [4, 8, 10]
+
+
+def test_auto_batch_size_on_a_gpu_takes_the_largest_that_fits_without_timing(monkeypatch):
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    monkeypatch.setattr(batching, "memory_bound", lambda device: 600 * 1000)
+    monkeypatch.setattr(batching, "per_sample_bytes", lambda *args: 1000)  # 600 samples fit
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("a GPU's batch size is not timed")
+    monkeypatch.setattr(batching, "_time", no_timing)
+    monkeypatch.setattr(batching, "_CACHE", {})
+    assert batching.auto_batch_size(net, (3, 2, 2), device=torch.device("cuda")) == 256
+    monkeypatch.setattr(batching, "memory_bound", lambda device: 5000 * 1000)
+    monkeypatch.setattr(batching, "_CACHE", {})
+    assert batching.auto_batch_size(net, (3, 2, 2), device=torch.device("cuda")) == 1024

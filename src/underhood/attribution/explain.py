@@ -11,14 +11,14 @@ from torch import nn
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.targets import Target
-from .base import fixed_target, prepare
+from .base import check_amp, fixed_target, prepare
 from .cam import combine, gradcam_pp_weights, layer_gradients
 from .gradient import saliency
 from .registry import get
 from .rules import guided_backprop
 
 DEFAULT_METHODS = ("saliency", "guided_backprop", "gradcam")
-SHARED_OPTIONS = ("layer", "batch_size", "seed", "progress")
+SHARED_OPTIONS = ("layer", "batch_size", "seed", "progress", "amp", "tokens", "grid", "layout")
 
 
 def _options(name: str, fn, shared: dict, per_method: dict) -> dict:
@@ -43,8 +43,10 @@ def explain(model: nn.Module, inputs: torch.Tensor, methods: Sequence[str] = DEF
     input x gradient use one gradient; Grad-CAM and Grad-CAM++ at the same layer one forward
     and backward; guided Grad-CAM reuses guided backprop and Grad-CAM when they were asked for.
 
-    Options: ``layer``, ``batch_size``, ``seed`` and ``progress`` go to every method that takes
-    them; anything else per method, as a dict: ``smoothgrad={"n_samples": 20}``.
+    Options: ``layer``, ``batch_size``, ``seed``, ``progress``, ``amp`` (mixed precision, see
+    :mod:`underhood.attribution.base`) and the layer reading ``tokens`` / ``grid`` / ``layout`` (see
+    :mod:`underhood.core.layout`) go to every method that takes them; anything else per
+    method, as a dict: ``smoothgrad={"n_samples": 20}``.
 
     Example:
         >>> maps = explain(model, x, ["saliency", "smoothgrad", "gradcam"], layer="features.14",
@@ -59,22 +61,23 @@ def explain(model: nn.Module, inputs: torch.Tensor, methods: Sequence[str] = DEF
     if stray:
         raise InputError(f"options: {', '.join(stray)} is not one of the methods asked for nor a shared option "
                          f"({', '.join(SHARED_OPTIONS)}); pass method options as method={{...}}")
-    x = prepare(model, inputs)
+    x, amp = prepare(model, inputs), check_amp(shared.get("amp", False))
     with frozen(model):
-        fixed, _ = fixed_target(model, x, target)
+        fixed, _ = fixed_target(model, x, target, amp=amp)
     size, out, cache = tuple(x.shape[-2:]), {}, {}
 
     def cam_parts(opts):
-        key = ("layer", opts.get("layer"))
+        reading = {k: opts.get(k) for k in ("tokens", "grid", "layout")}
+        key = ("layer", opts.get("layer"), *(str(v) for v in reading.values()))
         if key not in cache:
-            cache[key] = layer_gradients(model, x, fixed, opts.get("layer"))[1:]
+            cache[key] = layer_gradients(model, x, fixed, opts.get("layer"), amp=amp, **reading)[1:]
         return cache[key]
 
     for name, fn in fns.items():
         opts = _options(name, fn, shared, per_method_options)
         if name in ("saliency", "input_x_gradient"):
             if "grad" not in cache:
-                cache["grad"] = saliency(model, x, fixed)
+                cache["grad"] = saliency(model, x, fixed, amp=amp)
             out[name] = cache["grad"] if name == "saliency" else x * cache["grad"]
         elif name in ("gradcam", "gradcam_pp"):
             a, g = cam_parts(opts)

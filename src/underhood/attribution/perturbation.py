@@ -24,7 +24,7 @@ from ..core.hooks import frozen
 from ..core.results import Result
 from ..core.seeding import generator
 from ..core.targets import Target
-from .base import deprecated, fixed_target, prepare, score_copies
+from .base import check_amp, deprecated, finite, fixed_target, prepare, score_copies
 
 
 def _rows(t: torch.Tensor, index: torch.Tensor, part: slice, per: int) -> torch.Tensor:
@@ -73,7 +73,7 @@ def _occlusion_fill(baseline: float | torch.Tensor, x: torch.Tensor) -> tuple[to
 def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
               window: int | tuple[int, int] = 8, stride: int | tuple[int, int] = 4,
               baseline: float | torch.Tensor = 0.0, batch_size: int | str | None = None,
-              progress: bool = False) -> torch.Tensor:
+              progress: bool = False, amp: bool | str = False) -> torch.Tensor:
     """Occlusion sensitivity (Zeiler & Fergus 2014): how much the score drops when a patch is hidden.
 
     Windows of size ``window`` start at 0 and step by ``stride`` while fully inside the image;
@@ -95,6 +95,8 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
             ``inputs`` ``[N, C, H, W]``, whose values fill the window.
         batch_size: copies per forward pass; ``None`` measures the fastest.
         progress: show a progress bar.
+        amp: forward passes in float16 autocast (``"bf16"``: bfloat16), the clean one included;
+            the map is float32 (see :mod:`underhood.attribution.base`).
 
     Returns:
         ``[N, 1, H, W]``, signed: positive where hiding the pixel lowers the score.
@@ -102,7 +104,7 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
     Example:
         >>> heat = occlusion(model, x, target=3, window=8, stride=2)   # doctest: +SKIP
     """
-    x = prepare(model, inputs)
+    x, amp = prepare(model, inputs), check_amp(amp)
     n, c, h, w = x.shape
     (wh, ww), (sh, sw) = _pair("window", window), _pair("stride", stride)
     if wh > h or ww > w:
@@ -121,15 +123,15 @@ def occlusion(model: nn.Module, inputs: torch.Tensor, target: Target = None, *,
                            _rows(x, index, part, per)), index
 
     with frozen(model):
-        fixed, clean = fixed_target(model, x, target)
+        fixed, clean = fixed_target(model, x, target, amp=amp)
         s = score_copies(model, make, n * per, fixed, batch_size=batch_size, shape=(c, h, w),
-                         progress=progress, desc="occlusion")
+                         progress=progress, desc="occlusion", amp=amp)
     drop = clean.to(x.device)[:, None] - s.to(x.device).view(n, per)
     # The sum over covering windows is separable: rows @ drop @ cols^T (what F.fold computes,
     # without materialising a [N, h * w, windows] tensor).
     total = rows @ drop.view(n, -1, nx) @ cols.T
     count = rows.sum(1)[:, None] * cols.sum(1)[None, :]
-    return (total / count.clamp(min=1)).unsqueeze(1)
+    return finite((total / count.clamp(min=1)).unsqueeze(1), amp)
 
 
 # ----------------------------------------------------------------------------- LIME
@@ -313,7 +315,7 @@ def _fit(z: torch.Tensor, y: torch.Tensor, ks: list[int], seg: torch.Tensor, ker
 def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
              n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
              kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
-             batch_size: int | str | None = None, progress: bool = False) -> LimeFit:
+             batch_size: int | str | None = None, progress: bool = False, amp: bool | str = False) -> LimeFit:
     """LIME (Ribeiro, Singh & Guestrin 2016, "Why should I trust you?"): a weighted linear
     surrogate over superpixels, its coefficients painted back onto the pixels.
 
@@ -346,6 +348,8 @@ def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n
         segments: precomputed integer labels ``[N, H, W]`` or ``[H, W]`` (one for all).
         batch_size: copies per forward pass; ``None`` measures the fastest.
         progress: show a progress bar.
+        amp: forward passes in float16 autocast (``"bf16"``: bfloat16); scores, fit and maps are
+            float32 (see :mod:`underhood.attribution.base`).
 
     Returns:
         A :class:`LimeFit`: ``maps`` ``[N, 1, H, W]`` (signed superpixel weights, what :func:`lime`
@@ -355,7 +359,7 @@ def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n
         >>> fit = lime_fit(model, x, n_samples=1000)   # doctest: +SKIP
         >>> fit.maps.shape, fit.r2                     # doctest: +SKIP
     """
-    x = prepare(model, inputs)
+    x, amp = prepare(model, inputs), check_amp(amp)
     _check_lime(n_samples, baseline, kernel_width, alpha, n_segments)
     n, c, h, w = x.shape
     seg, ks = _relabel(_user_segments(segments, x) if segments is not None
@@ -381,17 +385,17 @@ def lime_fit(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n
                            _rows(fill, index, part, n_samples) if per_sample else fill), index
 
     with frozen(model):
-        fixed, _ = fixed_target(model, x, target)
+        fixed, _ = fixed_target(model, x, target, amp=amp)
         y = score_copies(model, make, n * n_samples, fixed, batch_size=batch_size, shape=(c, h, w),
-                         kind="probability", progress=progress, desc="lime").to(x.device).view(n, n_samples)
-    return _fit(z, y, ks, seg, kernel_width, alpha)
+                         kind="probability", progress=progress, desc="lime", amp=amp).to(x.device).view(n, n_samples)
+    return _fit(z, finite(y, amp), ks, seg, kernel_width, alpha)
 
 
 def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int = 1000,
          n_segments: int = 50, seed: int = 0, compactness: float = 10.0, baseline: str | float = "mean",
          kernel_width: float = 0.25, alpha: float = 1.0, segments: torch.Tensor | np.ndarray | None = None,
          batch_size: int | str | None = None, progress: bool = False,
-         return_weights: bool = False) -> torch.Tensor:
+         return_weights: bool = False, amp: bool | str = False) -> torch.Tensor:
     """LIME's maps: ``lime_fit(...).maps``, ``[N, 1, H, W]`` signed superpixel weights.
 
     See :func:`lime_fit` for the method and its options, and for the fitted surrogates
@@ -402,7 +406,7 @@ def lime(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_sam
     """
     fit = lime_fit(model, inputs, target, n_samples=n_samples, n_segments=n_segments, seed=seed,
                    compactness=compactness, baseline=baseline, kernel_width=kernel_width, alpha=alpha,
-                   segments=segments, batch_size=batch_size, progress=progress)
+                   segments=segments, batch_size=batch_size, progress=progress, amp=amp)
     if return_weights:
         deprecated("lime(..., return_weights=True)",
                    "underhood.attribution.lime_fit(...), which returns a LimeFit with .maps")

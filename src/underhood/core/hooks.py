@@ -39,6 +39,40 @@ def _logits_hook(module: nn.Module, args: tuple, output: object) -> torch.Tensor
 
 
 @contextlib.contextmanager
+def _kept(model: nn.Module, *, eval: bool = False, freeze: bool = False) -> Iterator[nn.Module]:
+    """The body of :func:`preserved`, :func:`frozen` and :func:`evaluating`, in one walk of the model.
+
+    Every call of a method enters it, so it stays cheap (it is per-call overhead on a GPU): the
+    modules and parameters are listed once, ``eval()`` runs only when some module is training, and
+    on exit only the flags that differ are written back (``Module.__setattr__`` is slow).
+    """
+    modules = list(model.modules())
+    modes = [(m, m.training) for m in modules]
+    script = isinstance(model, torch.jit.ScriptModule)
+    params = model.parameters() if script else \
+        dict.fromkeys(p for m in modules for p in m._parameters.values() if p is not None)  # shared ones once
+    flags = [(p, p.requires_grad) for p in params]
+    handle = None if script else model.register_forward_hook(_logits_hook)
+    try:
+        if eval and any(training for _, training in modes):
+            model.eval()
+        if freeze:
+            for p, requires_grad in flags:
+                if requires_grad:
+                    p.requires_grad_(False)
+        yield model
+    finally:
+        if handle is not None:
+            handle.remove()
+        for m, training in modes:
+            if m.training != training:
+                m.training = training
+        for p, requires_grad in flags:
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
+
+
+@contextlib.contextmanager
 def preserved(model: nn.Module) -> Iterator[nn.Module]:
     """Restore every module's ``training`` flag and every parameter's ``requires_grad`` on exit.
 
@@ -46,38 +80,24 @@ def preserved(model: nn.Module) -> Iterator[nn.Module]:
     ``.logits`` gives its logits instead (a forward hook on the root, removed on exit; see
     :func:`underhood.core.outputs.logits_of`), so every family reads ``[N, classes]`` tensors.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    handle = None if isinstance(model, torch.jit.ScriptModule) else model.register_forward_hook(_logits_hook)
-    try:
+    with _kept(model):
         yield model
-    finally:
-        if handle is not None:
-            handle.remove()
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad in flags:
-            p.requires_grad_(requires_grad)
 
 
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and ``requires_grad=False`` on every parameter for the block; both restored after
-    (inside :func:`preserved`). For methods that differentiate w.r.t. inputs or activations only:
+    (as :func:`preserved`). For methods that differentiate w.r.t. inputs or activations only:
     attribution, synthesis, attacks. Eval mode fixes BatchNorm statistics and turns dropout off,
     so the function studied is the deployed one."""
-    with preserved(model):
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+    with _kept(model, eval=True, freeze=True):
         yield model
 
 
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for the block (parameters keep their ``requires_grad``); restored after."""
-    with preserved(model):
-        model.eval()
+    with _kept(model, eval=True):
         yield model
 
 
