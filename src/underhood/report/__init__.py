@@ -48,6 +48,8 @@ def build(ctx: Context, path: str | Path, *, progress: bool = True, only: Sequen
         bar.set_postfix_str(sid)
         start, cpu = time.perf_counter(), time.process_time()
         body = fn(ctx)
+        if body is None:  # nothing to show for this context (e.g. hardware without a benchmark): left out
+            continue
         wall = time.perf_counter() - start
         sections.append(Section(sid, title, Markup(body), order, wall))
         if timings is not None:

@@ -90,7 +90,7 @@ def _best_cells(rows: Sequence[Sequence[Any]], best: Mapping[int, str]) -> set[t
     """``(row, column)`` of every cell holding its column's best value (``best``: column -> "max" / "min")."""
     def value(v: Any) -> float | None:
         try:
-            f = float(str(v).replace("%", "").replace("x", "").strip())
+            f = float(str(v).replace("%", "").replace("x", "").replace(",", "").strip())
         except ValueError:
             return None
         return f if math.isfinite(f) else None
