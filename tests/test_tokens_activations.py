@@ -365,3 +365,31 @@ def test_layout_options_are_parsed_and_a_wrong_reading_is_one_line(tmp_path, cap
     from underhood.cli.options import Grid
 
     assert Grid()("14x7") == (14, 7) and Grid()("6") == (6, 6)
+
+
+@pytest.mark.parametrize("name, layer", [("vit", "blocks.0"), ("swin", "stage1.0")])
+def test_ablation_zeroes_channels_of_token_and_channels_last_layers(name, layer):
+    """Oracle: a hand-written hook zeroing the channel on the last axis; selectivity over the patch positions."""
+    from underhood.activations import ablate
+    from underhood.activations.ablate import class_selectivity
+    from underhood.data import ImageSet
+
+    model = build(name)
+    g = torch.Generator().manual_seed(6)
+    images, labels = torch.rand(24, 3, 32, 32, generator=g), torch.arange(24) % 4
+    data = ImageSet(images, labels, classes=["a", "b", "c", "d"])
+    result = ablate(model, data, layer, orders=("random",), units=[0, 3], batch_size=8)
+    module = dict(model.named_modules())[layer]
+    for i, c in enumerate([0, 3]):
+        def zero(mod, inp, out, c=c):
+            out = out.clone()
+            out[..., c] = 0
+            return out
+        handle = module.register_forward_hook(zero)
+        with torch.no_grad():
+            want = (model(images).argmax(1) == labels).float().mean()
+        handle.remove()
+        assert abs(float(result.single[i]) - float(want)) < 1e-6
+    # selectivity reads channels on the last axis (C = 32 / 16), not the tokens or rows
+    channels = {"vit": 32, "swin": 16}[name]
+    assert class_selectivity(model, data, layer, batch_size=8).shape == (channels,)

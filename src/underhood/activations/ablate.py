@@ -31,8 +31,10 @@ from ..core.errors import InputError, LayerError
 from ..core.hooks import capture, hooked
 from ..core.inputs import dataset_images
 from ..core.layers import resolve
+from ..core.layout import infer
 from ..core.results import Result
 from ..core.seeding import generator
+from .maps import feature_view
 
 ORDERS = ("random", "selectivity", "selectivity-low")
 
@@ -119,12 +121,14 @@ def _class_means(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, l
             a = cap.activations[layer]
             if a.ndim < 2:
                 raise LayerError(f"layer: {layer!r} outputs shape {tuple(a.shape)}; pick a layer with channels")
-            response = a.double().flatten(2).mean(2).cpu() if a.ndim > 2 else a.double().cpu()
-            sums = torch.zeros(len(present), response.shape[1], dtype=torch.float64) if sums is None else sums
-            sums.index_add_(0, index[part], response)
+            a, _ = feature_view(a, tuple(images.shape[-2:]), layer)  # tokens / channels-last as [N, C, h, w]
+            response = a.double().flatten(2).mean(2) if a.ndim > 2 else a.double()
+            if sums is None:  # summed on the model's device: one copy to the host at the end
+                sums = torch.zeros(len(present), response.shape[1], dtype=torch.float64, device=response.device)
+            sums.index_add_(0, index[part].to(response.device), response)
             cap.clear()
     counts = torch.bincount(index, minlength=len(present)).double()
-    return sums / counts[:, None]
+    return sums.cpu() / counts[:, None]
 
 
 def class_selectivity(model: nn.Module, dataset: object, layer: str, *,
@@ -174,23 +178,27 @@ def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
     """Eval mode and a forward hook multiplying ``layer``'s output by ``state["mask"]`` (``[rows, C]``);
     both undone on exit (:func:`underhood.core.hooks.hooked`). With ``state["expand"]``, an output of
     ``B`` rows gives one copy per mask (``M * B`` rows, mask-major; ``state["expanded"]`` records it)."""
-    state: dict = {"mask": None, "ran": False, "expand": False, "expanded": False}
+    state: dict = {"mask": None, "ran": False, "expand": False, "expanded": False, "size": None}
 
     def hook(mod: nn.Module, inputs: object, output: object) -> torch.Tensor:
         mask = state["mask"]
         if not isinstance(output, torch.Tensor) or not output.is_floating_point() or output.ndim < 2:
             raise LayerError(f"layer: {layer!r} returns {type(output).__name__}, not a float tensor with "
                              "channels; pick a layer whose output is a feature map")
+        # the channel axis: dim 1 of [N, C, ...], the last one of tokens [N, L, C] and channels-last [N, h, w, C]
+        lay = infer(output.shape, state["size"], layer=layer) if output.ndim in (3, 4) else None
+        last = lay is not None and lay.kind != "nchw"
+        channels = output.shape[-1] if last else output.shape[1]
+        tail = (*([1] * (output.ndim - 2)), -1) if last else (-1, *([1] * (output.ndim - 2)))
         copies, rows = len(mask) // max(len(output), 1), len(output)
-        if state["expand"] and copies > 1 and copies * rows == len(mask) and output.shape[1] == mask.shape[1]:
+        if state["expand"] and copies > 1 and copies * rows == len(mask) and channels == mask.shape[1]:
             state["expanded"] = state["ran"] = True  # one broadcast product, mask-major as x.repeat gives
-            shape = (copies, rows, mask.shape[1], *([1] * (output.ndim - 2)))
-            return (output.unsqueeze(0) * mask.to(output.dtype).view(shape)).flatten(0, 1)
-        if tuple(output.shape[:2]) != tuple(mask.shape):
+            return (output.unsqueeze(0) * mask.to(output.dtype).view(copies, rows, *tail)).flatten(0, 1)
+        if (rows, channels) != tuple(mask.shape):
             raise LayerError(f"layer: {layer!r} output {tuple(output.shape)} does not match {mask.shape[0]} "
                              f"inputs x {mask.shape[1]} channels; pick a layer that keeps the batch dimension")
         state["ran"] = True
-        return output * mask.to(output.dtype).view(*mask.shape, *([1] * (output.ndim - 2)))
+        return output * mask.to(output.dtype).view(rows, *tail)
 
     with hooked(model, {layer: hook}):
         model.eval()
@@ -273,7 +281,7 @@ def _masked_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     classes = 0
     keep = keep.to(device)
     with _masked(model, layer) as state, tqdm(total=n, desc="ablate", disable=not progress, leave=False) as bar:
-        state["labels"] = (int(labels.min()), int(labels.max()))
+        state["labels"], state["size"] = (int(labels.min()), int(labels.max())), tuple(images.shape[-2:])
         room = max(size, memory_bound(device) // _copy_bytes(model, layer, state, tuple(images.shape[1:]),
                                                               keep.shape[1]))
         while start < n:
@@ -336,7 +344,9 @@ def ablate(model: nn.Module, dataset: object, layer: str, *, orders: Sequence[st
 
     Args:
         dataset: a labelled ImageSet (``images`` ``[N, C, H, W]`` in ``[0, 1]``, ``labels`` ``[N]``).
-        layer: dotted layer name whose output has channels on dim 1 (``[N, C, ...]``).
+        layer: dotted layer name whose output has channels: ``[N, C]``, ``[N, C, h, w]``, or a token
+            sequence ``[N, L, C]`` / channels-last map ``[N, h, w, C]`` (read through
+            :mod:`underhood.core.layout`; a channel is zeroed at every token, prefix tokens included).
 
     Example:
         >>> ab = ablate(model, underhood.datasets.shapes(512), "features.16")   # doctest: +SKIP
