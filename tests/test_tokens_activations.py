@@ -393,3 +393,22 @@ def test_ablation_zeroes_channels_of_token_and_channels_last_layers(name, layer)
     # selectivity reads channels on the last axis (C = 32 / 16), not the tokens or rows
     channels = {"vit": 32, "swin": 16}[name]
     assert class_selectivity(model, data, layer, batch_size=8).shape == (channels,)
+
+
+@pytest.mark.parametrize("name, layer, channels", [("vit", "blocks.0", 32), ("swin", "stage1.0", 16)])
+def test_synthesis_objectives_read_channels_of_token_and_channels_last_layers(name, layer, channels):
+    """The objective sees [N, C, h, w]: channel c is the mean of the last axis over the patch positions."""
+    from underhood.synthesis import objectives as O
+    from underhood.synthesis.render import probe
+
+    model = build(name)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    raw = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: raw.setdefault("a", o))
+    with probe(model, [layer], need_logits=False) as run:
+        acts, _ = run(x)
+    handle.remove()
+    a = raw["a"][:, 1:] if name == "vit" else raw["a"].flatten(1, 2)   # [N, positions, C], class token left out
+    assert acts[layer].shape[1] == channels
+    torch.testing.assert_close(O.channel(layer, 5)(acts), a[..., 5].mean(1))
+    torch.testing.assert_close(O.unit(layer, 3, 1, 2)(acts), acts[layer][:, 3, 1, 2])

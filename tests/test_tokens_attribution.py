@@ -158,9 +158,13 @@ def test_cam_uses_the_linear_layer_that_gives_the_logits():
 
 def test_default_layer_is_the_last_block_before_the_final_norm(vit, swin):
     x = _x(1)
-    assert default_layer(vit, x) == "blocks.1" and default_layer(build("vit-reg"), x) == "blocks.1"
+    # the head reads the class token only, so the last block's patch tokens get no gradient (Grad-CAM there is
+    # blank): the block before it is the default
+    assert (gradcam(vit, x, 0, layer="blocks.1") == 0).all()
+    assert default_layer(vit, x) == "blocks.0" and default_layer(build("vit-reg"), x) == "blocks.0"
     assert default_layer(swin, x) == "stage2.0" and default_layer(build("convnext"), x) == "stages.1"
-    torch.testing.assert_close(gradcam(vit, x, 0), gradcam(vit, x, 0, layer="blocks.1"))
+    torch.testing.assert_close(gradcam(vit, x, 0), gradcam(vit, x, 0, layer="blocks.0"))
+    assert gradcam(vit, x, 0).amax() > 0
     torch.testing.assert_close(scorecam(swin, x, 0, batch_size=64), scorecam(swin, x, 0, layer="stage2.0",
                                                                               batch_size=64))
 
@@ -177,6 +181,21 @@ class _InPlaceBlock(nn.Module):
         r = self.drop(self.block(x))
         r += x
         return r
+
+
+def test_default_layer_keeps_the_last_block_of_a_vit_that_pools_its_patch_tokens():
+    class Pooled(nn.Module):  # the head averages the patch tokens: the last block's patches matter
+        def __init__(self):
+            super().__init__()
+            self.vit = build("vit")
+
+        def forward(self, x):
+            v = self.vit
+            t = v.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([v.cls.expand(len(x), -1, -1), t], 1) + v.pos
+            return v.head(v.norm(v.blocks(t))[:, 1:].mean(1))
+
+    assert default_layer(Pooled().eval(), _x(1)) == "vit.blocks.1"
 
 
 def test_default_layer_names_the_block_not_what_it_adds_to_in_place():
@@ -291,7 +310,7 @@ def _real(model, layer, x):
         assert torch.isfinite(heat).all() and (heat >= 0).all() and heat.amax() > 0
 
 
-@pytest.mark.parametrize("name, layer", [("vit_b_16", "encoder.layers.encoder_layer_11"),
+@pytest.mark.parametrize("name, layer", [("vit_b_16", "encoder.layers.encoder_layer_10"),
                                          ("swin_t", "features.7.1"), ("convnext_tiny", "features.7.2")])
 def test_torchvision_transformers(name, layer):
     tv = pytest.importorskip("torchvision")
@@ -301,7 +320,7 @@ def test_torchvision_transformers(name, layer):
 
 def test_timm_vit_tiny():
     timm = pytest.importorskip("timm")
-    _real(timm.create_model("vit_tiny_patch16_224", pretrained=False), "blocks.11", _x(1, 224, 224))
+    _real(timm.create_model("vit_tiny_patch16_224", pretrained=False), "blocks.10", _x(1, 224, 224))
 
 
 def test_explain_forwards_the_layer_reading_to_the_cam_family():

@@ -84,10 +84,18 @@ def _names(layers: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))  # duplicates once, order kept
 
 
-def _pooled(a: torch.Tensor, pool: str) -> torch.Tensor:
-    """``[B, C, ...]`` -> ``[B, D]``: pooled over every axis after the channel axis, or flattened."""
+def _pooled(a: torch.Tensor, pool: str, size: Sequence[int] = (), layer: str = "layer") -> torch.Tensor:
+    """``[B, C, ...]`` -> ``[B, D]``: pooled over every axis after the channel axis, or flattened.
+
+    A token sequence ``[B, L, C]`` or a channels-last map ``[B, h, w, C]`` (inputs of ``size=(H, W)``) is
+    pooled over its positions through :func:`underhood.activations.maps.feature_view` (prefix tokens
+    such as a class token left out), so ``D = C`` there too."""
     if a.ndim <= 2 or pool == "flatten":
         return a.flatten(1)
+    if size:
+        from .maps import feature_view
+
+        a = feature_view(a, size, layer)[0]
     return a.flatten(2).mean(2) if pool == "avg" else a.flatten(2).amax(2)
 
 
@@ -99,8 +107,11 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
 
     A feature vector is the layer's output for one image: for a ``[C, H, W]`` map, its
     channel means (``pool="avg"``, D = C), channel maxima (``"max"``) or every value
-    (``"flatten"``, D = C*H*W); a ``[D]`` output is kept as it is. The layer name ``"input"``
-    stands for the pixels themselves, always flattened (D = C*H*W, whatever ``pool``).
+    (``"flatten"``, D = C*H*W); a ``[D]`` output is kept as it is. A transformer block's tokens
+    ``[L, C]`` or channels-last map ``[h, w, C]`` is read as ``[C, h, w]`` first (prefix tokens such
+    as a class token left out, :mod:`underhood.core.layout`); ``"flatten"`` keeps its every value.
+    The layer name ``"input"`` stands for the pixels themselves, always flattened (D = C*H*W,
+    whatever ``pool``).
     The model runs in eval mode without gradients, and its forward pass stops after the deepest
     layer asked for when it can; it is restored on return.
 
@@ -141,7 +152,8 @@ def features(model: nn.Module, dataset: object, layers: str | Sequence[str], *, 
                                               disable=not progress, leave=False))
     for part, acts in passes:
         for name in names:
-            f = part_images[part].flatten(1) if name == INPUT else _pooled(acts[name], pool)
+            f = part_images[part].flatten(1) if name == INPUT else \
+                _pooled(acts[name], pool, tuple(images.shape[-2:]), name)
             if name not in out:  # allocated once: memory is the result's, not twice it
                 out[name] = torch.empty(stop - start, f.shape[1], dtype=torch.float32)
             out[name][part] = f.float().cpu()

@@ -78,7 +78,7 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, la
 
     Example:
         >>> heat = gradcam(model, x, layer="features.14")   # doctest: +SKIP
-        >>> heat = gradcam(vit, x, layer="encoder.layers.encoder_layer_11")   # doctest: +SKIP
+        >>> heat = gradcam(vit, x, layer="encoder.layers.encoder_layer_10")   # doctest: +SKIP
     """
     x, amp = prepare(model, inputs), check_amp(amp)
     _, a, g = layer_gradients(model, x, target, layer, tokens=tokens, grid=grid, layout=layout, amp=amp)

@@ -16,6 +16,7 @@ is marked global, conservatively.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,11 +63,13 @@ def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
     ``blocks.0.norm1``); norm layers themselves are skipped, and of layers returning the same
     tensor the outermost that is not an ``nn.Sequential`` is named (``blocks.1``, not ``blocks``;
     torchvision's ConvNeXt ``features.7.2``, not its ``stochastic_depth`` whose output the block
-    adds to in place).
+    adds to in place). When that layer is a token sequence with a class token whose patch tokens the
+    outputs do not depend on (a ViT head reading only the class token: Grad-CAM there is blank), the
+    block before it is named instead (``blocks.10`` of twelve; one extra forward and backward pass).
 
     Example:
         >>> default_layer(tiny_vit, x)       # doctest: +SKIP
-        'blocks.1'
+        'blocks.0'
     """
     mods = named_layers(model)
     convs = conv_layers(model)
@@ -94,7 +97,29 @@ def default_layer(model: nn.Module, inputs: torch.Tensor) -> str:
                          "([N, C, h, w], [N, h, w, C] or [N, L, C] tokens); name a layer explicitly")
     group = [n for n in candidates if same(n, candidates[-1])]   # children before parents
     blocks = [n for n in group if not isinstance(mods[n], (nn.Sequential, nn.ModuleList))]
-    return blocks[-1] if blocks else group[0]
+    chosen = blocks[-1] if blocks else group[0]
+    lay = _layout_of(outs[chosen][0], inputs.shape[-2:])
+    numbered = re.fullmatch(r"(.*?)(\d+)", chosen)
+    if lay is not None and lay.kind == "tokens" and lay.prefix and numbered and int(numbered[2]) > 0:
+        before = f"{numbered[1]}{int(numbered[2]) - 1}"
+        if before in mods and _patches_unused(model, inputs[:1], chosen, lay.prefix):
+            return before  # a class-token head reads only the prefix of the last block: its patches get no gradient
+    return chosen
+
+
+def _patches_unused(model: nn.Module, x: torch.Tensor, layer: str, prefix: int) -> bool:
+    """Whether the model's outputs do not depend on the patch tokens of ``layer`` (after its ``prefix`` tokens):
+    true of the last block of a ViT whose head reads the class token, where Grad-CAM would be blank."""
+    from .hooks import capture, frozen
+    from .outputs import logits_of
+
+    with frozen(model), torch.enable_grad(), capture(model, layer, detach=False) as cap:
+        out = logits_of(model(x.detach().clone().requires_grad_(True)))
+        a = cap.live.get(layer)
+        if a is None or not a.requires_grad:
+            return False
+        (g,) = torch.autograd.grad(out.sum(), a, allow_unused=True)
+    return g is None or not bool(g[:, prefix:].any())
 
 
 @torch.no_grad()
@@ -373,9 +398,25 @@ def format_table(rows: list[LayerInfo]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def stages(model: nn.Module) -> list[str]:
-    """One layer per convolutional stage: the output of each pooling layer or residual block,
-    else every convolution's activation (the module after it when that is a ReLU)."""
+def stages(model: nn.Module, *, input_size: Sequence[int] | None = None) -> list[str]:
+    """One layer per stage of the network, in call order.
+
+    A convolutional network: the output of each pooling layer or residual block, else every
+    convolution's activation (the module after it when that is a ReLU).
+
+    A transformer-style network (``LayerNorm`` or ``MultiheadAttention`` after its last ``Conv2d``,
+    as :func:`default_layer` tells them apart: ViT, Swin, ConvNeXt): its blocks, found by one forward
+    pass of a blank ``input_size`` image (default ``model.input_size``). The blocks are the children of
+    the outermost ``nn.Sequential`` / ``nn.ModuleList`` containers (those inside no other container;
+    the model itself when it is one) whose outputs have a spatial reading on a grid larger than 1x1
+    (:func:`underhood.core.layout.infer`: ``[N, L, C]`` tokens, ``[N, h, w, C]`` or ``[N, C, h, w]``),
+    less the child holding the model's first ``Conv2d`` (the patch embedding or stem): ``blocks.0,
+    blocks.1`` of a ViT, ``encoder.layers.encoder_layer_0 ...`` of torchvision's, ``stage1.0,
+    stage1.1, stage2.0`` of a Swin with two stages. When no such child exists, the convolutional rule.
+    """
+    blocks = _transformer_blocks(model, input_size)
+    if blocks:
+        return blocks
     layers = named_layers(model)
     names = list(layers)
     pools = [n for n, m in layers.items() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
@@ -388,8 +429,48 @@ def stages(model: nn.Module) -> list[str]:
     return [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
 
 
+def _transformer_blocks(model: nn.Module, input_size: Sequence[int] | None) -> list[str]:
+    """The blocks :func:`stages` names for a transformer-style model; ``[]`` for a convolutional one."""
+    from .device import model_device
+
+    mods = named_layers(model)
+    convs = conv_layers(model)
+    after = list(mods)[list(mods).index(convs[-1]) + 1:] if convs else list(mods)
+    if not any(isinstance(mods[n], _TRANSFORMER_PARTS) for n in after):
+        return []
+    size = input_size if input_size is not None else getattr(model, "input_size", None)
+    if size is None or len(size) != 3:
+        raise InputError(f"input_size: the stages of a transformer-style {type(inner(model)).__name__} are found "
+                         f"by running it, which needs (C, H, W); got {size!r}: pass input_size=(C, H, W)")
+    containers = (nn.Sequential, nn.ModuleList)
+    outer = [""] if isinstance(inner(model), containers) else \
+        [n for n, m in mods.items() if isinstance(m, containers)
+         and not any(isinstance(mods.get(n[:i]), containers) for i, c in enumerate(n) if c == ".")]
+    children = {f"{p}.{c}" if p else c for p in outer
+                for c, _ in (inner(model) if not p else mods[p]).named_children()}
+    stem = next((c for c in children if convs and (convs[0] == c or convs[0].startswith(c + "."))), None)
+    x = torch.zeros(1, *size, device=model_device(model))
+    order, outs = _returned(model, x)
+    found = []
+    for n in order:
+        if n in children and n != stem:
+            lay = _layout_of(outs[n][0], size[-2:])
+            if lay is not None and lay.grid[0] * lay.grid[1] > 1:
+                found.append(n)
+    return found
+
+
 def last_hidden(model: nn.Module) -> str:
-    """The input of the classifier: the last hidden linear layer, else the global pooling, else the last stage."""
+    """The input of the classifier: the last hidden linear layer, else the global pooling, else the last stage.
+
+    A transformer-style model (see :func:`stages`) gets its last block: a ViT's classifier reads the
+    class token after the final norm, which is no layer's output by itself, so the last block's
+    tokens (or channels-last map) stand in, averaged over the patch positions wherever features are
+    pooled (:func:`underhood.activations.maps.feature_view`).
+    """
+    blocks = _transformer_blocks(model, None)
+    if blocks:
+        return blocks[-1]
     layers = named_layers(model)
     linear = [n for n, m in layers.items() if isinstance(m, nn.Linear)]
     if len(linear) >= 2:

@@ -11,9 +11,10 @@ from torch import nn
 
 from ..core.checks import positive_int
 from ..core.device import home_device, model_device
-from ..core.errors import InputError
+from ..core.errors import InputError, LayerError
 from ..core.hooks import differentiable, frozen
 from ..core.inputs import PROBE_BELOW, check_inputs, check_size, expected_channels, minimum_size
+from ..core.layout import infer, to_nchw
 from ..core.results import Result
 from .objectives import Objective, batch
 from .param import SMALL_TRANSFORMS, TRANSFORMS, Image, standard_transforms, transform
@@ -54,9 +55,27 @@ class RenderResult(Result):
 def probe(model: nn.Module, layers: Sequence[str], need_logits: bool = True) -> Iterator[Callable]:
     """Eval mode, frozen parameters and differentiable hooks on ``layers`` for the block (see
     :func:`underhood.core.hooks.differentiable`; the forward pass stops after the deepest layer unless
-    the logits are needed); all restored on exit. Yields ``run(x) -> (activations, logits)``."""
+    the logits are needed); all restored on exit. Yields ``run(x) -> (activations, logits)``.
+
+    Token sequences ``[N, L, C]`` and channels-last maps ``[N, h, w, C]`` reach the objectives as
+    ``[N, C, h, w]`` views (:mod:`underhood.core.layout`; prefix tokens such as a class token left
+    out), so ``channel``, ``unit`` and ``layer`` objectives read channels on a transformer as on a CNN.
+    An output with no spatial reading is passed as it is."""
     with frozen(model), differentiable(model, layers, stop=not need_logits) as run:
-        yield run
+        def spatial_run(x: torch.Tensor):
+            acts, logits = run(x)
+            return {k: _nchw(v, x.shape[-2:]) for k, v in acts.items()}, logits
+        yield spatial_run
+
+
+def _nchw(a: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if not isinstance(a, torch.Tensor) or a.ndim not in (3, 4):
+        return a
+    try:
+        lay = infer(a.shape, size)
+    except LayerError:  # a 3-D output that is no patch grid: left to the objective as it is
+        return a
+    return a if lay is None else to_nchw(a, lay)
 
 
 def _input_shape(model: nn.Module, size: int | Sequence[int] | None, channels: int | None) -> tuple[int, int, int]:

@@ -6,7 +6,7 @@ import torch
 from markupsafe import Markup
 
 from ...activations.embed import INPUT
-from ...activations.maps import embedding_layers, maps
+from ...activations.maps import embedding_layers, feature_view, maps
 from ...core.batching import batches
 from ...core.device import model_device
 from ...core.hooks import capture
@@ -78,7 +78,9 @@ def population_pass(ctx: Context) -> dict:
     For every stage, embedding layer and the last hidden layer: ``mean[layer]`` the channel means
     ``[N, C]`` (the features of embeddings and neighbours, as ``features(pool="avg")`` gives them),
     ``max[layer]`` the channel maxima over positions ``[N, C]`` and ``where[layer]`` their first
-    ``(y, x)`` ``[N, C, 2]`` (the scan of top patches); ``logits`` ``[N, K]``.
+    ``(y, x)`` ``[N, C, 2]`` (the scan of top patches); ``logits`` ``[N, K]``. A token or channels-last
+    layer is read as ``[N, C, h, w]`` (:func:`~underhood.activations.maps.feature_view`, class token left
+    out), so its channels are ``C``, not the sequence positions.
     """
     if "population-pass" in ctx.cache:
         return ctx.cache["population-pass"]
@@ -86,14 +88,14 @@ def population_pass(ctx: Context) -> dict:
     names = list(dict.fromkeys([*stages(model), *(n for n in embedding_layers(model) if n != INPUT),
                                 last_hidden(model)]))
     device = model_device(model)
-    size = batch_size(ctx)
+    size, hw = batch_size(ctx), tuple(data.images.shape[-2:])
     parts: dict[str, list] = {"logits": []}
     with capture(model, names, eval=True) as cap:
         for rows in batches(len(data), size):
             cap.clear()
             parts["logits"].append(logits_of(model(data.images[rows].to(device))).float().cpu())
             for name in names:
-                a = cap.activations[name].float()
+                a = feature_view(cap.activations[name], hw, name)[0].float()
                 flat = a.flatten(2) if a.ndim > 2 else a[:, :, None]
                 best, at = flat.max(2)
                 width = a.shape[-1] if a.ndim == 4 else 1
@@ -206,11 +208,18 @@ def patches(ctx: Context) -> Markup:
         state = top_state(ctx, layer, ids, 9)
         tp = finish(ctx.model, data.images, layer, state, pattern="guided", batch_size=state.index.numel())
         fig = top_patches_figure(tp, ncols=2)
+        pattern = ("guided-backprop pattern" if tp.rule == "guided" else
+                   "gradient (the guided-backprop rule acts at ReLUs, and this model runs none)")
+        cell = tp.box[0, 0, 2:] - tp.box[0, 0, :2]
+        where = (f"cut to the receptive field of the winning unit ({tp.field[0]}x{tp.field[1]} pixels; grey beyond "
+                 "the image border)" if tp.field else
+                 f"cut to the winning position's own {int(cell[0])}x{int(cell[1])}-pixel patch of the "
+                 f"{tp.info['layout']} (attention lets the unit see the whole image; the patch is where it sits)"
+                 if tp.info.get("box") == "cell" else None)
         body += figure(ctx, figure_to_png(fig, dpi=100), f"top-patches-{layer}",
                        f"Channels 0-{len(ids) - 1} of {layer}: for each, the 9 of {len(data)} held-out images on "
-                       f"which the channel's maximum is highest, cut to the receptive field of the winning unit "
-                       f"({tp.field[0]}x{tp.field[1]} pixels; grey beyond the image border) and, on the right, the "
-                       "unit's guided-backprop pattern in each patch (grey = 0)." if tp.field else
+                       f"which the channel's maximum is highest, {where} and, on the right, the unit's {pattern} in "
+                       "each patch (grey = 0)." if where else
                        f"Channels 0-{len(ids) - 1} of {layer} (units that see the whole image).")
     return body
 
@@ -258,4 +267,8 @@ def ablation(ctx: Context) -> Markup:
                  f"{int(result.units[top])}); {link} (r = {r:.2f}).")
     else:
         text += "."
+    sel = result.selectivity[result.units]
+    if bool(((sel < 0) | (sel > 1)).any()):  # negative class means: no ReLU after the layer (a transformer block)
+        text += (f" Some channels of {layer} respond negatively on average (no ReLU follows it), so their "
+                 "selectivity index leaves [0, 1] and the two selectivity orders are only indicative here.")
     return figure(ctx, figure_to_png(fig, dpi=110), "ablation", text)

@@ -15,8 +15,9 @@ from markupsafe import Markup, escape
 from ...attribution.evaluate import COLUMNS, applicable_methods, cam_layer, evaluate, method_options, reference_models
 from ...attribution.explain import explain
 from ...attribution.metrics import completeness, mask_shares, model_randomization, similarities
-from ...attribution.registry import get
+from ...attribution.registry import REGISTRY, get
 from ...core.device import model_device
+from ...core.errors import ModelError
 from ...viz import LABELS, attribution_figure, curves_figure, figure_to_png, strips_figure
 from ...viz.attribution import CORRECT, GROUPS, WRONG
 from ..base import Context, figure, paragraph, section, table
@@ -93,8 +94,57 @@ def _titles(model, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple
 
 def _settings(ctx: Context, model) -> tuple[bool, list[str], dict[str, dict]]:
     full = bool(ctx.options.get("full"))
+    methods, overrides, _ = _choices(ctx)
+    return full, methods, method_options(model, methods, full=full, overrides=overrides)
+
+
+def _choices(ctx: Context) -> tuple[list[str], dict[str, dict] | None, dict[str, str]]:
+    """What the report runs on ``ctx.model``, decided once: ``(methods, option overrides, notes)``.
+
+    The methods are those that apply (:func:`applicable_methods`), less the ReLU rules when the
+    model runs no ReLU (guided backprop on one image says so with its :class:`ModelError`). The
+    overrides are the demo's lighter settings. The CAM methods use
+    :func:`~underhood.core.layers.default_layer`, which steps back from a ViT's last block (its patch
+    tokens get no gradient from a class-token head); ``notes``: one sentence per reason (``"left out"``,
+    ``"layer"``) for the captions.
+    """
+    if "attribution-choices" in ctx.cache:
+        return ctx.cache["attribution-choices"]
+    from ...core.layers import default_layer, stages
+
+    model, full = ctx.model, bool(ctx.options.get("full"))
+    x = ctx.data.images[:1].to(model_device(model))
     methods = applicable_methods(model)
-    return full, methods, method_options(model, methods, full=full, overrides=None if full else LIGHTER)
+    overrides = None if full else {k: dict(v) for k, v in LIGHTER.items()}
+    left: list[str] = []
+    if not all(m in methods for m, e in REGISTRY.items() if e.head):
+        left.append("CAM needs the classifier to be one linear layer on a feature map's spatial average "
+                    "(a global-average-pooling head), which this model does not have")
+    if isinstance(model, torch.jit.ScriptModule) and any(e.rule for e in REGISTRY.values()):
+        left.append("deconvnet, guided backprop and guided Grad-CAM need to reach the ReLUs inside the forward "
+                    "pass, which TorchScript hides")
+    elif any(REGISTRY[m].rule for m in methods):
+        try:
+            get("guided_backprop")(model, x)
+        except ModelError as exc:  # the library's own check: no ReLU ran in forward
+            uses = str(exc).split("(the model uses ", 1)
+            act = f" (it uses {uses[1].split(':', 1)[0]}, which has no on/off gate)" if len(uses) > 1 else ""
+            methods = [m for m in methods if not REGISTRY[m].rule]
+            left.append("deconvnet, guided backprop and guided Grad-CAM change how the gradient passes each ReLU, "
+                        f"and this model runs none{act}; Springenberg's rule is not defined there and underhood "
+                        "does not invent one")
+    notes = {"left out": "Left out for this model: " + "; ".join(left) + "."} if left else {}
+    layer = cam_layer(model)
+    if layer is None and "gradcam" in methods:
+        layer, names = default_layer(model, x), stages(model)
+        if layer in names and names.index(layer) < len(names) - 1:  # default_layer stepped back from a blank block
+            notes["layer"] = (f"at {layer}: at {names[-1]}, the last block, the class score's gradient does not reach "
+                              "the patch tokens (the classifier reads the class token only), so Grad-CAM there is "
+                              "blank")
+        else:
+            notes["layer"] = f"at {layer}, the last block or convolution before the classifier"
+    ctx.cache["attribution-choices"] = (methods, overrides, notes)
+    return ctx.cache["attribution-choices"]
 
 
 def _trained_maps(ctx: Context, idx: list[int]) -> dict[str, torch.Tensor]:
@@ -120,9 +170,12 @@ def attribution_maps(ctx: Context) -> Markup:
     ctx.cache["attribution_maps"] = (idx, maps)
     titles, colors = _titles(model, x, ctx.data.labels[idx])
     layer = cam_layer(model)
+    notes = _choices(ctx)[2]
     out = paragraph("Each row explains the class the model predicts for one image (left: that class and its "
                     "probability, green when right, red when wrong), with every method, in four groups that share a "
                     "way of drawing.")
+    if "left out" in notes:
+        out += paragraph(notes["left out"])
     for group, members in GROUPS.items():
         names = [m for m in members if m in maps]
         if not names:
@@ -131,7 +184,8 @@ def attribution_maps(ctx: Context) -> Markup:
                                  cell=1.45)
         caption = CAPTIONS[group]
         if group == "cam":
-            caption += (f", all at layer {layer} (the feature map the classifier averages)." if layer else ".")
+            caption += (f", all at layer {layer} (the feature map the classifier averages)." if layer else
+                        f", all {notes['layer']}." if "layer" in notes else ".")
         out += figure(ctx, figure_to_png(fig, dpi=100), f"attribution-{group.replace(' ', '-')}", caption)
     settings = "; ".join(f"{LABELS[m]} " + ", ".join(f"{k}={v}" for k, v in o.items()) for m, o in opts.items() if o)
     text = f"Settings: {settings}."
@@ -159,12 +213,13 @@ def attribution_trust(ctx: Context) -> Markup:
         shortcut_maps = explain(spurious, sx, methods, **method_options(spurious, methods, full=full,
                                                                       overrides=None if full else LIGHTER))
     ev = evaluate(model, data, methods, n=n, sanity_n=m, steps=50 if full else 10, full=full, seed=ctx.seed,
-                  options=None if full else LIGHTER, maps=_trained_maps(ctx, idx), shortcut_maps=shortcut_maps,
+                  options=_choices(ctx)[1], maps=_trained_maps(ctx, idx), shortcut_maps=shortcut_maps,
                   **refs)
     ctx.cache["evaluation"] = ev
+    left = " The methods left out above for this model are not scored." if "left out" in _choices(ctx)[2] else ""
     out = paragraph(f"Each method scored on {n} held-out images (one per class first); the randomisation and "
                     f"shortcut columns on the first {m}. Arrows: which way is better; the best value of each "
-                    "column is highlighted.") + _trust_table(ev) + paragraph(_trust_text(ev))
+                    "column is highlighted." + left) + _trust_table(ev) + paragraph(_trust_text(ev))
     out += figure(ctx, figure_to_png(curves_figure(ev.curves), dpi=100), "deletion-insertion",
                   "Mean deletion and insertion curves behind the table's area columns (one colour per method, one "
                   "line style per group: solid gradients, dashed ReLU rules, dash-dot CAM, dotted perturbation). "

@@ -44,12 +44,16 @@ def _active_channels(ctx: Context, layers: list[str], k: int) -> dict[str, list[
 def _pre_activation(ctx: Context, stage: str) -> str:
     """The last convolution or batch norm up to the end of ``stage`` (outside shortcut branches): its
     channels are the stage's before the ReLU, which a grey start does not leave at a zero gradient
-    (Lucid renders ``*_pre_relu`` layers for the same reason)."""
+    (Lucid renders ``*_pre_relu`` layers for the same reason). A transformer block (one holding a
+    ``LayerNorm`` or attention) is rendered at its own output, which no ReLU follows."""
     from torch import nn
 
     from ...core.layers import named_layers
 
     layers = list(named_layers(ctx.model).items())
+    inside = [m for n, m in layers if n == stage or n.startswith(stage + ".")]
+    if any(isinstance(m, (nn.LayerNorm, nn.MultiheadAttention)) for m in inside):
+        return stage  # a transformer block: its output is a residual sum, with no ReLU after it
     end = max(i for i, (n, _) in enumerate(layers) if n == stage or n.startswith(stage + "."))
     for name, module in reversed(layers[:end + 1]):
         if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) and not any(
@@ -58,16 +62,33 @@ def _pre_activation(ctx: Context, stage: str) -> str:
     return stage
 
 
+def _where(ctx: Context, layer: str) -> str:
+    """Where the rendered channel is read: before a ReLU (a convolution or batch norm), else at a block's output."""
+    from torch import nn
+
+    from ...core.layers import resolve
+
+    return ("before its ReLU" if isinstance(resolve(ctx.model, layer), (nn.Conv2d, nn.BatchNorm2d))
+            else "the block's output")
+
+
 def _receptive_fields(ctx: Context, names: list[str]) -> dict[str, str]:
     """``{layer: "12x12"}``: the input window one unit of each layer sees (empty where unknown)."""
+    rows = _rows(ctx)
+    return {n: rows[n].rf_size for n in names if n in rows and rows[n].rf is not None}
+
+
+def _rows(ctx: Context) -> dict:
+    """``{layer: LayerInfo}`` of the architecture table (one trace per report; empty where it cannot run)."""
     from ...core.errors import UnderhoodError
     from ...core.layers import layers
 
-    try:
-        rows = {row.name: row for row in layers(ctx.model)}
-    except UnderhoodError:
-        return {}
-    return {n: rows[n].rf_size for n in names if n in rows and rows[n].rf is not None}
+    if "layer-rows" not in ctx.cache:
+        try:
+            ctx.cache["layer-rows"] = {row.name: row for row in layers(ctx.model)}
+        except UnderhoodError:
+            ctx.cache["layer-rows"] = {}
+    return ctx.cache["layer-rows"]
 
 
 @section("synthesis-units", "What units look for: images synthesised to excite them", order=60)
@@ -98,7 +119,7 @@ def unit_gallery(ctx: Context) -> Markup:
         png = figure_to_png(fig, dpi=110)
         body += figure(ctx, png, f"units-{layer}",
                        f"Each image is optimised from noise to maximise the mean activation of one channel of "
-                       f"{layer}, before its ReLU ({steps} Adam steps at rate {lr:g} on a decorrelated Fourier "
+                       f"{layer}, {_where(ctx, layer)} ({steps} Adam steps at rate {lr:g} on a decorrelated Fourier "
                        f"parametrisation, with random jitter, scale and rotation at every step, as in Olah et al. "
                        f"2017). The median channel's mean activation goes from {start:.3g} at the random start to "
                        f"{final:.3g}. " + seen, width=_shown(png))
@@ -196,15 +217,42 @@ def dream(ctx: Context) -> Markup:
         return paragraph("The model has no convolutional stage to dream with.")
     layer = names[len(names) // 2]
     images = ctx.data.images[:2].to(_device(ctx))
-    big = torch.nn.functional.interpolate(images, scale_factor=2, mode="bilinear", align_corners=False)
+    h, w = images.shape[-2:]
+    octaves, scale = 3, 1.4
+    sizes = [(round(2 * h / scale ** k), round(2 * w / scale ** k)) for k in range(octaves)]  # deep_dream's octaves
+    resized = _takes(ctx, sizes)
+    if resized:
+        big = torch.nn.functional.interpolate(images, scale_factor=2, mode="bilinear", align_corners=False)
+    else:  # a fixed number of tokens (a ViT's position embedding): the model's own size, one octave
+        big, octaves = images, 1
     steps = 20 if full else 10
-    dreams = deep_dream(ctx.model, big, layer, octaves=3, steps=steps, seed=ctx.seed)
-    fig = pairs_figure([(a, b) for a, b in zip(big.cpu(), dreams)], ["original (2x)", f"dreamed at {layer}"],
-                       cell=2.4)
+    dreams = deep_dream(ctx.model, big, layer, octaves=octaves, octave_scale=scale, steps=steps * (3 // octaves),
+                        seed=ctx.seed)
+    fig = pairs_figure([(a, b) for a, b in zip(big.cpu(), dreams)],
+                       ["original (2x)" if resized else "original", f"dreamed at {layer}"], cell=2.4)
     png = figure_to_png(fig, dpi=110)
+    how = (f"over 3 octaves of scale ({steps} steps each" if resized else
+           f"at the model's own {h}x{w} size, in one octave of {3 * steps} steps (the model does not run at the "
+           f"larger sizes the usual octaves of scale need, up to {sizes[0][0]}x{sizes[0][1]})")
     return figure(ctx, png, "dream",
                   f"Deep Dream (Mordvintsev et al. 2015): gradient ascent on the squared activations of {layer}, "
-                  f"starting from the image itself, over 3 octaves of scale ({steps} steps each, normalised "
-                  "steps under random jitter). Whatever the layer faintly detects is amplified: edges grow "
-                  "halos and the patterns the stage responds to appear where it saw a hint of them.",
+                  f"starting from the image itself, {how}; normalised steps under random jitter). Whatever the "
+                  "layer faintly detects is amplified: edges grow halos and the patterns the stage responds to "
+                  "appear where it saw a hint of them.",
                   width=_shown(png))
+
+
+@torch.no_grad()
+def _takes(ctx: Context, sizes: list[tuple[int, int]]) -> bool:
+    """Whether the model runs on images of every ``(H, W)`` in ``sizes`` (one forward of one image each): a
+    ViT whose position embedding fixes the number of tokens takes its own size only."""
+    from ...core.state import evaluating
+
+    x = ctx.data.images[:1].to(_device(ctx))
+    with evaluating(ctx.model):
+        for size in sizes:
+            try:
+                ctx.model(torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False))
+            except RuntimeError:  # shapes that do not fit: the model refuses this size
+                return False
+    return True
