@@ -29,7 +29,8 @@ RULES = ("gradient", "deconvnet", "guided")
 
 
 class _RuleReLU(torch.autograd.Function):
-    """ReLU whose backward applies a rule; in place when the caller asked for it."""
+    """ReLU whose backward applies a rule (deconvnet: it ignores the forward gate, so the native ReLU's
+    backward cannot be reused); in place when the caller asked for it."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, rule: str, inplace: bool) -> torch.Tensor:
@@ -56,6 +57,10 @@ _RELUS = {torch.relu: False, torch.relu_: True, torch.Tensor.relu: False, torch.
           F.relu: None}
 
 
+def _positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
+
+
 class _RuleMode(TorchFunctionMode):
     def __init__(self, rule: str) -> None:
         super().__init__()
@@ -64,6 +69,15 @@ class _RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _RELUS and args and isinstance(args[0], torch.Tensor) and self.rule != "deconvnet":
+            # guided (and the plain gradient): the native ReLU, whose backward already multiplies by
+            # [x > 0]; for guided a hook first clamps the gradient arriving at its output (the gradient
+            # with respect to that value, even if a later op changes the tensor in place)
+            self.count += 1
+            out = func(*args, **kwargs)
+            if self.rule == "guided" and out.requires_grad:
+                out.register_hook(_positive)
+            return out
         if func in _RELUS and args and isinstance(args[0], torch.Tensor):
             inplace = _RELUS[func]
             if inplace is None:
