@@ -27,7 +27,7 @@ from .names import first_tensor, named_layers, resolve
 from .outputs import logits_of
 
 __all__ = ["hooked", "capture", "Capture", "graph_from", "differentiable", "trace", "Trace", "StopForward",
-           "preserved", "frozen", "evaluating"]
+           "preserved", "frozen", "evaluating", "positive_gradient"]
 
 ForwardHook = Callable[[nn.Module, tuple, object], object]
 PreHook = Callable[[nn.Module, tuple], object]
@@ -211,6 +211,17 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
         if eval is not None:
             model.train(not eval)
         yield cap
+
+
+def positive_gradient(t: torch.Tensor) -> None:
+    """Clamp the gradient that reaches ``t`` in backward to ``>= 0`` (guided backprop at a ReLU's output:
+    :mod:`underhood.core.rules`). A tensor hook: it belongs to this graph only and goes with it, so no
+    module is touched; registered after an in-place op it sees the gradient of that op's result."""
+    t.register_hook(_clamp_positive)
+
+
+def _clamp_positive(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ backward, instead of ``grad_out * [x > 0]``:
 - ``"guided"`` (Springenberg et al. 2014): ``relu(grad_out) * [x > 0]``;
 - ``"gradient"``: the ordinary gradient (for comparisons).
 
-The calls are intercepted with a torch function mode, so no module is touched and no hook is
-registered; the rule ends with the block. TorchScript models are compiled past this
+The calls are intercepted with a torch function mode, so no module is touched and no module hook
+is registered (guided backprop puts a tensor hook on each ReLU output, which lives and dies with
+that graph); the rule ends with the block. TorchScript models are compiled past this
 mechanism and are refused by the attribution methods that need a rule.
 """
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from .errors import InputError
+from .hooks import positive_gradient
 
 RULES = ("gradient", "deconvnet", "guided")
 
@@ -57,10 +59,6 @@ _RELUS = {torch.relu: False, torch.relu_: True, torch.Tensor.relu: False, torch.
           F.relu: None}
 
 
-def _positive(grad: torch.Tensor) -> torch.Tensor:
-    return grad.clamp(min=0)
-
-
 class _RuleMode(TorchFunctionMode):
     def __init__(self, rule: str) -> None:
         super().__init__()
@@ -76,7 +74,7 @@ class _RuleMode(TorchFunctionMode):
             self.count += 1
             out = func(*args, **kwargs)
             if self.rule == "guided" and out.requires_grad:
-                out.register_hook(_positive)
+                positive_gradient(out)
             return out
         if func in _RELUS and args and isinstance(args[0], torch.Tensor):
             inplace = _RELUS[func]
