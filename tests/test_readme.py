@@ -67,14 +67,21 @@ def python_blocks(text: str) -> list[Block]:
 BLOCKS = python_blocks(README.read_text())
 
 
-def _param(block: Block):
+def marks_for(block, timeout: int) -> list:
+    """The pytest marks of a README block's ``readme-test`` marker: skip (with its reason), or slow with a
+    longer ``timeout``. Any block with ``id``, ``line``, ``marker`` and ``reason`` (the shell blocks too)."""
     marks = []
     if block.marker == "skip":
         marks.append(pytest.mark.skip(reason=f"README.md:{block.line}: {block.reason or 'marked skip'}"))
     if block.marker == "slow":
-        # Idle, the slow blocks take 10 s to a few minutes on 2 cores; on a shared machine several times
-        # that, so they get more than the default lane's 300 s.
-        marks += [pytest.mark.slow, pytest.mark.timeout(1800)]
+        marks += [pytest.mark.slow, pytest.mark.timeout(timeout)]
+    return marks
+
+
+def _param(block: Block):
+    # Idle, the slow blocks take 10 s to a few minutes on 2 cores; on a shared machine several times
+    # that, so they get more than the default lane's 300 s.
+    marks = marks_for(block, 1800)
     if block.id in XFAIL:
         marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[block.id]))
     return pytest.param(block, marks=marks, id=block.id)

@@ -24,7 +24,7 @@ import pytest
 
 from underhood.cli import main
 
-from .test_readme import fenced_blocks
+from .test_readme import fenced_blocks, marks_for
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -90,12 +90,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _param(block: Block):
-    marks = []
-    if block.marker == "skip":
-        marks.append(pytest.mark.skip(reason=f"README.md:{block.line}: {block.reason}"))
-    if block.marker == "slow":
-        marks += [pytest.mark.slow, pytest.mark.timeout(3600)]
-    return pytest.param(block, marks=marks, id=block.id)
+    return pytest.param(block, marks=marks_for(block, 3600), id=block.id)
 
 
 def test_the_extractor_finds_the_commands():
