@@ -6,6 +6,7 @@ and ``requires_grad`` flags of every parameter are restored too (:mod:`underhood
 
 - :func:`hooked`: forward hooks and pre-hooks ``{layer: fn}`` for a block (the general tool);
 - :func:`capture`: record named layers' outputs (and gradients);
+- :func:`layer_io`: record modules' inputs and the gradients w.r.t. their outputs (curvature factors);
 - :func:`graph_from`: start the autograd graph at a layer;
 - :func:`differentiable`: layer outputs inside an optimisation loop, stopping the forward early;
 - :func:`trace`: one forward pass recording the order, call counts and outputs of every layer;
@@ -27,7 +28,7 @@ from .names import first_tensor, named_layers, resolve
 from .outputs import logits_of
 
 __all__ = ["hooked", "capture", "Capture", "graph_from", "differentiable", "trace", "Trace", "StopForward",
-           "preserved", "frozen", "evaluating", "positive_gradient"]
+           "preserved", "frozen", "evaluating", "positive_gradient", "layer_io", "LayerIO"]
 
 ForwardHook = Callable[[nn.Module, tuple, object], object]
 PreHook = Callable[[nn.Module, tuple], object]
@@ -211,6 +212,54 @@ def capture(model: nn.Module, layers: str | Sequence[str], *, grads: bool = Fals
         if eval is not None:
             model.train(not eval)
         yield cap
+
+
+@dataclass
+class LayerIO:
+    """What :func:`layer_io` recorded, per module name and per call (a module reused in ``forward`` has several).
+
+    Attributes:
+        inputs: name -> detached copies of ``args[0]`` of each call.
+        gradients: name -> gradient w.r.t. each call's output (same index as ``inputs``; ``None`` until a backward
+            pass reaches it, and for an output outside the autograd graph).
+    """
+
+    inputs: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
+    gradients: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        """Forget everything recorded so far (for reuse across batches)."""
+        self.inputs.clear()
+        self.gradients.clear()
+
+
+@contextlib.contextmanager
+def layer_io(model: nn.Module, modules: Mapping[str, nn.Module]) -> Iterator[LayerIO]:
+    """Record each module's input and, during backward passes in the block, the gradient w.r.t. its output.
+
+    The gradient is that of the output as the module returned it (a tensor hook registered before any later
+    in-place op such as an in-place ReLU or ``out += identity``). Hooks are removed and flags restored on exit,
+    also when the block raises (as :func:`hooked`). For Kronecker-factored curvature (K-FAC, EKFAC).
+    """
+    io = LayerIO()
+
+    def make_hook(name: str) -> ForwardHook:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            x, out = first_tensor(args), first_tensor(output)
+            io.inputs.setdefault(name, []).append(x.detach().clone() if x is not None else None)
+            grads = io.gradients.setdefault(name, [])
+            grads.append(None)
+            if out is not None and out.requires_grad:
+                call = len(grads) - 1
+
+                def grad_hook(grad: torch.Tensor) -> None:
+                    grads[call] = grad.detach().clone()
+
+                out.register_hook(grad_hook)
+        return hook
+
+    with hooked(model, {module: make_hook(name) for name, module in modules.items()}):
+        yield io
 
 
 def positive_gradient(t: torch.Tensor) -> None:
