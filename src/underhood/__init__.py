@@ -31,6 +31,7 @@ _LAZY = {
     "synthesis": ("underhood.synthesis", None),
     "attribution": ("underhood.attribution", None),
     "adversarial": ("underhood.adversarial", None),
+    "influence": ("underhood.influence", None),
     "hardware": ("underhood.hardware", None),
     "viz": ("underhood.viz", None),
     "report": ("underhood.report", None),

@@ -1,0 +1,31 @@
+"""Influence functions: which training images made this prediction (Koh & Liang 2017).
+
+One convention everywhere: ``score[q, i]`` is the predicted change of query ``q``'s loss if training
+point ``i`` were removed,
+
+    score[q, i] = (1/n) g_q^T (H + damping I)^-1 g_i,
+
+with ``g`` the per-example loss gradient over the chosen parameters and ``H`` the Hessian of the mean
+training loss. Positive = helpful (removing the point would hurt the query), negative = harmful.
+
+:func:`influence` scores training points for queries, :func:`self_influence` scores each point on its
+own loss (mislabelled points score high). Estimators (``method=``): ``exact``, ``cg``, ``lissa``,
+``arnoldi``, ``ekfac``; without a Hessian: ``tracin``, ``grad_dot``, ``grad_cos``, ``relatif``.
+:class:`Influence` keeps a fitted estimator for new queries; :mod:`underhood.influence.validate` checks
+the estimators against retraining.
+
+Example:
+    >>> from underhood.influence import influence                                  # doctest: +SKIP
+    >>> r = influence(model, train, queries, params="classifier", method="exact")   # doctest: +SKIP
+    >>> r.helpful(0, k=8), r.harmful(0, k=8)                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .api import HESSIAN, METHODS, Influence, influence, self_influence
+from .errors import InfluenceError, InfluenceWarning
+from .problem import Problem, select_params
+from .result import InfluenceResult, SelfInfluenceResult
+
+__all__ = ["HESSIAN", "METHODS", "Influence", "InfluenceError", "InfluenceResult", "InfluenceWarning", "Problem",
+           "SelfInfluenceResult", "influence", "select_params", "self_influence"]
