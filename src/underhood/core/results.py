@@ -144,7 +144,7 @@ class Result:
                 shapes.append(f"{f.name}={text}")
         body = "; ".join(part for part in (figures, ", ".join(shapes)) if part)
         text = f"{type(self).__name__}({body})"
-        return text if len(text) <= REPR_LIMIT else text[:REPR_LIMIT - 4] + " ...)"
+        return text if len(text) <= REPR_LIMIT else text[:REPR_LIMIT - 5] + " ...)"
 
     def _repr_html_(self) -> str:
         from html import escape
