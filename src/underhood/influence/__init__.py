@@ -11,8 +11,9 @@ training loss. Positive = helpful (removing the point would hurt the query), neg
 :func:`influence` scores training points for queries, :func:`self_influence` scores each point on its
 own loss (mislabelled points score high). Estimators (``method=``): ``exact``, ``cg``, ``lissa``,
 ``arnoldi``, ``ekfac``; without a Hessian: ``tracin``, ``grad_dot``, ``grad_cos``, ``relatif``.
-:class:`Influence` keeps a fitted estimator for new queries; :mod:`underhood.influence.validate` checks
-the estimators against retraining.
+:class:`Influence` keeps a fitted estimator for new queries. :func:`validate` checks the estimators against
+retraining in three tiers (:func:`convex_loo`, :func:`dog_fish`, :func:`lds`); :func:`mislabel` plants flipped
+labels and ranks them by self-influence.
 
 Example:
     >>> from underhood.influence import influence                                  # doctest: +SKIP
@@ -24,8 +25,11 @@ from __future__ import annotations
 
 from .api import HESSIAN, METHODS, Influence, influence, self_influence
 from .errors import InfluenceError, InfluenceWarning
+from .mislabel import Mislabel, mislabel
 from .problem import Problem, select_params
 from .result import InfluenceResult, SelfInfluenceResult
+from .validation import LDS, ConvexLOO, DogFish, Validation, convex_loo, dog_fish, lds, validate
 
-__all__ = ["HESSIAN", "METHODS", "Influence", "InfluenceError", "InfluenceResult", "InfluenceWarning", "Problem",
-           "SelfInfluenceResult", "influence", "select_params", "self_influence"]
+__all__ = ["HESSIAN", "LDS", "METHODS", "ConvexLOO", "DogFish", "Influence", "InfluenceError", "InfluenceResult",
+           "InfluenceWarning", "Mislabel", "Problem", "SelfInfluenceResult", "Validation", "convex_loo", "dog_fish",
+           "influence", "lds", "mislabel", "select_params", "self_influence", "validate"]
