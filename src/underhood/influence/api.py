@@ -14,6 +14,7 @@ import hashlib
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,18 @@ FACTORED = ("exact", "arnoldi", "ekfac")   # an inverse that costs a matmul once
 TOP = 10                                   # the top-k of the fragility and dominance checks
 LISSA_BATCH = 1024                         # LiSSA's Hessian mini-batch beyond this many training points
 CACHE_VERSION = 1
+
+
+@dataclass
+class Queries:
+    """Prepared queries: per checkpoint the vectors ``v`` with ``score = v . g_i`` (the first one also holding the
+    fragility rows), the queries' labels, losses and predicted classes, and the fragility dampings."""
+
+    vectors: list[torch.Tensor]
+    labels: torch.Tensor
+    losses: torch.Tensor
+    predictions: torch.Tensor
+    dampings: dict[str, float]
 
 
 def _checkpoints(checkpoints: object) -> list[tuple[dict[str, torch.Tensor] | None, float]]:
@@ -230,8 +243,9 @@ class Influence:
                 self.info["cg_iterations"] = max(self.info.get("cg_iterations", 0), info.iterations)
                 return X
             if method == "lissa":
-                X, info = lissa(self._lissa_hvp(), G, damping=d, top=float(self._state["top"][0]),
-                                        seed=self.seed)
+                stochastic = self.n > LISSA_BATCH   # mini-batch products: the change stalls at their noise level
+                X, info = lissa(self._lissa_hvp(), G, damping=d, top=float(self._state["top"][0]), seed=self.seed,
+                                **({"tol": 1e-3, "depth": 1000} if stochastic else {}))
                 self.info["lissa_steps"] = max(self.info.get("lissa_steps", 0), info.iterations)
                 self.info["lissa_scale"] = info.scale
                 return X
@@ -281,6 +295,9 @@ class Influence:
             raw, labels = as_data(queries, "queries", self.model, self.device)
             x = self.problem.prepare(raw)
             losses = self.problem.losses(x, labels)
+            with torch.no_grad():
+                self._query_predictions = torch.cat([self.problem.forward(x[s]).argmax(1)
+                                                     for s in batches(len(x), 256)])
         vectors = []
         for problem, lr, how in self._problems():
             g = self._grads_at(problem, x if how is None else raw, labels, how is None)
@@ -316,7 +333,8 @@ class Influence:
     def train_chunks(self, start: int = 0, stop: int | None = None):
         """``(slice, [b, P or projection])`` per checkpoint: the training side of the scores over ``start:stop``."""
         stop = self.n if stop is None else stop
-        cached = self._cached_train()
+        # a shard computes its own gradients unless the whole set is cached already (or asked for whole)
+        cached = self._cached_train(build=start == 0 and stop == self.n)
         raw = None
         for c, (problem, _, how) in enumerate(self._problems()):
             if cached is not None and c == 0 and how is None:
@@ -336,7 +354,7 @@ class Influence:
         assert self._raw is not None, "raw training inputs are kept for tracin over checkpoints"
         return self._raw
 
-    def _cached_train(self) -> torch.Tensor | None:
+    def _cached_train(self, build: bool = True) -> torch.Tensor | None:
         """The training side of the scores for the model's own weights, from the disk cache or computed once."""
         if self._train_cache is not None:
             return self._train_cache
@@ -349,6 +367,8 @@ class Influence:
             self._train_cache = load_file(str(path))["train"].to(self.device)
             self.info["cached_train"] = True
             return self._train_cache
+        if not build:
+            return None
         width = self.projection or self.problem.n_params
         if self.n * width * 4 > (1 << 30):
             self.notes.append(f"the training gradients ({self.n} x {width:,}) are too big to cache; pass projection="
@@ -380,12 +400,15 @@ class Influence:
                 bar.update(s.stop - s.start)
         return out
 
-    def scores(self, queries: Any, *, fragility: bool = True) -> InfluenceResult:
-        """Scores of every training point for every query (see :func:`influence`)."""
+    def prepare_queries(self, queries: Any, *, fragility: bool = True) -> Queries:
+        """The queries' side of the scores, ready for :meth:`score_part` (per shard) and :meth:`result`.
+
+        With ``fragility`` (Hessian methods) the first checkpoint's vectors also hold the queries solved at
+        damping x0.1 and x10 (rows ``Q:2Q`` and ``2Q:3Q``), so one pass over the training set scores all three.
+        """
         self.fit()
         vectors, labels, losses = self.query_vectors(queries)
-        Q = len(labels)
-        extra: dict[str, float] = {}
+        dampings: dict[str, float] = {}
         if fragility and self.method in HESSIAN:
             base = self.damping if self.damping > 0 else 1e-3 * abs(self.top_eigenvalue())
             scaled = []
@@ -395,32 +418,42 @@ class Influence:
                 except InfluenceError as exc:   # a smaller damping may not cover negative curvature
                     self.notes.append(f"fragility at damping {base * f:.3g}: {exc}")
                     scaled.append(torch.full_like(vectors[0], math.nan))
-            extra = {"damping_0.1x": base * 0.1, "damping_10x": base * 10.0}
-            vectors = [torch.cat([vectors[0], *scaled])]
-        all_scores = self.score_part(vectors)
-        scores = all_scores[:Q]
+            dampings = {"damping_0.1x": base * 0.1, "damping_10x": base * 10.0}
+            vectors = [torch.cat([vectors[0], *scaled]), *vectors[1:]]
+        return Queries(vectors, labels, losses, self._query_predictions, dampings)
+
+    def result(self, prepared: Queries, scores: torch.Tensor, queries: Any = None) -> InfluenceResult:
+        """The result from the scores of :meth:`score_part` over the whole training set (all shards joined):
+        the fragility overlaps, and the dominance check (with RelatIF scores beside when ``queries`` are given)."""
+        Q = len(prepared.labels)
+        main = scores[:Q]
         frag: dict[str, float] = {}
-        warn: list[str] = list(self.notes)
-        if extra:
+        warn: list[str] = list(dict.fromkeys(self.notes))
+        if prepared.dampings:
             k = min(TOP, self.n)
             for j, name in enumerate(("0.1x", "10x")):
-                other = all_scores[Q * (j + 1):Q * (j + 2)]
-                frag[f"overlap_{name}"] = _overlap(scores, other, k) if torch.isfinite(other).all() else math.nan
-            frag.update(extra)
+                other = scores[Q * (j + 1):Q * (j + 2)]
+                frag[f"overlap_{name}"] = _overlap(main, other, k) if torch.isfinite(other).all() else math.nan
+            frag.update(prepared.dampings)
             if min(frag["overlap_0.1x"], frag["overlap_10x"]) < 0.5:   # False when one is NaN
                 warn.append(f"fragile: the top-{k} helpful points change with damping (overlap "
                             f"{frag['overlap_0.1x']:.0%} at 0.1x, {frag['overlap_10x']:.0%} at 10x; Basu et al. 2021)")
         relatif = None
-        if self.method not in ("relatif", "grad_cos") and Q >= 3 and _dominated(scores, min(TOP, self.n)):
+        if self.method not in ("relatif", "grad_cos") and Q >= 3 and _dominated(main, min(TOP, self.n)):
             warn.append(f"dominated: more than half of the top-{TOP} helpful points are shared by most queries "
                         "(global, high-gradient points); see the RelatIF scores beside them")
-            relatif = self._relatif(queries)
+            relatif = None if queries is None else self._relatif(queries)
         for w in warn:
             warnings.warn(w, InfluenceWarning, stacklevel=3)
-        return InfluenceResult(scores=scores.detach(), method=self.method, params=list(self.problem.names),
-                               damping=self.damping, query_labels=labels, train_labels=self.labels,
-                               query_losses=losses, fragility=frag, relatif=relatif, warnings=warn,
-                               settings=self.settings())
+        return InfluenceResult(scores=main.detach(), method=self.method, params=list(self.problem.names),
+                               damping=self.damping, query_labels=prepared.labels, train_labels=self.labels,
+                               query_losses=prepared.losses, query_predictions=prepared.predictions,
+                               fragility=frag, relatif=relatif, warnings=warn, settings=self.settings())
+
+    def scores(self, queries: Any, *, fragility: bool = True) -> InfluenceResult:
+        """Scores of every training point for every query (see :func:`influence`)."""
+        prepared = self.prepare_queries(queries, fragility=fragility)
+        return self.result(prepared, self.score_part(prepared.vectors), queries)
 
     def _relatif(self, queries: Any) -> torch.Tensor | None:
         if self.problem.n_params > EXACT_LIMIT and self.method not in FACTORED:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from ..core.batching import batches, memory_bound
 from ..core.device import home_device
@@ -242,15 +242,17 @@ class Problem:
     def _one_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._batch_loss(theta, x.unsqueeze(0), y.unsqueeze(0))
 
-    def chunk(self, inputs: torch.Tensor, vectors: int = 1) -> int:
-        """Examples per vectorised call: the user's ``batch_size``, else what fits the memory bound."""
+    def chunk(self, inputs: torch.Tensor, vectors: int = 1, cap: int | None = None) -> int:
+        """Examples per vectorised call: the user's ``batch_size``, else what fits the memory bound (at most
+        ``cap``; by default :data:`MAX_CHUNK`, the per-example vmap's best size)."""
         if self._batch_size:
             return max(1, self._batch_size // max(1, vectors)) if vectors > 1 else self._batch_size
         key = (id(self.model), tuple(inputs.shape[1:]), inputs.dtype)
         if key not in self._bytes:
             self._bytes[key] = _sample_bytes(self.model, inputs[:1])
         per = self._bytes[key] * max(1, vectors) + 3 * self.n_params * self.theta.element_size()
-        return int(max(1, min(MAX_CHUNK.get(inputs.device.type, 32), memory_bound(inputs.device) // per)))
+        cap = MAX_CHUNK.get(inputs.device.type, 32) if cap is None else cap
+        return int(max(1, min(cap, memory_bound(inputs.device) // per)))
 
     def check(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """One small pass: the loss gives per-example values and reaches every chosen parameter."""
@@ -324,7 +326,7 @@ class Problem:
             V = vectors.reshape(-1, self.n_params).to(theta.dtype)
             out = torch.zeros_like(V)
             rows = max(1, min(len(V), 64))
-            size = self.chunk(inputs, vectors=rows)
+            size = self.chunk(inputs, vectors=rows, cap=4096)   # whole batches: no per-example vmap here
             many = vmap(one, in_dims=(0, None, None))
             with warnings.catch_warnings():  # forward-mode AD loads decompositions with torch.jit.script once
                 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
@@ -342,7 +344,17 @@ class Problem:
             raise InputError(f"params: method='exact' builds a {self.n_params:,} x {self.n_params:,} Hessian; choose "
                              f"at most {EXACT_LIMIT:,} parameters (e.g. the head) or method='cg'")
         eye = torch.eye(self.n_params, device=self.device, dtype=self.dtype)
-        H = self._hvp(inputs, labels)(eye)
+        H = torch.zeros_like(eye)
+        g = grad(self._batch_loss)
+        rows = min(self.n_params, 256)
+        size = self.chunk(inputs, vectors=rows, cap=4096)
+        for s in batches(len(inputs), size):
+            # reverse over reverse: the vector-Jacobian product of the gradient is H v (H is symmetric); it needs
+            # no forward-mode AD, whose first use costs seconds of set-up
+            _, pullback = vjp(lambda t, s=s: g(t, inputs[s], labels[s]), self.theta)
+            for r in batches(self.n_params, rows):
+                H[r] += vmap(pullback)(eye[r])[0].detach()
+        H /= len(inputs)
         return (H + H.T) / 2
 
     # ------------------------------------------------------------------ other weights

@@ -31,6 +31,7 @@ class InfluenceResult(Result):
         method, params, damping: the estimator, the parameter names and the damping it ran with.
         query_labels, train_labels: ``[Q]`` and ``[N]`` labels the losses used.
         query_losses: ``[Q]`` the queries' losses under the model.
+        query_predictions: ``[Q]`` the model's predicted classes for the queries.
         fragility: top-10 overlap of each query's helpful points when damping is scaled by 0.1 and 10
             (Basu et al. 2021), and the dampings compared; empty for methods without damping.
         relatif: ``[Q, N]`` RelatIF scores (Barshan et al. 2020) when the top helpful points are shared by
@@ -46,6 +47,7 @@ class InfluenceResult(Result):
     query_labels: torch.Tensor
     train_labels: torch.Tensor
     query_losses: torch.Tensor
+    query_predictions: torch.Tensor | None = None
     fragility: dict[str, float] = field(default_factory=dict)
     relatif: torch.Tensor | None = None
     warnings: list[str] = field(default_factory=list)
