@@ -49,11 +49,12 @@ FREE_TEXT = {
     "--class": "class names or indices of the model",
     "--out": "checked before the work by the output check (tests/test_cli_outputs.py)",
     "model": "the model spec positional of `layers`",
+    "--cache": "a folder, created when missing (influence: a file there is refused by the command's check)",
 }
 """Options whose values only the loaded model can judge (so no parser type), and why."""
 
 ZERO_OK = {"--seed", "--thumbnails", "--noise", "--diversity", "--tv", "--alpha", "--power", "--content-weight",
-           "--style-weight", "--tv-weight"}
+           "--style-weight", "--tv-weight", "--damping", "--retrain"}
 """Numeric options for which 0 is a meaningful value (a seed; a count of extras; a weight that switches a term off).
 No option accepts a negative value."""
 
