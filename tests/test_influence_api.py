@@ -387,3 +387,19 @@ def test_result_helpers_and_round_trip(linear_problem, tmp_path):
     r.save(tmp_path / "r")
     back = load(tmp_path / "r")
     torch.testing.assert_close(back.scores, r.scores)
+
+
+def test_a_heads_features_are_cached_and_ekfac_fits_on_a_seeded_subset(tmp_path):
+    net = _net(ShapesVGG, width=4)
+    x, y = torch.rand(40, 3, 16, 16, dtype=torch.float64), torch.randint(0, 8, (40,))
+    a = Influence(net, (x, y), method="exact", params="classifier", damping=0.1, cache=tmp_path, progress=False)
+    b = Influence(net, (x, y), method="exact", params="classifier", damping=0.1, cache=tmp_path, progress=False)
+    assert b.info.get("cached_features") and not a.info.get("cached_features")
+    torch.testing.assert_close(a.inputs, b.inputs)
+    torch.testing.assert_close(a.scores((x[:2], y[:2])).scores, b.scores((x[:2], y[:2])).scores)
+    sub = [influence(net, (x, y), (x[:2], y[:2]), method="ekfac", params="classifier", damping=0.1, fit_size=16,
+                     progress=False, fragility=False).scores for _ in range(2)]
+    full = influence(net, (x, y), (x[:2], y[:2]), method="ekfac", params="classifier", damping=0.1, fit_size=None,
+                     progress=False, fragility=False).scores
+    torch.testing.assert_close(sub[0], sub[1])            # the subset is seeded
+    assert not torch.allclose(sub[0], full) and _corr(sub[0], full) > 0.5

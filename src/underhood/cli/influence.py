@@ -8,7 +8,7 @@ Three modes:
 - ``underhood influence --self``: the mislabel finder on the training set (self-influence ranking beside
   the training-loss ranking, a figure and a CSV);
 - ``underhood influence --validate``: the estimators against retraining
-  (:func:`underhood.influence.validate.validate`): its summary table and figures.
+  (:func:`underhood.influence.validation.validate`): its summary table and figures.
 
 A score is the predicted change of the query's loss if that training image were removed: positive =
 helpful. The training-gradient pass shards over ``torchrun`` processes and resumes like ``dissect``

@@ -37,6 +37,7 @@ HESSIAN = ("exact", "cg", "lissa", "arnoldi", "ekfac")
 FACTORED = ("exact", "arnoldi", "ekfac")   # an inverse that costs a matmul once fitted
 TOP = 10                                   # the top-k of the fragility and dominance checks
 LISSA_BATCH = 1024                         # LiSSA's Hessian mini-batch beyond this many training points
+FIT_SIZE = 1000                            # training points EKFAC's factors are averaged over (seeded subset)
 CACHE_VERSION = 1
 
 
@@ -94,7 +95,8 @@ class Influence:
     def __init__(self, model: nn.Module, train: Any, *, method: str = "cg", params: str | Sequence[str] | None = None,
                  damping: float = 0.0, loss: Loss | None = None, batch_size: int | None = None, seed: int = 0,
                  progress: bool = True, checkpoints: Sequence[Any] | None = None,
-                 cache: str | Path | None = None, projection: int | None = None, rank: int = 50) -> None:
+                 cache: str | Path | None = None, projection: int | None = None, rank: int = 50,
+                 fit_size: int | None = FIT_SIZE) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.method = choice("method", method, METHODS)
@@ -102,32 +104,33 @@ class Influence:
         self.seed = int(seed)
         self.progress = bool(progress)
         self.rank = positive_int("rank", rank)
+        self.fit_size = None if fit_size is None else positive_int("fit_size", fit_size)
         self.projection = None if projection is None else positive_int("projection", projection)
         if batch_size is not None:
             positive_int("batch_size", batch_size)
         if checkpoints is not None and self.method != "tracin":
             raise InputError("checkpoints: only method='tracin' uses checkpoints; drop them or choose tracin")
         self.model = model
+        self.info: dict[str, Any] = {}
+        self.notes: list[str] = []
         self.device = home_device(model)
         self.cache = None if cache is None else Path(cache)
         with evaluating(model):
             self.problem = Problem(model, params, loss, batch_size=batch_size)
             raw_x, self.labels = as_data(train, "train", model, self.device)
-            self.inputs = self.problem.prepare(raw_x)
+            self._raw_digest = _digest(raw_x, self.labels)
+            self.inputs = self._prepared(raw_x)
             self.problem.check(self.inputs, self.labels)
         self.n = len(self.labels)
         self._raw = raw_x if self.method == "tracin" and checkpoints is not None else None
         self._relatif_base: str | None = None
         self._query_grads: torch.Tensor | None = None
-        self._raw_digest = _digest(raw_x, self.labels)
         self._ckpts = _checkpoints(checkpoints)
         self._fitted = False
         self._extra: dict[str, Any] = {}
         self._state: dict[str, Any] = {}
         self._train_cache: torch.Tensor | None = None
         self._projector: torch.Tensor | None = None
-        self.info: dict[str, Any] = {}
-        self.notes: list[str] = []
 
     def __repr__(self) -> str:
         return (f"Influence(method={self.method!r}, {self.n} training points, {self.problem.n_params:,} parameters, "
@@ -149,9 +152,43 @@ class Influence:
             return "ekfac"
         return "arnoldi"
 
+    def _prepared(self, raw: torch.Tensor) -> torch.Tensor:
+        """The training inputs as the problem takes them; a head's features come from the disk cache when there."""
+        from safetensors.torch import load_file
+
+        from ..core.io import write_tensors
+
+        if self.cache is None:
+            return self.problem.prepare(raw)
+        self.problem.prepare(raw[:16])            # decides the head shortcut on a few images
+        if self.problem.head is None:
+            return raw
+        key = _digest(CACHE_VERSION, self._raw_digest, inner(self.model), self.problem.head)
+        path = self.cache / f"features-{key}.safetensors"
+        if path.exists():
+            self.info["cached_features"] = True
+            return load_file(str(path))["features"].to(self.device)
+        feats = self.problem.prepare(raw)
+        write_tensors(path, {"features": feats})
+        return feats
+
+    def _subset(self, limit: int | None) -> torch.Tensor | None:
+        """Seeded indices of at most ``limit`` training points (``None``: use them all)."""
+        if limit is None or self.n <= limit:
+            return None
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        return torch.randperm(self.n, generator=gen)[:limit].to(self.device)
+
+    def _power(self) -> float:
+        """The top Hessian eigenvalue by power iteration, on at most LISSA_BATCH seeded points when there are more
+        (an estimate of the scale, which is all the fragility check and LiSSA's scale need)."""
+        like, idx = self.problem.theta, self._subset(LISSA_BATCH)
+        hvp = self._hvp() if idx is None else self.problem.hvp(self.inputs[idx], self.labels[idx])
+        return top_eigenvalue(hvp, self.problem.n_params, seed=self.seed, device=like.device, dtype=like.dtype)
+
     def _key(self, what: str) -> str:
         loss = self.problem.loss
-        return _digest(CACHE_VERSION, what, self.inner_method, self.problem.names, self.rank, self.seed,
+        return _digest(CACHE_VERSION, what, self.inner_method, self.problem.names, self.rank, self.seed, self.fit_size,
                        getattr(loss, "__qualname__", repr(loss)), self._raw_digest, inner(self.model),
                        [(_digest(s) if s is not None else None, lr) for s, lr in self._ckpts], self.projection)
 
@@ -204,10 +241,11 @@ class Influence:
         if method == "ekfac":
             from .ekfac import EKFAC
 
-            return EKFAC.fit(self.problem, self.inputs, self.labels, seed=self.seed, progress=self.progress).state()
+            idx = self._subset(self.fit_size)   # the factors are averages: a seeded subset estimates them
+            x, y = (self.inputs, self.labels) if idx is None else (self.inputs[idx], self.labels[idx])
+            return EKFAC.fit(self.problem, x, y, seed=self.seed, progress=self.progress).state()
         if method == "lissa":
-            top = top_eigenvalue(self._hvp(), P, seed=self.seed, device=like.device, dtype=like.dtype)
-            return {"top": torch.tensor([top], dtype=torch.float64)}
+            return {"top": torch.tensor([self._power()], dtype=torch.float64)}
         return {}
 
     def top_eigenvalue(self) -> float:
@@ -218,10 +256,8 @@ class Influence:
         if "top" not in self._state and self.inner_method == "ekfac":
             return float(self._ekfac.top_eigenvalue())
         if "top" not in self._state:
-            like = self.problem.theta
             with evaluating(self.model):
-                top = top_eigenvalue(self._hvp(), self.problem.n_params, seed=self.seed, device=like.device,
-                                             dtype=like.dtype)
+                top = self._power()
             self._state["top"] = torch.tensor([top], dtype=torch.float64)
         return float(self._state["top"][0])
 
@@ -527,7 +563,8 @@ def influence(model: nn.Module, train: Any, queries: Any, *, method: str = "cg",
               params: str | Sequence[str] | None = None, damping: float = 0.0, loss: Loss | None = None,
               batch_size: int | None = None, seed: int = 0, progress: bool = True,
               checkpoints: Sequence[Any] | None = None, cache: str | Path | None = None,
-              projection: int | None = None, rank: int = 50, fragility: bool = True) -> InfluenceResult:
+              projection: int | None = None, rank: int = 50, fit_size: int | None = FIT_SIZE,
+              fragility: bool = True) -> InfluenceResult:
     """Influence of each training point on each query's loss (Koh & Liang 2017).
 
     ``score[q, i]`` = the predicted change of query ``q``'s loss if training point ``i`` were removed:
@@ -561,6 +598,7 @@ def influence(model: nn.Module, train: Any, queries: Any, *, method: str = "cg",
         projection: project training gradients to this many dimensions (Johnson-Lindenstrauss) before the dot
             products; needed to cache large gradient sets.
         rank: Arnoldi's number of eigenpairs.
+        fit_size: EKFAC's factors are averaged over this many seeded training points (``None``: all of them).
         fragility: also score at damping x0.1 and x10 and report the top-10 overlap (Hessian methods).
 
     Returns:
@@ -572,20 +610,20 @@ def influence(model: nn.Module, train: Any, queries: Any, *, method: str = "cg",
     """
     est = Influence(model, train, method=method, params=params, damping=damping, loss=loss, batch_size=batch_size,
                     seed=seed, progress=progress, checkpoints=checkpoints, cache=cache, projection=projection,
-                    rank=rank)
+                    rank=rank, fit_size=fit_size)
     return est.scores(queries, fragility=fragility)
 
 
 def self_influence(model: nn.Module, train: Any, *, method: str = "cg", params: str | Sequence[str] | None = None,
                    damping: float = 0.0, loss: Loss | None = None, batch_size: int | None = None, seed: int = 0,
                    progress: bool = True, checkpoints: Sequence[Any] | None = None, cache: str | Path | None = None,
-                   rank: int = 50) -> SelfInfluenceResult:
+                   rank: int = 50, fit_size: int | None = FIT_SIZE) -> SelfInfluenceResult:
     """Each training point's influence on its own loss, ``(1/n) g_i^T (H + damping I)^-1 g_i`` (or the method's
     analogue): the mislabel finder's ranking (Koh & Liang 2017, section 5.4). ``grad_cos`` is refused (its
     self-score is 1 for every point). Arguments as :func:`influence`.
     """
     est = Influence(model, train, method=method, params=params, damping=damping, loss=loss, batch_size=batch_size,
-                    seed=seed, progress=progress, checkpoints=checkpoints, cache=cache, rank=rank)
+                    seed=seed, progress=progress, checkpoints=checkpoints, cache=cache, rank=rank, fit_size=fit_size)
     scores = est.self_scores()
     with evaluating(model):
         losses = est.problem.losses(est.inputs, est.labels)

@@ -205,6 +205,7 @@ class EKFAC:
         self.layers = _layers(problem)
         self.factors = factors
         self.n_examples = n_examples
+        self._cast: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self._lam = {name: torch.where(f.lam <= RELATIVE_FLOOR * f.lam.max(), 0.0, f.lam)  # numerically zero: 0
                      for name, f in factors.items()}
 
@@ -268,7 +269,7 @@ class EKFAC:
         return cls(problem, factors, n)
 
     def solve(self, G: torch.Tensor, damping: float) -> torch.Tensor:
-        """``(F_ekfac + damping I)^-1 G^T`` for flat gradients ``G`` ``[k, P]``, as ``[k, P]`` (float64 inside).
+        """``(F_ekfac + damping I)^-1 G^T`` for flat gradients ``G`` ``[k, P]``, as ``[k, P]`` (in G's dtype).
 
         Per layer, in the eigenbasis: ``Q_S [(Q_S^T V Q_A) / (Lambda + damping)] Q_A^T`` with ``V`` the
         ``[out, in(+1)]`` gradient matrix of each row; with ``damping=0``, the pseudo-inverse (module docstring).
@@ -277,8 +278,8 @@ class EKFAC:
         parts = self._rotated(G)
         out = {}
         for layer in self.layers:
-            f = self.factors[layer.name]
-            V = f.s_eigenvectors @ (parts[layer.name] * self._inverse(layer.name, damping)) @ f.a_eigenvectors.mT
+            qs, qa = self._bases(layer.name, G.dtype)
+            V = qs @ (parts[layer.name] * self._inverse(layer.name, damping).to(G.dtype)) @ qa.mT
             out.update(self._unmatrix(layer, V.to(G.dtype)))
         return self.problem.join(out)
 
@@ -289,7 +290,8 @@ class EKFAC:
         parts = self._rotated(G)
         total = G.new_zeros(len(G), dtype=torch.float64)
         for layer in self.layers:
-            total = total + (parts[layer.name].square() * self._inverse(layer.name, damping)).sum((1, 2))
+            terms = parts[layer.name].square() * self._inverse(layer.name, damping).to(G.dtype)
+            total = total + terms.sum((1, 2), dtype=torch.float64)
         return total.to(G.dtype)
 
     def top_eigenvalue(self) -> float:
@@ -324,18 +326,26 @@ class EKFAC:
         return torch.where(shifted > 0, 1.0 / torch.where(shifted > 0, shifted, 1.0), 0.0)
 
     def _rotated(self, G: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each layer's rows of ``G`` as ``Q_S^T V Q_A`` ``[k, out, in(+1)]`` (float64)."""
+        """Each layer's rows of ``G`` as ``Q_S^T V Q_A`` ``[k, out, in(+1)]`` (in G's dtype)."""
         if G.ndim != 2 or G.shape[1] != self.problem.n_params:
             raise InputError(f"G: expected flat gradients [k, {self.problem.n_params}], got {tuple(G.shape)}")
         parts = self.problem.split(G)
         rotated = {}
         for layer in self.layers:
-            f = self.factors[layer.name]
             V = parts[layer.weight].reshape(len(G), layer.dims[0], -1)
             if layer.bias is not None:
                 V = torch.cat([V, parts[layer.bias].unsqueeze(-1)], dim=-1)
-            rotated[layer.name] = f.s_eigenvectors.mT @ V.double() @ f.a_eigenvectors
+            qs, qa = self._bases(layer.name, V.dtype)
+            rotated[layer.name] = qs.mT @ V @ qa    # in G's dtype: float32 gradients rotate at float32 speed
         return rotated
+
+    def _bases(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's eigenbases ``(Q_S, Q_A)`` in ``dtype`` (converted once per dtype)."""
+        key = (name, dtype)
+        if key not in self._cast:
+            f = self.factors[name]
+            self._cast[key] = (f.s_eigenvectors.to(dtype), f.a_eigenvectors.to(dtype))
+        return self._cast[key]
 
     def _unmatrix(self, layer: _Layer, V: torch.Tensor) -> dict[str, torch.Tensor]:
         """Gradient matrices ``[k, out, in(+1)]`` back to ``{param name: [k, *shape]}``."""
