@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check in one command for the device machine, within 5 minutes: the whole default test lane on CUDA,
+# The GPU check in one command for the device machine, within about 5 minutes: the whole default test lane on CUDA,
 # then the benchmarks with --device cuda; logs, JUnit and a JSON summary under $OUT (at most 8 files come back).
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=330)
 #   bash benchmarks/gpu.sh --lane-only          # the test lane alone (benchmarks/device_check.sh)
-# Each part has its own timeout (LANE_S, BENCH_S, CAPTUM_S seconds; defaults 210 + 45 + 35), so one that hangs
+# Each part has its own timeout (LANE_S, BENCH_S, CAPTUM_S, INFLUENCE_S seconds; defaults 190 + 45 + 35 + 50), so one that hangs
 # costs only its share and the others still report. Wheels the machine lacks (openTSNE, captum) travel in .whl/.
 set -u
 LANE_ONLY=0
 [ "${1:-}" = "--lane-only" ] && LANE_ONLY=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-LANE_S=${LANE_S:-210} BENCH_S=${BENCH_S:-45} CAPTUM_S=${CAPTUM_S:-35}
+LANE_S=${LANE_S:-190} BENCH_S=${BENCH_S:-45} CAPTUM_S=${CAPTUM_S:-35} INFLUENCE_S=${INFLUENCE_S:-50}
 BENCH_SECTIONS=${BENCH_SECTIONS:-model attribution}
 PY=${PYTHON:-python3}
 start=$(date +%s)
@@ -52,6 +52,9 @@ if [ "$LANE_ONLY" = 0 ]; then
   else
     echo "benchmarks/captum_compare.py is not there: skipped" | tee "$OUT/captum.log"
   fi
+  # influence: 50,000 training x 2,000 query pairwise scores (issue 16; Kronfluence reports 106 s on an A100)
+  timeout "$INFLUENCE_S" $PY benchmarks/influence_bench.py --device cuda --sections pairwise \
+    --out "$OUT/influence-cuda.json" > "$OUT/influence.log" 2>&1; tail -5 "$OUT/influence.log"
 fi
 
 # one JSON summary: exit codes (124 = that part's timeout), seconds, and the lane's counts from the JUnit file

@@ -366,9 +366,11 @@ class Mislabel(Result):
         n = len(self.flipped)
         steps = torch.linspace(0, n, min(n, 200) + 1).round().long()
         fraction = steps.double() / n
-        curves = {name: torch.cat([r.new_zeros(1), r])[steps] for name, r in self.recall.items()}
-        return mislabel_figure(fraction, curves, auc=self.auc, flipped_share=self.share, mark=self.fraction,
-                               **kwargs)
+        label = {"self_influence": f"self-influence ({self.info.get('method', 'exact')})",
+                 "loss": "training loss"}
+        curves = {label.get(name, name): torch.cat([r.new_zeros(1), r])[steps] for name, r in self.recall.items()}
+        auc = {label.get(name, name): v for name, v in self.auc.items()}
+        return mislabel_figure(fraction, curves, auc=auc, flipped_share=self.share, mark=self.fraction, **kwargs)
 
 
 def flip_labels(labels: torch.Tensor, share: float, n_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
