@@ -403,3 +403,21 @@ def test_a_heads_features_are_cached_and_ekfac_fits_on_a_seeded_subset(tmp_path)
                      progress=False, fragility=False).scores
     torch.testing.assert_close(sub[0], sub[1])            # the subset is seeded
     assert not torch.allclose(sub[0], full) and _corr(sub[0], full) > 0.5
+
+
+def test_cache_keys_follow_checkpoint_weights_and_relatif_damping(linear_problem, tmp_path):
+    lin, X, y, Xq, yq = linear_problem
+    other = nn.Linear(X.shape[1], lin.out_features).double()
+    first = {k: v.clone() for k, v in other.state_dict().items()}
+    a = Influence(lin, (X, y), method="tracin", checkpoints=[(first, 1.0)], cache=tmp_path, progress=False)
+    with torch.no_grad():
+        other.weight.add_(1.0)          # the same shapes, other values: another key
+    b = Influence(lin, (X, y), method="tracin", checkpoints=[(other.state_dict(), 1.0)], cache=tmp_path,
+                  progress=False)
+    assert a._key("state") != b._key("state")
+    r1 = Influence(lin, (X, y), method="relatif", damping=0.01, cache=tmp_path, progress=False)
+    r2 = Influence(lin, (X, y), method="relatif", damping=0.1, cache=tmp_path, progress=False)
+    assert r1._key("train-relatif") != r2._key("train-relatif") and r1._key("state") == r2._key("state")
+    r1.scores((Xq, yq))
+    torch.testing.assert_close(r2.scores((Xq, yq)).scores,
+                               influence(lin, (X, y), (Xq, yq), method="relatif", damping=0.1, progress=False).scores)

@@ -76,9 +76,10 @@ def _digest(*parts: object) -> str:
             t = p.detach().cpu().contiguous()
             h.update(str((tuple(t.shape), t.dtype)).encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        elif isinstance(p, nn.Module):
-            for name, t in sorted(p.state_dict().items()):
-                h.update(name.encode())
+        elif isinstance(p, (nn.Module, dict)):
+            items = p.state_dict() if isinstance(p, nn.Module) else p
+            for name, t in sorted(items.items()):
+                h.update(str(name).encode())
                 h.update(_digest(t).encode())
         else:
             h.update(repr(p).encode())
@@ -188,8 +189,10 @@ class Influence:
 
     def _key(self, what: str) -> str:
         loss = self.problem.loss
-        return _digest(CACHE_VERSION, what, self.inner_method, self.problem.names, self.rank, self.seed, self.fit_size,
-                       getattr(loss, "__qualname__", repr(loss)), self._raw_digest, inner(self.model),
+        # RelatIF's training side is normalised with the damped inverse: its gradients depend on the damping
+        damping = self.damping if self.method == "relatif" and what.startswith("train") else None
+        return _digest(CACHE_VERSION, what, damping, self.inner_method, self.problem.names, self.rank, self.seed,
+                       self.fit_size, getattr(loss, "__qualname__", repr(loss)), self._raw_digest, inner(self.model),
                        [(_digest(s) if s is not None else None, lr) for s, lr in self._ckpts], self.projection)
 
     def _cache_file(self, what: str) -> Path | None:
