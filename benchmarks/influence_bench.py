@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -91,17 +90,11 @@ def measure(fn: Callable[[], object]) -> tuple[float, float, object]:
 
 
 def interleaved(fns: list[Callable[[], object]], repeat: int) -> list[tuple[float, float]]:
-    """Median ``(wall, cpu)`` of each fn after a warm-up each, rounds interleaved so load bursts hit all."""
-    for fn in fns:
-        fn()
-    walls: list[list[float]] = [[] for _ in fns]
-    cpus: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            w, c, _ = measure(fn)
-            walls[i].append(w)
-            cpus[i].append(c)
-    return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
+    """Median ``(wall, cpu)`` of each fn after a warm-up each, rounds interleaved so load bursts hit all
+    (captum_compare's timer, on this run's device)."""
+    from captum_compare import median_times  # captum itself is imported only by its own sections
+
+    return median_times(fns, DEVICE, repeat)
 
 
 def add(row: Row) -> Row:
