@@ -341,7 +341,9 @@ def _write_queries(args, result, train, images, classes, k, actual, spec, proces
               + ("" if measured is None else f", actual {measured:+.3g}")
               + f"); most harmful: {worst} ({_name(classes, int(result.train_labels[worst]))}, "
               f"score {float(result.scores[q, worst]):+.3g})")
-    print(f"{result.method} over {', '.join(result.params)} on {result.n_train} training images ({spec}); "
+    over = ", ".join(result.params) if len(result.params) <= 4 else \
+        f"{len(result.params)} parameter tensors ({result.settings.get('n_params', 0):,} parameters)"
+    print(f"{result.method} over {over} on {result.n_train} training images ({spec}); "
           f"written to {final_dir(args, 'influence').resolve()}")
 
 
