@@ -421,3 +421,30 @@ def test_cache_keys_follow_checkpoint_weights_and_relatif_damping(linear_problem
     r1.scores((Xq, yq))
     torch.testing.assert_close(r2.scores((Xq, yq)).scores,
                                influence(lin, (X, y), (Xq, yq), method="relatif", damping=0.1, progress=False).scores)
+
+
+def test_a_vision_transformer_hvp_through_attention_and_ekfac_on_its_linear_layers():
+    """Forward-mode AD has no rule for the fused attention kernels: the HVP runs attention on its math backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from .transformer_models import build
+
+    vit = build("vit").double()
+    x, y = torch.rand(6, 3, 32, 32, dtype=torch.float64), torch.randint(0, 4, (6,))
+    pr = Problem(vit, "blocks.1.attn")
+    v = torch.randn(2, pr.n_params, dtype=torch.float64)
+    params = [dict(vit.named_parameters())[n] for n in pr.names]
+    with sdpa_kernel([SDPBackend.MATH]):     # the fused kernel has no double backward either
+        flat = torch.cat([g.reshape(-1) for g in torch.autograd.grad(F.cross_entropy(vit(x), y), params,
+                                                                      create_graph=True)])
+        hv = torch.stack([torch.cat([h.reshape(-1) for h in torch.autograd.grad(flat @ vi, params,
+                                                                                retain_graph=True)]) for vi in v])
+    torch.testing.assert_close(pr.hvp(x, y)(v), hv)
+    r = influence(vit, (x, y), (x[:2], y[:2]), method="cg", params="blocks.1.attn", damping=50.0, progress=False,
+                  fragility=False)
+    assert torch.isfinite(r.scores).all()
+    e = influence(vit, (x, y), (x[:2], y[:2]), method="ekfac", params=["blocks.1.mlp.0", "head"], damping=1.0,
+                  progress=False, fragility=False)
+    assert e.scores.shape == (2, 6)
+    with pytest.raises(InputError, match="cls, pos belong to the TinyViT itself"):
+        influence(vit, (x, y), (x[:2], y[:2]), method="ekfac", progress=False)

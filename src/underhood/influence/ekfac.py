@@ -95,8 +95,11 @@ def _layers(problem) -> list[_Layer]:
     layers = []
     for name, module in problem.modules().items():
         if not isinstance(module, (nn.Linear, nn.Conv2d)):
-            raise InputError(f"params: ekfac needs Linear or Conv2d layers; {name!r} is a {type(module).__name__}"
-                             " — choose other params or method='cg'")
+            own = ", ".join(n for n in problem.names if "." not in n)[:80]
+            what = f"{name!r} is a {type(module).__name__}" if name else \
+                f"{own} belong to the {type(module).__name__} itself"
+            raise InputError(f"params: ekfac needs Linear or Conv2d layers; {what} — choose other params (e.g. the "
+                             "Linear layers) or method='cg'")
         if isinstance(module, nn.Conv2d) and module.groups != 1:
             raise InputError(f"params: ekfac needs Conv2d layers with groups=1; {name!r} has groups={module.groups}"
                              " — choose other params or method='cg'")

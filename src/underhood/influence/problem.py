@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..core.batching import batches, memory_bound
 from ..core.device import home_device
@@ -287,7 +288,9 @@ class Problem:
         per_example = vmap(grad(self._one_loss), in_dims=(None, 0, 0))
         size = self.chunk(inputs)
         for s in batches(len(inputs), size):
-            yield s, per_example(self.theta, inputs[s], labels[s]).detach()
+            with sdpa_kernel([SDPBackend.MATH]):   # vmap has batching rules for attention's math form only
+                g = per_example(self.theta, inputs[s], labels[s]).detach()
+            yield s, g
 
     def grads(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-example gradients ``[n, P]``."""
@@ -328,7 +331,9 @@ class Problem:
             rows = max(1, min(len(V), 64))
             size = self.chunk(inputs, vectors=rows, cap=4096)   # whole batches: no per-example vmap here
             many = vmap(one, in_dims=(0, None, None))
-            with warnings.catch_warnings():  # forward-mode AD loads decompositions with torch.jit.script once
+            # forward-mode AD has no rule for the fused attention kernels: attention runs on its math backend here
+            # (the same function, composed of differentiable ops); it loads decompositions with torch.jit.script once
+            with warnings.catch_warnings(), sdpa_kernel([SDPBackend.MATH]):
                 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
                 for r in batches(len(V), rows):
                     for s in batches(n, size):
@@ -350,10 +355,12 @@ class Problem:
         size = self.chunk(inputs, vectors=rows, cap=4096)
         for s in batches(len(inputs), size):
             # reverse over reverse: the vector-Jacobian product of the gradient is H v (H is symmetric); it needs
-            # no forward-mode AD, whose first use costs seconds of set-up
-            _, pullback = vjp(lambda t, s=s: g(t, inputs[s], labels[s]), self.theta)
-            for r in batches(self.n_params, rows):
-                H[r] += vmap(pullback)(eye[r])[0].detach()
+            # no forward-mode AD, whose first use costs seconds of set-up (attention: its math form, which has a
+            # double backward and batching rules)
+            with sdpa_kernel([SDPBackend.MATH]):
+                _, pullback = vjp(lambda t, s=s: g(t, inputs[s], labels[s]), self.theta)
+                for r in batches(self.n_params, rows):
+                    H[r] += vmap(pullback)(eye[r])[0].detach()
         H /= len(inputs)
         return (H + H.T) / 2
 
