@@ -32,6 +32,7 @@ from ..core.hooks import frozen, trace
 from ..core.layers import named_layers, resolve
 from ..core.results import Result, Summary
 from ..core.seeding import seeded
+from ..core.stats import spearman as rank_correlation
 from ..core.targets import Target
 from .base import deprecated, fixed_target, prepare, score_copies
 
@@ -429,20 +430,6 @@ def completeness(model: nn.Module, inputs: torch.Tensor, maps: torch.Tensor, tar
 
 # ---------------------------------------------------------------------------- similarities
 
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..P along dim 1, ties given their average rank (as scipy.stats.rankdata)."""
-    n, p = x.shape
-    values, order = x.sort(dim=1, stable=True)
-    pos = torch.arange(p, device=x.device).expand(n, p)
-    new = torch.ones_like(values, dtype=torch.bool)
-    new[:, 1:] = values[:, 1:] != values[:, :-1]  # a tie group starts here
-    end = torch.ones_like(new)
-    end[:, :-1] = new[:, 1:]  # a tie group ends here
-    first = torch.where(new, pos, 0).cummax(1).values
-    last = torch.where(end, pos, p).flip(1).cummin(1).values.flip(1)
-    return torch.empty_like(values).scatter_(1, order, (first + last).to(values.dtype) / 2 + 1)
-
-
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation per sample: Pearson correlation of the ranks (ties averaged).
 
@@ -459,12 +446,7 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         >>> spearman(torch.tensor([[1.0, 2, 3]]), torch.tensor([[1.0, 5, 9]]))
         tensor([1.])
     """
-    if a.shape != b.shape or a.ndim < 1:
-        raise InputError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
-    ra = _ranks(a.detach().flatten(1).double())
-    rb = _ranks(b.detach().to(a.device).flatten(1).double())
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return ((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1))).float()
+    return rank_correlation(a, b).float()
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:

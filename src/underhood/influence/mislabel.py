@@ -21,20 +21,10 @@ from torch import nn
 from ..core.checks import number, positive_int
 from ..core.errors import InputError
 from ..core.results import Result
+from ..core.stats import ranks
+from ..core.stats import spearman as rank_correlation
 
 # ---------------------------------------------------------------------------- statistics (torch, any device)
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Ranks 1..n of ``x`` (float64), ties given their average rank."""
-    x = x.detach().double().flatten()
-    values, order = x.sort()
-    _, inverse, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    average = ends - (counts.double() - 1) / 2
-    ranks = torch.empty_like(x)
-    ranks[order] = average[inverse]
-    return ranks
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,13 +38,16 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation (Pearson of the average ranks)."""
-    return pearson(_ranks(a), _ranks(b))
+    """Spearman rank correlation of two equally long vectors (Pearson of the average ranks)."""
+    a, b = a.detach().flatten(), b.detach().flatten()
+    if a.numel() != b.numel() or a.numel() < 2:
+        raise InputError(f"spearman: expected two vectors of the same length >= 2, got {a.numel()} and {b.numel()}")
+    return float(rank_correlation(a[None], b[None])[0])
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman correlation of each row of ``a`` with the same row of ``b`` (``[Q, M]`` each -> ``[Q]``)."""
-    return torch.tensor([spearman(x, y) for x, y in zip(a, b, strict=True)], dtype=torch.float64)
+    return rank_correlation(a, b).cpu()
 
 
 def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
@@ -63,7 +56,7 @@ def roc_auc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         raise InputError("positive: needs both positive and negative points to compute a ROC AUC")
-    r = _ranks(scores)
+    r = ranks(scores.detach().double().flatten()[None])[0]
     return ((r[positive].sum().item() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
