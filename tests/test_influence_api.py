@@ -448,3 +448,20 @@ def test_a_vision_transformer_hvp_through_attention_and_ekfac_on_its_linear_laye
     assert e.scores.shape == (2, 6)
     with pytest.raises(InputError, match="cls, pos belong to the TinyViT itself"):
         influence(vit, (x, y), (x[:2], y[:2]), method="ekfac", progress=False)
+
+
+def test_the_head_is_the_last_linear_the_forward_runs():
+    from underhood.influence import head_layer
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+            self.aux = nn.Linear(3, 2)       # registered after fc, never run
+
+        def forward(self, x):
+            return self.fc(x)
+
+    m = Unused()
+    assert head_layer(m) == "aux" and head_layer(m, torch.randn(1, 3)) == "fc"
+    assert head_layer(nn.Sequential(nn.Conv2d(1, 1, 1))) is None

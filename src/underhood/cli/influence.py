@@ -134,26 +134,13 @@ def training_set(args: argparse.Namespace, model):
 def head_name(model, example=None) -> str:
     """The model's head (the default ``--params``): the last ``nn.Linear`` the forward pass of ``example`` (one input)
     runs, or the last in module order without one."""
-    import torch
-    from torch import nn
+    from ..influence.problem import head_layer
 
-    from ..core.hooks import evaluating, hooked
-    from ..core.names import named_layers
-
-    linear = {name: m for name, m in named_layers(model).items() if isinstance(m, nn.Linear)}
-    if not linear:
+    name = head_layer(model, example)
+    if name is None:
         raise InputError("--params: the model has no nn.Linear head to default to; name the parameters, e.g. "
                          "--params layer4 or --params all")
-    if example is None:
-        return list(linear)[-1]
-    ran: list[str] = []
-
-    def note(name: str):
-        return lambda module, inputs, output: ran.append(name)
-
-    with evaluating(model), hooked(model, {m: note(n) for n, m in linear.items()}), torch.no_grad():
-        model(example)
-    return ran[-1] if ran else list(linear)[-1]
+    return name
 
 
 def chosen_params(args: argparse.Namespace, model, example=None) -> tuple[str | list[str] | None, list[str], int]:

@@ -42,8 +42,9 @@ def _model_key(model: nn.Module) -> tuple:
     return (type(model).__qualname__, type(inner(model)).__qualname__, hash(shapes))
 
 
-def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.device, grad: bool) -> int:
-    """Bytes of activations one sample produces (outputs of every leaf module), doubled with ``grad``."""
+def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.device, grad: bool,
+                     dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of activations one sample of ``dtype`` produces (outputs of every leaf module), tripled with ``grad``."""
     total = 0
 
     def hook(module, inputs, output):
@@ -53,8 +54,8 @@ def per_sample_bytes(model: nn.Module, shape: tuple[int, ...], device: torch.dev
 
     leaves = [m for m in model.modules() if not list(m.children())]
     with hooked(model, dict.fromkeys(leaves, hook)), torch.no_grad():
-        model(torch.zeros(1, *shape, device=device))
-    x_bytes = int(torch.zeros(shape).numel()) * 4
+        model(torch.zeros(1, *shape, device=device, dtype=dtype))
+    x_bytes = int(torch.zeros(shape).numel()) * torch.empty((), dtype=dtype).element_size()
     return (total + x_bytes) * (3 if grad else 1)
 
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 from .api import HESSIAN, METHODS, Influence, influence, self_influence
 from .errors import InfluenceError, InfluenceWarning
 from .mislabel import Mislabel, mislabel
-from .problem import Problem, select_params
+from .problem import Problem, head_layer, select_params
 from .result import InfluenceResult, SelfInfluenceResult
 from .validation import LDS, ConvexLOO, DogFish, Validation, convex_loo, dog_fish, lds, validate
 
 __all__ = ["HESSIAN", "LDS", "METHODS", "ConvexLOO", "DogFish", "Influence", "InfluenceError", "InfluenceResult",
            "InfluenceWarning", "Mislabel", "Problem", "SelfInfluenceResult", "Validation", "convex_loo", "dog_fish",
-           "influence", "lds", "mislabel", "select_params", "self_influence", "validate"]
+           "head_layer", "influence", "lds", "mislabel", "select_params", "self_influence", "validate"]

@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..core.batching import batches, memory_bound
+from ..core.batching import batches, memory_bound, per_sample_bytes
 from ..core.device import home_device
 from ..core.errors import InputError
 from ..core.hooks import hooked, preserved
@@ -78,6 +78,23 @@ def select_params(model: nn.Module, params: str | Sequence[str] | None) -> list[
     return [n for n in named if n in chosen]
 
 
+def head_layer(model: nn.Module, example: torch.Tensor | None = None) -> str | None:
+    """The model's head: the last ``nn.Linear`` a forward pass of ``example`` runs (the last in module order without
+    an example, or when none runs); ``None`` when the model has no ``nn.Linear``."""
+    linear = {name: m for name, m in named_layers(model).items() if isinstance(m, nn.Linear)}
+    if not linear or example is None:
+        return list(linear)[-1] if linear else None
+    ran: list[str] = []
+
+    def note(name: str):
+        return lambda module, inputs, output: ran.append(name)
+
+    with hooked(model, {m: note(n) for n, m in linear.items()}), preserved(model), torch.no_grad():
+        model.eval()
+        model(example)
+    return ran[-1] if ran else list(linear)[-1]
+
+
 def as_data(data: object, name: str, model: nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` on ``device`` from an ImageSet, an ``(inputs, labels)`` pair, a Dataset of pairs, or
     a tensor of inputs alone (then labelled by the model's predictions)."""
@@ -111,22 +128,6 @@ def as_data(data: object, name: str, model: nn.Module, device: torch.device) -> 
     if y.is_floating_point() or y.dtype == torch.bool:
         raise InputError(f"{name}: labels must be integer class indices, got {y.dtype}")
     return x.to(device), y.to(device=device, dtype=torch.long)
-
-
-def _sample_bytes(model: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of activations one example produces (every leaf module's output), times 3 for a backward pass."""
-    total = x.numel() * x.element_size()
-
-    def count(module: nn.Module, args: tuple, output: object) -> None:
-        nonlocal total
-        if isinstance(output, torch.Tensor):
-            total += output.numel() * output.element_size()
-
-    leaves = [m for m in model.modules() if not list(m.children())] or [model]
-    with hooked(model, dict.fromkeys(leaves, count)), preserved(model), torch.no_grad():
-        model.eval()
-        model(x)
-    return 3 * total
 
 
 class Problem:
@@ -250,7 +251,10 @@ class Problem:
             return max(1, self._batch_size // max(1, vectors)) if vectors > 1 else self._batch_size
         key = (id(self.model), tuple(inputs.shape[1:]), inputs.dtype)
         if key not in self._bytes:
-            self._bytes[key] = _sample_bytes(self.model, inputs[:1])
+            with preserved(self.model):
+                self.model.eval()
+                self._bytes[key] = per_sample_bytes(self.model, tuple(inputs.shape[1:]), inputs.device, grad=True,
+                                                    dtype=inputs.dtype)
         per = self._bytes[key] * max(1, vectors) + 3 * self.n_params * self.theta.element_size()
         cap = MAX_CHUNK.get(inputs.device.type, 32) if cap is None else cap
         return int(max(1, min(cap, memory_bound(inputs.device) // per)))
@@ -343,12 +347,15 @@ class Problem:
 
         return apply
 
-    def hessian(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The explicit ``[P, P]`` Hessian of the mean loss (symmetrised)."""
+    def hessian(self, inputs: torch.Tensor, labels: torch.Tensor, *, theta: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """The explicit ``[P, P]`` Hessian of the mean loss over ``(inputs, labels)`` (symmetrised), at the model's
+        parameters or at ``theta`` (flat, as :attr:`theta`)."""
         if self.n_params > EXACT_LIMIT:
             raise InputError(f"params: method='exact' builds a {self.n_params:,} x {self.n_params:,} Hessian; choose "
                              f"at most {EXACT_LIMIT:,} parameters (e.g. the head) or method='cg'")
-        eye = torch.eye(self.n_params, device=self.device, dtype=self.dtype)
+        point = self.theta if theta is None else theta.detach()
+        eye = torch.eye(self.n_params, device=point.device, dtype=point.dtype)
         H = torch.zeros_like(eye)
         g = grad(self._batch_loss)
         rows = min(self.n_params, 256)
@@ -358,7 +365,7 @@ class Problem:
             # no forward-mode AD, whose first use costs seconds of set-up (attention: its math form, which has a
             # double backward and batching rules)
             with sdpa_kernel([SDPBackend.MATH]):
-                _, pullback = vjp(lambda t, s=s: g(t, inputs[s], labels[s]), self.theta)
+                _, pullback = vjp(lambda t, s=s: g(t, inputs[s], labels[s]), point)
                 for r in batches(self.n_params, rows):
                     H[r] += vmap(pullback)(eye[r])[0].detach()
         H /= len(inputs)

@@ -56,20 +56,13 @@ def _training_images(ctx: Context, n: int):
     return None
 
 
-def _head(model) -> str | None:
-    from torch import nn
-
-    from ...core.names import named_layers
-
-    linear = [name for name, m in named_layers(model).items() if isinstance(m, nn.Linear)]
-    return linear[-1] if linear else None
-
-
 def _shared(ctx: Context) -> dict[str, Any] | None:
     """The training images, the head and its input features (one pass of the network, shared by the sections)."""
     if "influence" in ctx.cache:
         return ctx.cache["influence"]
-    head = _head(ctx.model)
+    from ...influence.problem import head_layer
+
+    head = head_layer(ctx.model, ctx.data.images[:1].to(model_device(ctx.model)))
     train = _training_images(ctx, N_TRAIN[_full(ctx)]) if head else None
     if train is None:
         ctx.cache["influence"] = None
