@@ -119,7 +119,8 @@ class Influence:
         with evaluating(model):
             self.problem = Problem(model, params, loss, batch_size=batch_size)
             raw_x, self.labels = as_data(train, "train", model, self.device)
-            self._raw_digest = _digest(raw_x, self.labels)
+            # the data's fingerprint keys the disk cache (hashing 10,000 images takes a second: only with a cache)
+            self._raw_digest = _digest(raw_x, self.labels) if self.cache is not None else None
             self.inputs = self._prepared(raw_x)
             self.problem.check(self.inputs, self.labels)
         self.n = len(self.labels)

@@ -34,7 +34,6 @@ from .errors import InfluenceWarning
 from .problem import Loss, Problem, as_data
 
 NEWTON_LIMIT = 2000   # parameters up to which the fits use Newton's method with the explicit Hessian
-ELEMENTS = 1 << 23    # float64 elements of one Hessian chunk (parameters x examples x input width)
 
 
 class _Objective:
@@ -68,22 +67,13 @@ class _Objective:
         return total + prox, grad + self.damping * (theta.detach() - self.anchor)
 
     def hessian(self, theta: torch.Tensor) -> torch.Tensor:
-        """The explicit ``[P, P]`` Hessian of ``f_S`` at ``theta`` (reverse-over-forward, in data chunks)."""
-        from torch.func import hessian
-
-        P = theta.numel()
-        width = max(1, self.inputs[0].numel())
-        size = max(1, min(self.n, ELEMENTS // (P * width)))
-        H = torch.zeros(P, P, dtype=theta.dtype, device=theta.device)
-        with warnings.catch_warnings():  # forward-mode AD loads decompositions with torch.jit.script once
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-            for s in batches(self.n, size):
-                H += hessian(self._sum)(theta.detach(), s)
-            if self.drop is not None:
-                H -= hessian(self._sum)(theta.detach(), slice(self.drop, self.drop + 1))
-        H /= self.n
+        """The explicit ``[P, P]`` Hessian of ``f_S`` at ``theta``: the full set's, less the dropped point's."""
+        H = self.problem.hessian(self.inputs, self.labels, theta=theta)
+        if self.drop is not None:
+            one = slice(self.drop, self.drop + 1)
+            H = H - self.problem.hessian(self.inputs[one], self.labels[one], theta=theta) / self.n
         H.diagonal().add_(self.damping)
-        return (H + H.T) / 2
+        return H
 
 
 def _newton(f: _Objective, theta: torch.Tensor, factor: torch.Tensor | None, *, steps: int, tol: float
