@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import underhood
-from underhood.activations.ablate import Ablation, ablate, class_selectivity
+from underhood.activations.ablate import Ablation, ablate, ablated_logits, class_selectivity
 from underhood.core.errors import InputError, LayerError
 from underhood.data import ImageSet
 
@@ -294,3 +294,17 @@ def test_figure_plots_each_units_drop_in_true_class_probability():
     drops = torch.as_tensor(right.collections[0].get_offsets()[:, 1]).float()
     assert torch.allclose(drops, ab.baseline_probability - ab.single_probability, atol=1e-6)
     assert "probability" in right.get_ylabel()
+
+
+def test_ablated_logits_equal_a_hand_zeroed_forward():
+    net = _net()
+    x = torch.rand(3, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = net[:3](x)
+        a[:, [1, 4]] = 0
+        expected = net[3:](a)
+    net.train()
+    assert torch.allclose(ablated_logits(net, x, "2", [1, 4]), expected, atol=1e-6)
+    assert net.training and not model_problems([net])
+    with pytest.raises(InputError, match="units"):
+        ablated_logits(net, x, "2", [9])

@@ -205,6 +205,46 @@ def _masked(model: nn.Module, layer: str) -> Iterator[dict]:
         yield state
 
 
+@torch.no_grad()
+def ablated_logits(model: nn.Module, inputs: torch.Tensor, layer: str,
+                   units: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``[N, classes]`` logits of ``model`` on ``inputs`` with channels ``units`` of ``layer`` zeroed at every
+    position, in eval mode: one mask of :func:`ablate` (the same hook), applied to one batch. The model is left
+    as it was found.
+
+    Example:
+        >>> ablated_logits(model, x, "features.16", [3, 7]).argmax(1)   # doctest: +SKIP
+    """
+    from ..core.outputs import logits_of
+
+    resolve(model, layer)
+    x = dataset_images(inputs, model, "inputs")
+    device = model_device(model)
+    x = x.to(device)
+    channels = _channels_of(model, layer, x[:1])
+    keep = torch.ones(1, channels, device=device)
+    keep[0, _units(units, channels).to(device)] = 0
+    with _masked(model, layer) as state:
+        state.update(mask=keep.repeat(len(x), 1), size=tuple(x.shape[-2:]))
+        out = logits_of(model(x))
+        if not state["ran"]:
+            raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
+    return out
+
+
+def _channels_of(model: nn.Module, layer: str, example: torch.Tensor) -> int:
+    """How many channels ``layer`` outputs for ``example`` (read as :func:`ablate`'s hook reads them)."""
+    with capture(model, layer, eval=True) as cap:
+        model(example)
+    if layer not in cap.activations:
+        raise InputError(f"layer: {layer!r} did not run in forward; pick a layer that does")
+    a = cap.activations[layer]
+    if a.ndim < 2:
+        raise LayerError(f"layer: {layer!r} outputs shape {tuple(a.shape)}; pick a layer with channels")
+    lay = infer(a.shape, tuple(example.shape[-2:]), layer=layer) if a.ndim in (3, 4) else None
+    return int(a.shape[-1] if lay is not None and lay.kind != "nchw" else a.shape[1])
+
+
 class _Retry(Exception):
     """The expanded evaluation of an input failed after the expansion: evaluate it the exact slow way."""
 
