@@ -20,13 +20,26 @@ import sys
 from collections.abc import Sequence
 
 from ..core.errors import UnderhoodError
-from . import activations, adversarial, attribution, data, hardware, influence, models, report, synthesis, weights
+from . import (
+    activations,
+    adversarial,
+    attribution,
+    data,
+    explore,
+    hardware,
+    influence,
+    models,
+    report,
+    synthesis,
+    weights,
+)
 from .common import KEEP, Commands, final_dir
 
 EXIT_ERROR = 2
 EXIT_BUG = 1
 
-FAMILIES = (report, data, models, attribution, weights, activations, synthesis, adversarial, influence, hardware)
+FAMILIES = (report, data, models, attribution, weights, activations, synthesis, adversarial, influence, hardware,
+            explore)
 """The family modules whose ``register(add)`` builds the parser, in this order."""
 
 ORDER = ("demo", "samples", "models", "layers", "predict", "explain", "evaluate", "train")
