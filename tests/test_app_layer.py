@@ -251,7 +251,18 @@ def test_pattern_is_the_library_pattern(client, workspace, layer, rule):
     position = [0, 0] if a.ndim == 0 else [int(a.argmax()) // a.shape[-1], int(a.argmax()) % a.shape[-1]]
     assert body["argmax"] == (None if a.ndim == 0 else position) and body["rule"] == rule
     grads = unit_gradients(entry.model, x[None], layer, torch.tensor([3]), torch.tensor([position]), rule=rule)
-    assert body["image"] == data_url(image_png(pattern_image(grads[0]), 4))
+    g = grads[0]
+    if a.ndim:  # cut to a window around the unit's receptive field (at least a quarter of the image side)
+        from underhood.activations.patches import boxes, crop
+
+        box = boxes(entry.model, layer, torch.tensor([position]), (3, 64, 64))[0][0].long().tolist()
+        window = routes_layer.pattern_window(box, (64, 64))
+        assert body["window"] == window
+        if window is not None:
+            assert window[2] - window[0] >= min(64, max(16, box[2] - box[0]))
+            assert window[0] <= max(0, box[0]) and window[2] >= min(64, box[2])
+            g = crop(g, window, fill=0.0)
+    assert body["image"] == data_url(image_png(pattern_image(g), routes_layer._scale(*g.shape[-2:])))
 
 
 # ---------------------------------------------------------------------------------------------- top-k job

@@ -315,3 +315,17 @@ def test_foreign_origin_cannot_post(client):
     assert client.post("/api/images", files={"file": ("red.png", png_bytes(), "image/png")},
                        headers={"origin": "http://127.0.0.1:8000"}).status_code == 200
 
+
+
+def test_browser_page_does_not_wait_for_the_whole_dataset(tmp_path):
+    w = Workspace(["shapes"], "shapes:40", out=tmp_path)
+    client = TestClient(create_app(w))
+    first = client.get("/api/data?offset=5&limit=4").json()
+    assert first["accuracy"] is None  # the full pass has not run: the page was predicted on its own
+    full = w.predictions(w.main)
+    assert [i["pred"] for i in first["items"]] == full[5:9].argmax(-1).tolist()
+    assert client.get("/api/data?limit=1").json()["accuracy"] is not None
+    again = Workspace(["shapes"], "shapes:40", out=tmp_path)  # a restart reads the pass from disk
+    assert torch.equal(again.predictions_ready(again.main), full)
+    w.close()
+    again.close()

@@ -110,19 +110,24 @@ def attribution_methods(request: Request, model: str | None = None) -> dict[str,
                         for name, m in REGISTRY.items()]}
 
 
-def attribution_map(w: Workspace, entry: Entry, x: torch.Tensor, method: str, target: int) -> torch.Tensor:
+def attribution_map(w: Workspace, entry: Entry, x: torch.Tensor, method: str, target: int
+                    ) -> tuple[torch.Tensor, float]:
     """The library's map of ``x`` ``[C, H, W]`` for class ``target``: ``[C or 1, H, W]`` on the CPU, with the
-    report's preset options (and its CAM layer). Runs under ``entry.lock``."""
+    report's preset options (and its CAM layer), and the seconds the method took (waiting for the model's
+    lock, while another request uses it, is not counted). Runs under ``entry.lock``."""
     from ..attribution.evaluate import method_options
     from ..attribution.registry import REGISTRY
 
     found = REGISTRY[method]
     with entry.lock:
+        start = time.perf_counter()
         options = method_options(entry.model, [method], size=tuple(entry.input_size[-2:]))[method]
         if "progress" in found.options:
             options["progress"] = False
         a = found.fn(entry.model, x[None].to(entry.device), target, **options)
-    return a[0].detach().float().cpu()
+        a = a[0].detach().float().cpu()
+        seconds = time.perf_counter() - start
+    return a, seconds
 
 
 def draw_attribution(a: torch.Tensor, method: str, x: torch.Tensor) -> bytes:
@@ -158,10 +163,11 @@ def attribution(request: Request, model: str | None = None, image: str | None = 
     key = w.cache.key("attribution", entry.digest, _image_key(w, image), method, cls)
     cached = w.cache.recall(key)
     if cached is None:
+        a, seconds = attribution_map(w, entry, x, method, cls)
         start = time.perf_counter()
-        picture = draw_attribution(attribution_map(w, entry, x, method, cls), method, x)
-        cached = w.cache.remember(key, {"image": data_url(picture), "ms": round(1000 * (time.perf_counter() - start),
-                                                                                   1)})
+        picture = draw_attribution(a, method, x)
+        cached = w.cache.remember(key, {"image": data_url(picture),
+                                        "ms": round(1000 * (seconds + time.perf_counter() - start), 1)})
     return {"method": method, "label": LABELS.get(method, method), "target": {"index": cls,
                                                                              "class": entry.classes[cls]},
             **cached}

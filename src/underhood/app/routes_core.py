@@ -93,25 +93,32 @@ def predictions(request: Request, model: str | None = None, image: str | None = 
 def data(request: Request, model: str | None = None, cls: int | None = None,
          correct: bool | None = None, offset: int = Query(0, ge=0), limit: int = Query(60, ge=1, le=1000)
          ) -> dict[str, Any]:
-    """A page of the dataset: filter by true class (``cls``) and by right / wrong prediction (``correct``)."""
+    """A page of the dataset: filter by true class (``cls``) and by right / wrong prediction (``correct``).
+
+    ``accuracy`` is ``null`` until the background pass over the whole dataset is done (a page is predicted
+    on its own meanwhile, so the browser shows at once); filtering by ``correct`` waits for that pass.
+    """
     w = ws(request)
     entry = w.entry(model)
     if cls is not None and not 0 <= cls < len(w.data.classes):
         raise NotFound(f"cls: the dataset has classes 0..{len(w.data.classes) - 1}, got {cls}")
-    probs = w.predictions(entry)
-    pred = probs.argmax(-1)
     labels = w.data.labels
     keep = torch.ones(len(labels), dtype=torch.bool)
     if cls is not None:
         keep &= labels == cls
+    full = w.predictions(entry) if correct is not None else w.predictions_ready(entry)
     if correct is not None:
-        keep &= (pred == labels) if correct else (pred != labels)
+        pred_all = full.argmax(-1)
+        keep &= (pred_all == labels) if correct else (pred_all != labels)
     index = keep.nonzero().flatten()
     page = index[offset:offset + limit]
-    items = [{"index": int(i), "label": int(labels[i]), "pred": int(pred[i]), "correct": bool(pred[i] == labels[i]),
-              "conf": round(float(probs[i, pred[i]]), 4)} for i in page]
+    probs = w.predictions_of(entry, page) if len(page) else torch.zeros(0, len(entry.classes))
+    pred = probs.argmax(-1)
+    items = [{"index": int(i), "label": int(labels[i]), "pred": int(p), "correct": bool(p == labels[i]),
+              "conf": round(float(q[p]), 4)} for i, p, q in zip(page, pred, probs)]
+    accuracy = round(float((full.argmax(-1) == labels).float().mean()), 4) if full is not None else None
     return {"total": len(index), "offset": offset, "items": items, "classes": list(w.data.classes),
-            "pred_classes": entry.classes, "accuracy": round(float((pred == labels).float().mean()), 4)}
+            "pred_classes": entry.classes, "accuracy": accuracy}
 
 
 @router.get("/api/thumb/{index}.png")

@@ -190,6 +190,19 @@ def strongest(m: torch.Tensor) -> tuple[float, list[int] | None]:
     return float(value), [int(where) // m.shape[-1], int(where) % m.shape[-1]]
 
 
+def pattern_window(box: list[int], size: tuple[int, int]) -> list[int] | None:
+    """``box`` (top, left, bottom, right) grown about its centre to at least a quarter of the image side and
+    kept inside the image; ``None`` when that is the whole image anyway."""
+    out = []
+    for lo, hi, side in ((box[0], box[2], size[0]), (box[1], box[3], size[1])):
+        want = min(side, max(hi - lo, -(-side // 4)))
+        centre = (lo + hi) / 2
+        start = int(round(min(max(centre - want / 2, 0), side - want)))
+        out.append((start, start + want))
+    (top, bottom), (left, right) = out
+    return None if (bottom - top, right - left) == tuple(size) else [top, left, bottom, right]
+
+
 def _scale(h: int, w: int, side: int = PICTURE) -> int:
     return max(1, side // max(h, w))
 
@@ -266,8 +279,10 @@ def pattern(request: Request, model: str | None = None, image: str | None = None
             unit: int = 0, rule: str = "guided") -> dict[str, Any]:
     """The unit's guided-backprop / deconvnet pattern on the current image (the gradient of the unit at its
     strongest position under the ReLU rule, ``activations.patches.unit_gradients``), drawn as
-    ``viz.units.pattern_image`` draws it (mid-grey is 0)."""
-    from ..activations.patches import unit_gradients
+    ``viz.units.pattern_image`` draws it (mid-grey is 0), cut to a window around the unit's receptive field
+    (``window``: the field grown to at least a quarter of the image side, so a small field is seen up close
+    and a large one whole; ``None`` for a vector unit, drawn over the whole image)."""
+    from ..activations.patches import crop, unit_gradients
     from ..viz.units import pattern_image
 
     w = ws(request)
@@ -285,8 +300,13 @@ def pattern(request: Request, model: str | None = None, image: str | None = None
         with entry.lock:
             grads = unit_gradients(entry.model, x[None].to(entry.device), layer, torch.tensor([u]), position,
                                    rule=rule, batch_size=1, **reading(entry, layer))
-        picture = pattern_image(grads[0])
-        return {"model": entry.id, "layer": layer, "unit": u, "rule": rule, "argmax": argmax,
+        window = None
+        if argmax is not None:
+            grid, _ = box_grid(w, entry, layer)
+            window = pattern_window([int(v) for v in grid[argmax[0], argmax[1]]], tuple(x.shape[-2:]))
+        g = grads[0] if window is None else crop(grads[0], window, fill=0.0)
+        picture = pattern_image(g)
+        return {"model": entry.id, "layer": layer, "unit": u, "rule": rule, "argmax": argmax, "window": window,
                 "image": data_url(image_png(picture, _scale(*picture.shape[-2:])))}
 
     return w.cache.memo(key, compute)

@@ -63,6 +63,7 @@ def serve(models: Sequence[Any] = ("shapes",), data: Any = None, *, host: str = 
     workspace = Workspace(models, data, out=out, device=device, trust=trust,
                           upload_limit=UPLOAD_LIMIT if upload_limit is None else upload_limit)
     app = create_app(workspace, host=host)
+    workspace.warm()
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}/"
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", ws_max_size=4 * 2**20)

@@ -60,6 +60,7 @@ class Entry:
     stages: list[str]
     digest: str
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    predicting: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -177,6 +178,30 @@ class Cache:
                 return None
         return None
 
+    def load_tensor(self, key: str) -> torch.Tensor | None:
+        """The tensor stored under ``key`` (memory first, then disk), or ``None``."""
+        value = self.recall(key)
+        if value is not None or self.root is None:
+            return value
+        path = self.root / f"{key}.safetensors"
+        if path.is_file():
+            from safetensors.torch import load_file
+
+            try:
+                return self.remember(key, load_file(str(path))["value"])
+            except (OSError, KeyError, ValueError, RuntimeError):
+                return None
+        return None
+
+    def store_tensor(self, key: str, value: torch.Tensor) -> torch.Tensor:
+        """Keep ``value`` in memory and write it atomically to disk (safetensors)."""
+        self.remember(key, value)
+        if self.root is not None:
+            from ..core.io import write_tensors
+
+            write_tensors(self.root / f"{key}.safetensors", {"value": value})
+        return value
+
     def store_json(self, key: str, value: Any) -> Any:
         """Keep ``value`` in memory and write it atomically to disk."""
         self.remember("json:" + key, value)
@@ -274,20 +299,44 @@ class Workspace:
         c, h, w = main.input_size
         return from_spec(spec, size=(h, w), channels=c), spec
 
+    def _predictions_key(self, entry: Entry) -> str:
+        return self.cache.key("predictions", entry.digest, self.data_spec, len(self.data))
+
+    def predictions_ready(self, entry: Entry) -> torch.Tensor | None:
+        """The dataset's probabilities if they were computed already (else ``None``: nothing is computed)."""
+        return self.cache.load_tensor(self._predictions_key(entry))
+
+    def predictions_of(self, entry: Entry, index: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``[len(index), K]`` of some dataset images: from the full pass when it is done, else
+        computed for these images alone (a page of the browser need not wait for the whole dataset)."""
+        full = self.predictions_ready(entry)
+        if full is not None:
+            return full[index]
+        from ..core.batching import logits
+
+        with entry.lock, torch.no_grad():
+            return logits(entry.model, self.data.images[index], PREDICT_CHUNK).softmax(-1).cpu()
+
+    def warm(self) -> None:
+        """Start the dataset's predictions of every model in the background (the browser's filters need them)."""
+        for entry in self.models.values():
+            self.jobs.submit("predictions", self._predictions_key(entry),
+                             lambda job, e=entry: (self.predictions(e), None)[1])
+
     def predictions(self, entry: Entry) -> torch.Tensor:
         """Softmax probabilities ``[N, K]`` of ``entry`` on the whole dataset (computed once, cached on disk)."""
-        key = self.cache.key("predictions", entry.digest, self.data_spec, len(self.data))
-
-        def compute() -> torch.Tensor:
+        key = self._predictions_key(entry)
+        with entry.predicting:  # one pass at a time: a second caller waits for the first and reads its result
+            done = self.cache.load_tensor(key)
+            if done is not None:
+                return done
             from ..core.batching import batches, logits
 
             parts = []
             for part in batches(len(self.data), PREDICT_CHUNK):  # the lock per chunk: the page stays responsive
                 with entry.lock, torch.no_grad():
                     parts.append(logits(entry.model, self.data.images[part], PREDICT_CHUNK).softmax(-1).cpu())
-            return torch.cat(parts)
-
-        return self.cache.memo(key, compute)
+            return self.cache.store_tensor(key, torch.cat(parts))
 
     # ------------------------------------------------------------------ images
     def image(self, ref: str | None, entry: Entry | None = None) -> torch.Tensor:

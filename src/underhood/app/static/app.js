@@ -7,7 +7,7 @@ const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
 const TABS = ["layer", "attribution", "projector", "ablation", "attack", "why"];
 const KEYS = ["model", "compare", "layer", "unit", "image", "method", "tab", "scale"];
 
-const S = {model: "", compare: "", layer: "", unit: 0, image: "", method: "gradient", tab: "layer", scale: "own"};
+const S = {model: "", compare: "", layer: "", unit: 0, image: "", method: "", tab: "layer", scale: "own"};
 const M = {};            // model id -> /api/model
 const seq = {};          // panel -> request counter (drops stale answers)
 const live = {ws: null, stream: null, busy: false, times: [], on: false, last: null};
@@ -173,6 +173,20 @@ async function predictions() {
 }
 
 /* ---------- dataset browser ---------- */
+function showAccuracy(d) {
+  /* the accuracy comes from a background pass over the whole dataset: ask again until it is there */
+  const known = d.accuracy !== null && d.accuracy !== undefined;
+  $("#data-info").textContent = `${d.total} images · model accuracy ${known ? (100 * d.accuracy).toFixed(1) + "%" : "…"}`;
+  if (!known) {
+    const model = S.model;
+    setTimeout(async () => {
+      if (model !== S.model) return;
+      const again = await api(`/api/data?${q({model, cls: $("#cls").value, limit: 1})}`);
+      if (again && model === S.model) showAccuracy({...again, total: d.total});
+    }, 1500);
+  }
+}
+
 async function loadData() {
   const t = ticket("data");
   const params = {model: S.model, cls: $("#cls").value, correct: $("#correct").value,
@@ -183,7 +197,7 @@ async function loadData() {
   if ($("#cls").options.length <= 1) {
     d.classes.forEach((c, i) => $("#cls").append(el("option", {value: String(i), text: c})));
   }
-  $("#data-info").textContent = `${d.total} images · model accuracy ${(100 * d.accuracy).toFixed(1)}%`;
+  showAccuracy(d);
   const pages = Math.max(1, Math.ceil(d.total / view.pageSize));
   $("#page-info").textContent = `${view.page + 1} / ${pages}`;
   $("#prev-page").disabled = view.page <= 0;
@@ -403,7 +417,11 @@ async function loadUnit() {
 async function loadPattern(t = seq.unit) {
   const p = await api(`/api/unit/pattern?${q({model: S.model, image: S.image, layer: S.layer, unit: S.unit,
     rule: view.rule})}`);
-  if (p && !stale("unit", t)) $("#unit-pattern").src = p.image;
+  if (p && !stale("unit", t)) {
+    $("#unit-pattern").src = p.image;
+    $("#pattern-caption").textContent = p.window
+      ? `pattern in rows ${p.window[0]}–${p.window[2]}, columns ${p.window[1]}–${p.window[3]}` : "pattern over the image";
+  }
 }
 
 /* Poll a background job by asking for it again (the server joins the running job) until it is done. */
