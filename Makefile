@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+APP_STAMP := $(VENV)/.installed-app
 
-.PHONY: demo test test-slow lint format bench install install-dev clean
+.PHONY: demo test test-slow lint format bench install install-dev explore clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +21,18 @@ $(DEV_STAMP): $(STAMP)
 	$(PIP) install -q -c constraints.txt -e ".[dev,app]"
 	touch $@
 
+$(APP_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[app]"
+	touch $@
+
 install: $(STAMP)
 install-dev: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/underhood demo --out underhood-out/demo
+
+explore: $(APP_STAMP)
+	$(BIN)/underhood explore
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
