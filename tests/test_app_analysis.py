@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
@@ -27,6 +26,8 @@ from underhood.attribution.gradient import saliency  # noqa: E402
 from underhood.attribution.registry import REGISTRY  # noqa: E402
 from underhood.influence.api import influence  # noqa: E402
 from underhood.viz.attribution import LABELS, STYLES, render_map  # noqa: E402
+
+from .app_support import left_as_found, wait  # noqa: E402
 
 LAYER = "features.14"   # a convolution of the shapes model (64 channels)
 
@@ -58,23 +59,9 @@ def client(workspace):
     return TestClient(create_app(workspace))
 
 
-def state_of(model: nn.Module) -> list:
-    return [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in model.modules()]
-
-
-def hooks_on(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
-
-
 @pytest.fixture(autouse=True)
-def left_as_found(workspace):
-    """Every endpoint leaves each model as it found it: no hook, the same modes and requires_grad flags."""
-    before = {id: state_of(e.model) for id, e in workspace.models.items()}
-    yield
-    for id, e in workspace.models.items():
-        assert hooks_on(e.model) == 0, f"{id}: hooks left"
-        assert state_of(e.model) == before[id], f"{id}: modes or requires_grad changed"
+def guard(workspace):
+    yield from left_as_found(workspace)
 
 
 def pixels(url: str) -> np.ndarray:
@@ -93,14 +80,6 @@ def one_line_error(response, status: int) -> str:
     return error
 
 
-def wait(client, view, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while view["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, view
-        time.sleep(0.05)
-        view = client.get(f"/api/jobs/{view['job']}").json()
-    assert view["status"] == "done", view
-    return view
 
 
 # ---------------------------------------------------------------------------------------------- attribution

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 import numpy as np
 import pytest
@@ -25,6 +24,8 @@ from underhood.app.pictures import data_url, image_array, image_png  # noqa: E40
 from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
 from underhood.viz.units import pattern_image  # noqa: E402
+
+from .app_support import left_as_found, wait  # noqa: E402
 
 
 class ToTokens(nn.Module):
@@ -80,23 +81,9 @@ def client(workspace):
     return TestClient(create_app(workspace))
 
 
-def state_of(model: nn.Module) -> list:
-    return [(m.training, [p.requires_grad for p in m.parameters(recurse=False)]) for m in model.modules()]
-
-
-def hooks_on(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
-
-
 @pytest.fixture(autouse=True)
-def left_as_found(workspace):
-    """Every endpoint leaves each model as it found it: no hook, the same modes and requires_grad flags."""
-    before = {id: state_of(e.model) for id, e in workspace.models.items()}
-    yield
-    for id, e in workspace.models.items():
-        assert hooks_on(e.model) == 0, f"{id}: hooks left"
-        assert state_of(e.model) == before[id], f"{id}: modes or requires_grad changed"
+def guard(workspace):
+    yield from left_as_found(workspace)
 
 
 def picture(url: str) -> Image.Image:
@@ -109,14 +96,6 @@ def acts(entry, x, layer):
         return maps(entry.model, x[None], layer)[layer][0]
 
 
-def wait(client, view, until=("done",), timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while view["status"] not in until and view["status"] not in ("failed", "cancelled", "done"):
-        assert time.monotonic() < deadline, view
-        time.sleep(0.05)
-        view = client.get(f"/api/jobs/{view['job']}").json()
-    assert view["status"] in until, view
-    return view
 
 
 # ---------------------------------------------------------------------------------------------- /api/layer

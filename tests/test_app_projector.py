@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +22,8 @@ from underhood.app.jobs import Cancelled  # noqa: E402
 from underhood.app.pictures import data_url, image_png  # noqa: E402
 from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
+
+from .app_support import wait  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,21 +50,12 @@ def layer(client):
     return client.get("/api/model").json()["default_layer"]
 
 
-def finished(client, view, timeout=60.0):
-    """Poll a job view until it is done (or failed / cancelled); its final view."""
-    deadline = time.time() + timeout
-    while view["status"] in ("queued", "running"):
-        assert time.time() < deadline, view
-        time.sleep(0.05)
-        view = client.get(f"/api/jobs/{view['job']}").json()
-    return view
 
 
 def project(client, **params):
     r = client.get("/api/projector", params=params)
     assert r.status_code == 200, r.text
-    view = finished(client, r.json())
-    assert view["status"] == "done", view
+    view = wait(client, r.json())
     return view["result"]
 
 

@@ -151,19 +151,21 @@ async def upload(request: Request, file: UploadFile = File(...)) -> dict[str, An
     return {"id": ref, "image": ref, "size": [c, h, width], "url": f"/api/image.png?image={ref}"}
 
 
-@router.get("/api/jobs/{job_id}")
-def job(request: Request, job_id: str) -> dict[str, Any]:
-    """A background job's status, progress and (partial) result."""
-    found = ws(request).jobs.get(job_id)
+def _job(request: Request, job_id: str, cancel: bool = False) -> dict[str, Any]:
+    jobs = ws(request).jobs
+    found = jobs.cancel(job_id) if cancel else jobs.get(job_id)
     if found is None:
         raise NotFound(f"job: no job {job_id!r} (finished jobs are kept for a while, then forgotten)")
     return found.view()
 
 
+@router.get("/api/jobs/{job_id}")
+def job(request: Request, job_id: str) -> dict[str, Any]:
+    """A background job's status, progress and (partial) result."""
+    return _job(request, job_id)
+
+
 @router.delete("/api/jobs/{job_id}")
 def cancel(request: Request, job_id: str) -> dict[str, Any]:
     """Cancel a running job (it stops at its next chunk)."""
-    found = ws(request).jobs.cancel(job_id)
-    if found is None:
-        raise NotFound(f"job: no job {job_id!r}")
-    return found.view()
+    return _job(request, job_id, cancel=True)

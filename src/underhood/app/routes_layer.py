@@ -313,14 +313,6 @@ def pattern(request: Request, model: str | None = None, image: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- top images (job)
-def _dataset(w: Workspace, entry: Entry) -> torch.Tensor:
-    images = w.data.images
-    if tuple(images.shape[1:]) != tuple(entry.input_size):
-        raise InputError(f"model: the dataset's images are {list(images.shape[1:])} but {entry.id} takes "
-                         f"{list(entry.input_size)}; scan with the model the dataset was loaded for")
-    return images
-
-
 def _state_json(state: Any, scanned: int, total: int, layer: str, k: int) -> dict[str, Any]:
     return {"layer": layer, "k": k, "scanned": scanned, "total": total, "channels": state.channels.tolist(),
             "values": state.values.tolist(), "index": state.index.tolist(), "position": state.position.tolist()}
@@ -340,7 +332,7 @@ def top_scan(w: Workspace, entry: Entry, layer: str, k: int) -> tuple[Any, dict 
     if stored is not None:
         return None, stored
     how = reading(entry, layer)
-    images = _dataset(w, entry)
+    images = w.images_for(entry)
 
     def work(job) -> dict[str, Any]:
         n, state = len(images), None
@@ -434,7 +426,7 @@ def top_patterns(request: Request, model: str | None = None, layer: str = "", un
         part = Partial(torch.tensor([state["values"][row]]), torch.tensor([state["index"][row]]),
                        torch.tensor([state["position"][row]]), torch.tensor([u]))
         with entry.lock:
-            found = finish(entry.model, _dataset(w, entry), layer, part, pattern=rule, batch_size=k,
+            found = finish(entry.model, w.images_for(entry), layer, part, pattern=rule, batch_size=k,
                            **reading(entry, layer))
         items = []
         for index, p in zip(found.index[0], found.patterns[0]):

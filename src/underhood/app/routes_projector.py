@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.util
-import io
 import json
 import tempfile
 import time
@@ -25,7 +24,6 @@ from fastapi import APIRouter, Request, WebSocket
 
 from ..activations.embed import INPUT, METHODS
 from ..core.errors import DataError, InputError, UnderhoodError
-from ..core.io import write_bytes
 from .hosts import allowed
 from .routes_core import model_view, predict, ws
 from .workspace import Entry, Workspace
@@ -52,15 +50,6 @@ def layer_name(w: Workspace, entry: Entry, layer: str | None) -> str:
     return layer
 
 
-def dataset(w: Workspace, entry: Entry) -> torch.Tensor:
-    """The dataset's images, checked against the model's input size (400 otherwise)."""
-    images = w.data.images
-    if tuple(images.shape[1:]) != tuple(entry.input_size):
-        raise InputError(f"model: the dataset's images are {list(images.shape[1:])} but {entry.id} takes "
-                         f"{list(entry.input_size)}; use the model the dataset was loaded for")
-    return images
-
-
 def _method(method: str) -> str:
     if method not in METHODS:
         raise InputError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
@@ -83,29 +72,6 @@ def _features_key(w: Workspace, entry: Entry, layer: str) -> str:
     return w.cache.key("features", entry.digest, w.data_spec, len(w.data), layer, POOL)
 
 
-def _stored(w: Workspace, key: str) -> torch.Tensor | None:
-    """The features of the first images computed so far (memory, then disk), or ``None``."""
-    found = w.cache.recall(key)
-    if found is not None or w.cache.root is None:
-        return found
-    path = w.cache.root / f"{key}.pt"
-    if path.is_file():
-        try:
-            return w.cache.remember(key, torch.load(path, weights_only=True))
-        except Exception:  # a damaged file: compute again
-            return None
-    return None
-
-
-def _store(w: Workspace, key: str, feats: torch.Tensor) -> torch.Tensor:
-    w.cache.remember(key, feats)
-    if w.cache.root is not None:
-        buf = io.BytesIO()
-        torch.save(feats, buf)
-        write_bytes(w.cache.root / f"{key}.pt", buf.getvalue())
-    return feats
-
-
 def layer_features(w: Workspace, entry: Entry, layer: str, n: int, job: Any = None,
                    share: float = 1.0) -> torch.Tensor:
     """``[n, D]`` pooled features of the first ``n`` dataset images at ``layer``
@@ -117,11 +83,11 @@ def layer_features(w: Workspace, entry: Entry, layer: str, n: int, job: Any = No
     """
     from ..activations.embed import features
 
-    images = dataset(w, entry)
+    images = w.images_for(entry)
     if layer == INPUT:  # the pixels, flattened, as features() gives them: a view, nothing to compute or keep
         return images[:n].flatten(1).float().cpu()
     key = _features_key(w, entry, layer)
-    done = _stored(w, key)
+    done = w.cache.load_tensor(key)
     have = 0 if done is None else len(done)
     parts = [] if done is None else [done]
     for start in range(have, n, CHUNK):
@@ -133,7 +99,7 @@ def layer_features(w: Workspace, entry: Entry, layer: str, n: int, job: Any = No
         if job is not None:  # a cancel mid-pass keeps what is done (in memory): the next request goes on from there
             parts = [w.cache.remember(key, torch.cat(parts))]
     if have < n:
-        done = _store(w, key, torch.cat(parts))
+        done = w.cache.store_tensor(key, torch.cat(parts))
     return done[:n]
 
 
@@ -141,8 +107,8 @@ def _probe(w: Workspace, entry: Entry, layer: str) -> None:
     """One image through :func:`features` at ``layer``: a layer it cannot pool fails here, as a 4xx, before any job."""
     from ..activations.embed import features
 
-    images = dataset(w, entry)
-    if layer == INPUT or _stored(w, _features_key(w, entry, layer)) is not None:
+    images = w.images_for(entry)
+    if layer == INPUT or w.cache.load_tensor(_features_key(w, entry, layer)) is not None:
         return
     with entry.lock:
         features(entry.model, images, layer, pool=POOL, start=0, stop=1)

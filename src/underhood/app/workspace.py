@@ -338,6 +338,14 @@ class Workspace:
                     parts.append(logits(entry.model, self.data.images[part], PREDICT_CHUNK).softmax(-1).cpu())
             return self.cache.store_tensor(key, torch.cat(parts))
 
+    def images_for(self, entry: Entry) -> torch.Tensor:
+        """The dataset's images, checked against ``entry``'s input size (a dataset scan needs them equal)."""
+        images = self.data.images
+        if tuple(images.shape[1:]) != tuple(entry.input_size):
+            raise InputError(f"model: the dataset's images are {list(images.shape[1:])} but {entry.id} takes "
+                             f"{list(entry.input_size)}; use the model the dataset was loaded for")
+        return images
+
     # ------------------------------------------------------------------ images
     def image(self, ref: str | None, entry: Entry | None = None) -> torch.Tensor:
         """The ``[C, H, W]`` image a reference names: ``"data:12"`` (a dataset image) or an upload's id.
