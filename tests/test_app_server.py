@@ -276,6 +276,8 @@ def test_a_taken_port_is_a_one_line_error():
     with pytest.raises(InputError, match="--port"):
         free_socket("127.0.0.1", sock.getsockname()[1])
     sock.close()
+    with pytest.raises(InputError, match="--host"):
+        free_socket("no-such-host.invalid", 0)
 
 
 def test_another_host_warns(monkeypatch, tmp_path):

@@ -50,13 +50,15 @@ FREE_TEXT = {
     "--out": "checked before the work by the output check (tests/test_cli_outputs.py)",
     "model": "the model spec positional of `layers`",
     "--cache": "a folder, created when missing (influence: a file there is refused by the command's check)",
+    "--compare": "a second model spec (explore): checked when it is loaded",
+    "--host": "an address to listen on (explore): checked when the server binds, one line naming --host",
 }
 """Options whose values only the loaded model can judge (so no parser type), and why."""
 
 ZERO_OK = {"--seed", "--thumbnails", "--noise", "--diversity", "--tv", "--alpha", "--power", "--content-weight",
-           "--style-weight", "--tv-weight", "--damping", "--retrain"}
-"""Numeric options for which 0 is a meaningful value (a seed; a count of extras; a weight that switches a term off).
-No option accepts a negative value."""
+           "--style-weight", "--tv-weight", "--damping", "--retrain", "--port"}
+"""Numeric options for which 0 is a meaningful value (a seed; a count of extras; a weight that switches a term off;
+a port: 0 picks a free one). No option accepts a negative value."""
 
 STRING_BAD = {
     weights_file: ["missing.pt", ""],

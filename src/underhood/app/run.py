@@ -31,10 +31,14 @@ def free_socket(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except socket.gaierror as exc:
+        sock.close()
+        raise InputError(f"--host: {host!r} is not an address of this machine ({exc.strerror}); leave --host out "
+                         "for 127.0.0.1") from None
     except OSError as exc:
         sock.close()
         raise InputError(f"--port: cannot listen on {host}:{port} ({exc.strerror}); pick another port or "
-                         "--port 0 for a free one") from None
+                         "--port 0 for a free one (or check --host)") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
