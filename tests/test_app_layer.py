@@ -309,6 +309,8 @@ def test_actmax_renders_the_channel_and_is_cached(client, workspace):
     from underhood.synthesis.render import render
 
     params = {"layer": "features.10", "unit": 4, "steps": 6}
+    missing = client.get("/api/unit/actmax", params={**params, "cached": "true"}).json()
+    assert missing["status"] == "missing" and missing["job"] is None  # asking does not start a render
     view = wait(client, client.get("/api/unit/actmax", params=params).json())
     result = view["result"]
     expected = render(workspace.main.model, channel("features.10", 4), size=(3, 64, 64), steps=6, lr=0.2, seed=0)
@@ -316,3 +318,4 @@ def test_actmax_renders_the_channel_and_is_cached(client, workspace):
     assert picture(result["image"]).size == (256, 256)
     again = client.get("/api/unit/actmax", params=params).json()
     assert again["status"] == "done" and again["result"] == result
+    assert client.get("/api/unit/actmax", params={**params, "cached": "true"}).json()["result"] == result

@@ -450,10 +450,11 @@ def _private_copy(model: torch.nn.Module) -> torch.nn.Module | None:
 
 @router.get("/api/unit/actmax")
 def actmax(request: Request, model: str | None = None, layer: str = "", unit: int = 0,
-           steps: int = STEPS) -> dict[str, Any]:
+           steps: int = STEPS, cached: bool = False) -> dict[str, Any]:
     """Activation maximisation of the unit's channel (``synthesis.render`` of ``objectives.channel``, the
     library's defaults at the model's input size), computed in the background on first request and
-    cached on disk: ``result`` is ``{image, value, start, steps}``."""
+    cached on disk: ``result`` is ``{image, value, start, steps}``. With ``cached=true`` nothing is
+    started: the stored result, or ``status: "missing"``."""
     from ..synthesis.objectives import channel
     from ..synthesis.render import render
 
@@ -468,6 +469,9 @@ def actmax(request: Request, model: str | None = None, layer: str = "", unit: in
     stored = w.cache.load_json(key)
     if stored is not None:
         return _done("actmax", stored)
+    if cached:
+        return {"job": None, "kind": "actmax", "status": "missing", "progress": 0.0, "message": "not rendered yet",
+                "error": None, "result": None}
 
     def work(job) -> dict[str, Any]:
         job.step(0.0, "copying the model")

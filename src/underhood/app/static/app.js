@@ -494,11 +494,17 @@ function loadActmax(start) {
   const url = `/api/unit/actmax?${q({model: S.model, layer: S.layer, unit: S.unit})}`;
   const key = `${S.model}|${S.layer}|${S.unit}`;
   if (!start && !(view.actmaxSeen || new Set()).has(key)) {
-    ticket("actmax");
+    const t = ticket("actmax");
     box.innerHTML = "";
     box.append(el("button", {class: "btn", id: "actmax-run", onclick: () => loadActmax(true),
       title: "Activation maximisation (synthesis.render); cached once computed", text: "Optimise image"}));
     $("#actmax-caption").textContent = "What excites this unit most";
+    api(`${url}&cached=true`).then((v) => {  /* rendered before (this visit or an earlier one): show it */
+      if (!v || v.status !== "done" || stale("actmax", t)) return;
+      box.innerHTML = "";
+      box.append(el("img", {class: "pix big", src: v.result.image, alt: "activation maximisation"}));
+      $("#actmax-caption").textContent = `optimised image · ${v.result.steps} steps · activation ${fmt(v.result.value)}`;
+    });
     return;
   }
   view.actmaxSeen = view.actmaxSeen || new Set();
