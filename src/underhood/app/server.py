@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from ..core.errors import InputError, LayerError, UnderhoodError
+from ..core.errors import LayerError, UnderhoodError
 from .hosts import allowed, is_local
 from .workspace import NotFound, TooLarge, Unsupported, Workspace
 
@@ -125,7 +125,3 @@ def create_app(workspace: Workspace, *, host: str = "127.0.0.1") -> Any:
 
     return app
 
-
-def bad(message: str) -> InputError:
-    """A 400 error for a bad request value (one line naming the argument and the fix)."""
-    return InputError(message)
