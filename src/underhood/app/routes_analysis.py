@@ -346,6 +346,10 @@ def why(request: Request, model: str | None = None, image: str | None = None, k:
     if not 1 <= k <= top:
         raise InputError(f"k: expected 1..{top} images per list, got {k}")
     _head(w, entry)
+    if int(w.data.labels.max()) >= len(entry.classes):
+        raise InputError(f"data: the dataset's labels name {len(w.data.classes)} classes but {entry.id} has "
+                         f"{len(entry.classes)}; influence needs training labels of the model's own classes: "
+                         "start explore with --data of those classes")
     key = w.cache.key("why", entry.digest, w.data_spec, len(w.data), _image_key(w, image), k, DAMPING)
 
     def work(job) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Request
 
-from ..core.errors import InputError, LayerError
+from ..core.errors import InputError, LayerError, ModelError
 from .pictures import colour, data_url, image_array, image_png, png, sprite, upsample
 from .routes_core import ws
 from .workspace import Entry, Workspace
@@ -297,16 +297,24 @@ def pattern(request: Request, model: str | None = None, image: str | None = None
         _, argmax = strongest(a[u])
         position = torch.tensor([argmax or [0, 0]])
         x = w.image(image, entry)
+        used, note = rule, None
         with entry.lock:
-            grads = unit_gradients(entry.model, x[None].to(entry.device), layer, torch.tensor([u]), position,
-                                   rule=rule, batch_size=1, **reading(entry, layer))
+            try:
+                grads = unit_gradients(entry.model, x[None].to(entry.device), layer, torch.tensor([u]), position,
+                                       rule=rule, batch_size=1, **reading(entry, layer))
+            except ModelError:  # no ReLU in forward (GELU transformers): the rule has nothing to act on
+                used = "gradient"
+                note = f"the model runs no ReLU, so the {rule} rule has nothing to act on: this is the plain gradient"
+                grads = unit_gradients(entry.model, x[None].to(entry.device), layer, torch.tensor([u]), position,
+                                       rule=used, batch_size=1, **reading(entry, layer))
         window = None
         if argmax is not None:
             grid, _ = box_grid(w, entry, layer)
             window = pattern_window([int(v) for v in grid[argmax[0], argmax[1]]], tuple(x.shape[-2:]))
         g = grads[0] if window is None else crop(grads[0], window, fill=0.0)
         picture = pattern_image(g)
-        return {"model": entry.id, "layer": layer, "unit": u, "rule": rule, "argmax": argmax, "window": window,
+        return {"model": entry.id, "layer": layer, "unit": u, "rule": used, "note": note, "argmax": argmax,
+                "window": window,
                 "image": data_url(image_png(picture, _scale(*picture.shape[-2:])))}
 
     return w.cache.memo(key, compute)

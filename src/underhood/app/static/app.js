@@ -419,8 +419,9 @@ async function loadPattern(t = seq.unit) {
     rule: view.rule})}`);
   if (p && !stale("unit", t)) {
     $("#unit-pattern").src = p.image;
-    $("#pattern-caption").textContent = p.window
-      ? `pattern in rows ${p.window[0]}–${p.window[2]}, columns ${p.window[1]}–${p.window[3]}` : "pattern over the image";
+    $("#pattern-caption").textContent = (p.note ? "plain gradient (no ReLU to rule) · " : "") + (p.window
+      ? `pattern in rows ${p.window[0]}–${p.window[2]}, columns ${p.window[1]}–${p.window[3]}` : "pattern over the image");
+    $("#pattern-caption").title = p.note || "";
   }
 }
 
