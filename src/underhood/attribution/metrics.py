@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,8 +29,8 @@ from ..core.checks import choice, number, positive_int
 from ..core.errors import InputError
 from ..core.hooks import frozen, trace
 from ..core.layers import named_layers, resolve
+from ..core.randomize import randomize, randomized_copy  # noqa: F401  (randomized_copy: public here too)
 from ..core.results import Result, Summary
-from ..core.seeding import seeded
 from ..core.stats import spearman as rank_correlation
 from ..core.targets import Target
 from .base import deprecated, fixed_target, prepare, score_copies
@@ -617,45 +616,6 @@ def _stages(model: nn.Module, x: torch.Tensor, layers: Sequence[str] | None) -> 
     return sorted(names, key=lambda n: -order[n])
 
 
-def _randomize(module: nn.Module, name: str, seed: int) -> None:
-    """Re-initialise every parameter-owning module inside ``module`` (named ``name``) as a freshly built one would be.
-
-    ``reset_parameters()`` where the module has it (random for Conv/Linear; identity affine and
-    reset running statistics for BatchNorm); otherwise each parameter is redrawn from
-    ``N(0, std(p)^2)``, keeping its scale and destroying its structure. Each layer's seed comes
-    from ``(seed, its name)``: the same weights whether it is randomised alone or in a block.
-    """
-    for sub, m in module.named_modules(prefix=name):
-        own = list(m.parameters(recurse=False))
-        if not own:
-            continue
-        with seeded((int(seed) * 1_000_003 + zlib.crc32(sub.encode())) % (2**63), own[0].device):
-            if callable(getattr(m, "reset_parameters", None)):
-                m.reset_parameters()
-            else:
-                with torch.no_grad():
-                    for p in own:
-                        p.normal_(0.0, float(p.std()) if p.numel() > 1 else 1.0)
-
-
-def randomized_copy(model: nn.Module, *, seed: int = 0) -> nn.Module:
-    """A deep copy of ``model`` with every parameterised layer re-initialised (the last stage of the
-    cascade of :func:`model_randomization`, without the stages in between).
-
-    Example:
-        >>> noise = randomized_copy(model, seed=0)   # doctest: +SKIP
-    """
-    try:
-        twin = copy.deepcopy(model)
-    except Exception as exc:  # any failure to copy means the same to the user
-        raise InputError(f"model: cannot deep-copy {type(model).__name__} ({exc}); the test needs a copy to "
-                         "randomise") from exc
-    for name, m in named_layers(twin).items():
-        if any(True for _ in m.parameters(recurse=False)):
-            _randomize(m, name, seed)
-    return twin
-
-
 def _fix_target(model: nn.Module, x: torch.Tensor, target: Target) -> Target:
     with frozen(model):
         fixed, _ = fixed_target(model, x, target)
@@ -722,7 +682,7 @@ def model_randomization(model: nn.Module, inputs: torch.Tensor, method: str | Me
     groups = _blocks(names, layer_of) if by == "block" else [[n] for n in names]
     for group in groups:
         for name in group:
-            _randomize(layer_of[name], name, seed)
+            randomize(layer_of[name], name, seed)
         maps.append(_run(method, twin, x, fixed, options))
     return _result(["original", *(g[0] for g in groups)], maps, similarity_on, label)
 
