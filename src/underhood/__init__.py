@@ -32,6 +32,7 @@ _LAZY = {
     "attribution": ("underhood.attribution", None),
     "adversarial": ("underhood.adversarial", None),
     "influence": ("underhood.influence", None),
+    "transfer": ("underhood.transfer", None),
     "hardware": ("underhood.hardware", None),
     "viz": ("underhood.viz", None),
     "report": ("underhood.report", None),

@@ -18,6 +18,7 @@ from .attribution import (
 from .embedding import embedding_figure, neighbors_figure
 from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
 from .render import figure_to_png, new_figure, normalize, save_figure, subplots, to_numpy_image, to_png
+from .transfer import probe_figure
 from .units import statistics_figure, top_patches_figure
 
 __all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figure", "subplots", "new_figure",
@@ -25,4 +26,4 @@ __all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figur
            "filters_figure", "feature_maps_figure", "predictions_figure",
            "render_map", "attribution_figure", "strips_figure", "metric_table_figure",
            "curves_figure", "STYLES", "LABELS", "top_patches_figure", "statistics_figure", "embedding_figure",
-           "neighbors_figure", "ablation_figure"]
+           "neighbors_figure", "ablation_figure", "probe_figure"]

@@ -1,0 +1,78 @@
+"""The transfer family's figure: linear-probe accuracy against depth, with its baselines.
+
+It reads a :class:`underhood.transfer.ProbeResult`'s plain fields (no family import): ``accuracy``,
+``random``, ``pixels``, ``model_accuracy``, ``chance``, ``layers`` and ``rf``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .render import subplots
+
+TRAINED = "#1f5fa8"
+RANDOM = "#8c8c8c"
+MODEL = "#d62728"
+PIXELS = "#2e8540"
+CHANCE = "#555555"
+
+
+def _tick(name: str, rf: dict[str, str]) -> str:
+    if name == "pixels":
+        return "pixels\n(8x8)"
+    field = rf.get(name)
+    return f"{name}\nrf {field}" if field and field != "global" else (f"{name}\nglobal" if field else name)
+
+
+def probe_figure(result: Any, *, title: str | None = None, figsize: tuple[float, float] | None = None):
+    """Probe accuracy against layer: the trained model's line, its randomly re-initialised copy, the pixels and
+    chance levels as horizontal lines and the model's own accuracy as a dashed line.
+
+    x: ``"pixels"`` (when probed) then the layers in order, labelled with their receptive field when known.
+    """
+    names = list(result.accuracy)
+    xs = list(range(len(names)))
+    width = max(5.8, 1.25 * len(names) + 2.6)
+    fig, ax = subplots(figsize=figsize or (width, 4.3))
+    pct = [100 * result.accuracy[n] for n in names]
+    ax.plot(xs, pct, "-o", color=TRAINED, lw=2.2, ms=7, zorder=4, label="trained model")
+    for x, v in zip(xs, pct):
+        ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(0, 8), ha="center",
+                    fontsize=8.5, color=TRAINED, fontweight="bold")
+    if result.random:
+        rx = [xs[names.index(n)] for n in result.random if n in names]
+        ry = [100 * v for n, v in result.random.items() if n in names]
+        if "pixels" in names and result.pixels is not None:  # untrained weights start from the same pixels
+            rx, ry = [0, *rx], [100 * result.pixels, *ry]
+        ax.plot(rx, ry, "--s", color=RANDOM, lw=1.6, ms=5.5, zorder=3, label="random re-initialised copy")
+        for x, v in list(zip(rx, ry))[1 if "pixels" in names else 0:]:
+            ax.annotate(f"{v:.1f}", (x, v), textcoords="offset points", xytext=(6, 4), ha="left",
+                        fontsize=8, color=RANDOM)
+    right = xs[-1] + 0.45 if xs else 0.5
+    levels = [(result.model_accuracy, MODEL, "--", 1.4, "the model itself"),
+              (result.pixels, PIXELS, ":", 1.4, "pixels"),
+              (result.chance, CHANCE, "-", 0.8, "chance")]
+    placed: list[float] = []  # label heights, pushed apart so close levels stay readable
+    for value, color, style, lw, label in sorted((lv for lv in levels if lv[0] is not None), key=lambda lv: lv[0]):
+        ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2, alpha=0.9)
+        y = max(100 * value, placed[-1] + 4.5) if placed else 100 * value
+        placed.append(y)
+        ax.text(right + 0.05, y, f"{label} {100 * value:.1f}", color=color, fontsize=8, va="center",
+                ha="left", clip_on=False)
+    ax.set_xticks(xs, [_tick(n, getattr(result, "rf", {}) or {}) for n in names], fontsize=8.5)
+    ax.set_xlim(-0.35, right)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("held-out probe accuracy (%)")
+    ax.set_xlabel("layer (input to output; rf: receptive field in pixels)")
+    ax.grid(axis="y", color="#e4e4e4", lw=0.8, zorder=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    pool = getattr(result, "pool", "avg")
+    ax.set_title(title or f"How general is each layer: linear probes on {pool}-pooled features "
+                 f"({result.n_train} train / {result.n_test} test images)", fontsize=10, loc="left")
+    ax.legend(fontsize=8.5, loc="upper left", bbox_to_anchor=(0.0, 0.9), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["probe_figure"]
