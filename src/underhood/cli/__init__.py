@@ -31,6 +31,7 @@ from . import (
     models,
     report,
     synthesis,
+    transfer,
     weights,
 )
 from .common import KEEP, Commands, final_dir
@@ -38,8 +39,8 @@ from .common import KEEP, Commands, final_dir
 EXIT_ERROR = 2
 EXIT_BUG = 1
 
-FAMILIES = (report, data, models, attribution, weights, activations, synthesis, adversarial, influence, hardware,
-            explore)
+FAMILIES = (report, data, models, attribution, weights, activations, transfer, synthesis, adversarial, influence,
+            hardware, explore)
 """The family modules whose ``register(add)`` builds the parser, in this order."""
 
 ORDER = ("demo", "samples", "models", "layers", "predict", "explain", "evaluate", "train")
