@@ -69,7 +69,7 @@ def create_app(workspace: Workspace, *, host: str = "127.0.0.1") -> Any:
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    from . import routes_analysis, routes_core, routes_layer, routes_projector
+    from . import routes_analysis, routes_core, routes_layer, routes_projector, routes_transfer
 
     app = FastAPI(title="underhood explorer", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.ws = workspace
@@ -120,7 +120,7 @@ def create_app(workspace: Workspace, *, host: str = "127.0.0.1") -> Any:
             return JSONResponse({"error": f"files: no file {path!r} in the output folder"}, 404)
         return FileResponse(found, media_type=mimetypes.guess_type(found.name)[0] or "application/octet-stream")
 
-    for module in (routes_core, routes_layer, routes_analysis, routes_projector):
+    for module in (routes_core, routes_layer, routes_analysis, routes_projector, routes_transfer):
         app.include_router(module.router)
 
     return app

@@ -129,6 +129,7 @@ function showLayerInfo() {
   const rf = r.rf ? ` · receptive field ${r.rf.map((v) => Math.round(v)).join("×")} px` : "";
   $("#layer-info").textContent = `${r.type} · ${r.units} units · ${r.shape.join("×")}${rf}`;
   $$(".layer-name").forEach((n) => { n.textContent = S.layer; });
+  markProbe();
 }
 
 /* ---------- the current input ---------- */
@@ -843,6 +844,50 @@ function loadWhy() {
   }, {cancelBtn: $("#why-cancel"), bar: $("#why-progress")});
 }
 
+/* ---------- the probe strip: one bar per stage, its linear-probe accuracy (GET /api/probe, a background job) ---------- */
+async function loadProbe() {
+  const t = ticket("probe");
+  const strip = $("#probe-strip");
+  const model = S.model;
+  strip.innerHTML = "";
+  strip.append(el("span", {class: "probe-label small muted", text: "probing…",
+    title: "Linear probes of each stage are being fitted in the background"}));
+  strip.hidden = false;
+  let delay = 400;
+  for (;;) {
+    const v = await api(`/api/probe?${q({model})}`, {quiet: true});
+    if (stale("probe", t)) return;
+    // optional: a dataset without labels (or too small to split) leaves the strip out, quietly
+    if (!v || v.error || !["queued", "running", "done"].includes(v.status)) { strip.hidden = true; return; }
+    if (v.status === "done") { drawProbe(v.result); return; }
+    await sleep(delay);
+    delay = Math.min(2000, delay * 1.5);
+  }
+}
+
+function drawProbe(r) {
+  const strip = $("#probe-strip");
+  const pct = (v) => `${(100 * v).toFixed(1)}%`;
+  const own = r.model_accuracy === null ? "" : `, the model itself ${pct(r.model_accuracy)}`;
+  strip.innerHTML = "";
+  strip.append(el("span", {class: "probe-label small muted", text: "probe",
+    title: `Linear-probe accuracy of each stage: a logistic regression on its frozen, ${r.pool}-pooled features, `
+      + `fitted on ${r.n_train} dataset images and scored on ${r.n_test} others (pixels ${pct(r.pixels)}, chance `
+      + `${pct(r.chance)}${own}). The dark tick is a randomly re-initialised copy. Click a bar to open that layer.`}));
+  for (const row of r.layers) {
+    const tip = `${row.layer}: ${pct(row.accuracy)}` + (row.random === null ? "" : ` · random copy ${pct(row.random)}`);
+    strip.append(el("button", {class: "probe-bar", "data-layer": row.layer, "data-tip": tip,
+      "aria-label": `${row.layer} probe accuracy ${pct(row.accuracy)}`, onclick: () => setLayer(row.layer)},
+    el("span", {class: "probe-fill", style: `height: ${Math.max(6, 100 * row.accuracy)}%`}),
+    row.random === null ? null : el("span", {class: "probe-random", style: `bottom: ${100 * row.random}%`})));
+  }
+  markProbe();
+}
+
+function markProbe() {
+  $$("#probe-strip .probe-bar").forEach((b) => b.classList.toggle("on", b.dataset.layer === S.layer));
+}
+
 /* ---------- tabs ---------- */
 function switchTab(tab) {
   if (!TABS.includes(tab)) return;
@@ -1069,6 +1114,7 @@ async function setModel(id) {
   if (S.compare === id) { $("#compare").checked = false; await setCompare(); }
   loadData();
   setImage(S.image);
+  loadProbe();
 }
 
 /* ---------- start ---------- */
@@ -1155,6 +1201,9 @@ async function boot() {
   switchTab(S.tab);
   setImage(S.image, {refresh: false});
   window.underhoodBoot = performance.now() - t0;
+  // the probe strip comes last: once the first grid is drawn, never before
+  const probeWhenReady = () => (document.body.dataset.ready ? loadProbe() : setTimeout(probeWhenReady, 250));
+  setTimeout(probeWhenReady, 250);
 }
 
 window.addEventListener("unhandledrejection", (e) => { e.preventDefault(); toast(`page: ${e.reason}`); });
