@@ -63,6 +63,12 @@ class Job:
                 "result": self.result if self.status == "done" else self.partial}
 
 
+def done_view(kind: str, result: Any) -> dict[str, Any]:
+    """The view of a result found in the disk cache: done, with no job to poll or cancel."""
+    return {"job": None, "kind": kind, "status": "done", "progress": 1.0, "message": "cached", "error": None,
+            "result": result, "cached": True}
+
+
 class Jobs:
     """Runs jobs in a small thread pool; one job per key (a repeated request joins the running one)."""
 

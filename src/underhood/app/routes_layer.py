@@ -20,6 +20,7 @@ import torch
 from fastapi import APIRouter, Request
 
 from ..core.errors import InputError, LayerError, ModelError
+from .jobs import done_view
 from .pictures import colour, data_url, image_array, image_png, png, sprite, upsample
 from .routes_core import ws
 from .workspace import Entry, Workspace
@@ -388,12 +389,6 @@ def _k(w: Workspace, k: int) -> int:
     return k
 
 
-def _done(kind: str, result: Any) -> dict[str, Any]:
-    """A job view for a result found on disk (no job runs; there is nothing to poll or cancel)."""
-    return {"job": None, "kind": kind, "status": "done", "progress": 1.0, "message": "cached", "error": None,
-            "result": result, "cached": True}
-
-
 @router.get("/api/unit/top")
 def top(request: Request, model: str | None = None, layer: str = "", unit: int = 0, k: int = 9) -> dict[str, Any]:
     """The unit's top-``k`` dataset images and receptive-field patches, from a background scan of the whole
@@ -405,7 +400,7 @@ def top(request: Request, model: str | None = None, layer: str = "", unit: int =
     u = entry.unit(layer, unit)
     job, stored = top_scan(w, entry, layer, _k(w, k))
     if job is None:
-        return _done("top", top_unit(w, entry, stored, layer, u))
+        return done_view("top", top_unit(w, entry, stored, layer, u))
     view = job.view()
     view["result"] = top_unit(w, entry, view["result"], layer, u)
     return view
@@ -447,7 +442,7 @@ def top_patterns(request: Request, model: str | None = None, layer: str = "", un
 
 
 # ---------------------------------------------------------------------------------------------- actmax (job)
-def _private_copy(model: torch.nn.Module) -> torch.nn.Module | None:
+def private_copy(model: torch.nn.Module) -> torch.nn.Module | None:
     """A copy of the model for a long optimisation, so the page keeps the original; ``None`` when it cannot
     be copied (then the job holds the lock for the whole render)."""
     try:
@@ -476,7 +471,7 @@ def actmax(request: Request, model: str | None = None, layer: str = "", unit: in
     key = w.cache.key("actmax", entry.digest, layer, u, steps, LR, w.seed)
     stored = w.cache.load_json(key)
     if stored is not None:
-        return _done("actmax", stored)
+        return done_view("actmax", stored)
     if cached:
         return {"job": None, "kind": "actmax", "status": "missing", "progress": 0.0, "message": "not rendered yet",
                 "error": None, "result": None}
@@ -484,7 +479,7 @@ def actmax(request: Request, model: str | None = None, layer: str = "", unit: in
     def work(job) -> dict[str, Any]:
         job.step(0.0, "copying the model")
         with entry.lock:
-            own = _private_copy(entry.model)
+            own = private_copy(entry.model)
         job.step(0.05, f"optimising the image for {steps} steps")
         objective = channel(layer, u)
         options = {"size": tuple(entry.input_size), "steps": steps, "lr": LR, "seed": w.seed}

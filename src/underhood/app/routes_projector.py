@@ -25,6 +25,7 @@ from fastapi import APIRouter, Request, WebSocket
 from ..activations.embed import INPUT, METHODS
 from ..core.errors import DataError, InputError, UnderhoodError
 from .hosts import allowed
+from .jobs import done_view
 from .routes_core import model_view, predict, ws
 from .workspace import Entry, Workspace
 
@@ -156,12 +157,6 @@ def projection(w: Workspace, entry: Entry, layer: str, method: str, n: int, job:
             "cpu_s": round(seconds, 3)}
 
 
-def _done(result: Any) -> dict[str, Any]:
-    """A job view for a layout found on disk (no job runs)."""
-    return {"job": None, "kind": "projector", "status": "done", "progress": 1.0, "message": "cached", "error": None,
-            "result": result, "cached": True}
-
-
 @router.get("/api/projector")
 def projector(request: Request, model: str | None = None, layer: str | None = None, method: str = "pca",
               n: int | None = None) -> dict[str, Any]:
@@ -175,7 +170,7 @@ def projector(request: Request, model: str | None = None, layer: str | None = No
     key = w.cache.key("projector", entry.digest, w.data_spec, len(w.data), name, method, count, POOL, w.seed)
     stored = w.cache.load_json(key)
     if stored is not None:
-        return _done(stored)
+        return done_view("projector", stored)
     _probe(w, entry, name)
 
     def work(job) -> dict[str, Any]:

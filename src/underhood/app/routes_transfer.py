@@ -14,8 +14,9 @@ import torch
 from fastapi import APIRouter, Request
 
 from ..core.errors import InputError
+from .jobs import done_view
 from .routes_core import ws
-from .routes_layer import _done, _private_copy
+from .routes_layer import private_copy
 from .workspace import Entry, Workspace
 
 router = APIRouter()
@@ -64,14 +65,14 @@ def probe_strip(request: Request, model: str | None = None) -> dict[str, Any]:
     key = w.cache.key("probe", entry.digest, w.data_spec, len(w.data), w.seed, HALF, entry.stages)
     stored = w.cache.load_json(key)
     if stored is not None:
-        return _done("probe", stored)
+        return done_view("probe", stored)
 
     def work(job) -> dict[str, Any]:
         from ..transfer import probe
 
         job.step(0.0, "copying the model")
         with entry.lock:
-            own = _private_copy(entry.model)
+            own = private_copy(entry.model)
         job.step(0.05, f"probing {len(entry.stages) or 'the'} stages on {len(train)} + {len(test)} images")
         args = (w.data[train], w.data[test])  # ImageSets: with the class names, the model's own accuracy too
         options = {"layers": entry.stages or None, "seed": w.seed}
