@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from torch import nn
 
 
@@ -36,3 +37,19 @@ def wait(client, view, until=("done",), timeout=120.0):
         view = client.get(f"/api/jobs/{view['job']}").json()
     assert view["status"] in until, view
     return view
+
+
+@pytest.fixture(scope="module")
+def client(workspace):
+    """A test client of the module's ``workspace`` fixture (import this fixture into the test module)."""
+    from fastapi.testclient import TestClient
+
+    from underhood.app.server import create_app
+
+    return TestClient(create_app(workspace))
+
+
+@pytest.fixture(autouse=True)
+def guard(workspace):
+    """After every test of the module: each model of its ``workspace`` is as it was found."""
+    yield from left_as_found(workspace)

@@ -14,11 +14,9 @@ from torch import nn
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from underhood.activations.ablate import ablated_logits  # noqa: E402
-from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
 from underhood.attribution.cam import gradcam  # noqa: E402
 from underhood.attribution.evaluate import method_options  # noqa: E402
@@ -27,7 +25,7 @@ from underhood.attribution.registry import REGISTRY  # noqa: E402
 from underhood.influence.api import influence  # noqa: E402
 from underhood.viz.attribution import LABELS, STYLES, render_map  # noqa: E402
 
-from .app_support import left_as_found, wait  # noqa: E402
+from .app_support import client, guard, wait  # noqa: E402,F401  (client, guard: fixtures)
 
 LAYER = "features.14"   # a convolution of the shapes model (64 channels)
 
@@ -54,14 +52,6 @@ def workspace(tmp_path_factory):
     w.close()
 
 
-@pytest.fixture(scope="module")
-def client(workspace):
-    return TestClient(create_app(workspace))
-
-
-@pytest.fixture(autouse=True)
-def guard(workspace):
-    yield from left_as_found(workspace)
 
 
 def pixels(url: str) -> np.ndarray:

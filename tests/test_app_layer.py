@@ -14,18 +14,16 @@ from torch import nn
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from underhood.activations.maps import maps  # noqa: E402
 from underhood.activations.patches import boxes, top_patches, unit_gradients  # noqa: E402
 from underhood.app import routes_layer  # noqa: E402
 from underhood.app.pictures import data_url, image_array, image_png  # noqa: E402
-from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
 from underhood.viz.units import pattern_image  # noqa: E402
 
-from .app_support import left_as_found, wait  # noqa: E402
+from .app_support import client, guard, wait  # noqa: E402,F401  (client, guard: fixtures)
 
 
 class ToTokens(nn.Module):
@@ -76,14 +74,6 @@ def workspace(tmp_path_factory):
     w.close()
 
 
-@pytest.fixture(scope="module")
-def client(workspace):
-    return TestClient(create_app(workspace))
-
-
-@pytest.fixture(autouse=True)
-def guard(workspace):
-    yield from left_as_found(workspace)
 
 
 def picture(url: str) -> Image.Image:

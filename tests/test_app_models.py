@@ -9,13 +9,11 @@ import torch
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from fastapi.testclient import TestClient  # noqa: E402
 
 import underhood  # noqa: E402
-from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
 
-from .app_support import left_as_found, wait  # noqa: E402
+from .app_support import client, guard, wait  # noqa: E402,F401  (client, guard: fixtures)
 from .transformer_models import build as build_tiny  # noqa: E402
 
 KINDS = ["vit", "swin", "convnext", "shapes-resnet"]
@@ -33,14 +31,6 @@ def workspace(request, tmp_path_factory):
     w.close()
 
 
-@pytest.fixture(scope="module")
-def client(workspace):
-    return TestClient(create_app(workspace))
-
-
-@pytest.fixture(autouse=True)
-def guard(workspace):
-    yield from left_as_found(workspace)
 
 
 def ok(response) -> dict:

@@ -18,7 +18,7 @@ from underhood.app import routes_transfer  # noqa: E402
 from underhood.app.server import create_app  # noqa: E402
 from underhood.app.workspace import Workspace  # noqa: E402
 
-from .app_support import left_as_found, wait  # noqa: E402
+from .app_support import client, guard, wait  # noqa: E402,F401  (client, guard: fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +28,6 @@ def workspace(tmp_path_factory):
     w.close()
 
 
-@pytest.fixture(scope="module")
-def client(workspace):
-    return TestClient(create_app(workspace))
-
-
-@pytest.fixture(autouse=True)
-def guard(workspace):
-    yield from left_as_found(workspace)
 
 
 def test_the_strip_is_the_library_probe_of_each_stage_on_the_two_halves(client, workspace):
