@@ -39,6 +39,15 @@ def test_equals_the_gram_matrix_hsic_form():
     assert abs(cka(a, b) - _hsic_cka(a, b)) < 1e-10
 
 
+def test_wide_features_take_the_gram_path_with_the_same_value():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 200, generator=g) + 1.0  # wider than the inputs: n x n Gram matrices
+    y = x[:, :50] @ torch.randn(50, 300, generator=g)
+    narrow = x[:, :10]
+    assert abs(linear_cka(x, y) - _hsic_cka(x, y)) < 1e-10
+    assert abs(linear_cka(x, narrow) - _hsic_cka(x, narrow)) < 1e-10  # one wide, one narrow
+
+
 def test_one_against_itself_and_in_unit_interval():
     x, y = _data()
     assert abs(cka(x, x) - 1.0) < 1e-12

@@ -3,10 +3,17 @@
 - :func:`probe`: linear probes (Alain & Bengio 2016) on every stage's frozen features, against a randomly
   re-initialised copy and the raw pixels (:class:`ProbeResult`);
 - :func:`cka` / :func:`linear_cka`: linear centred kernel alignment between two layers' features
-  (Kornblith et al. 2019).
+  (Kornblith et al. 2019);
+- :func:`transfer_curve`: Yosinski et al. (2014)'s transfer grid (BnB, BnB+, AnB, AnB+ at every depth) for a
+  built-in architecture (:class:`TransferResult`);
+- :func:`finetune_curve`: a pre-trained model on new data, frozen against fine-tuned, cut after each layer
+  (:class:`FinetuneResult`).
 """
 
 from .cka import cka, linear_cka
+from .curve import TransferResult, transfer_curve
+from .finetune import FinetuneResult, finetune_curve
 from .probe import ProbeResult, logistic_regression, probe
 
-__all__ = ["probe", "ProbeResult", "logistic_regression", "cka", "linear_cka"]
+__all__ = ["probe", "ProbeResult", "logistic_regression", "cka", "linear_cka", "transfer_curve", "TransferResult",
+           "finetune_curve", "FinetuneResult"]

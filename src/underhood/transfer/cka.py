@@ -6,8 +6,9 @@ layer of two networks), each column centred, linear CKA is
     CKA(X, Y) = ||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)
 
 the HSIC of the linear Gram matrices ``K = X X^T``, ``L = Y Y^T`` normalised by ``sqrt(HSIC(K, K) HSIC(L, L))``,
-computed in feature space (``p x q`` products, never ``n x n``). It lies in ``[0, 1]``, is 1 for ``X`` against
-itself, and does not change under orthogonal transforms or isotropic scaling of either representation
+computed in feature space (``p x q`` products) or, for features wider than the number of inputs, from the
+``n x n`` Gram matrices (``tr(K L) = ||Y^T X||_F^2``), whichever is smaller. It lies in ``[0, 1]``, is 1 for ``X``
+against itself, and does not change under orthogonal transforms or isotropic scaling of either representation
 (but does under arbitrary invertible linear maps, unlike CCA).
 """
 
@@ -46,11 +47,16 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
         raise InputError(f"y: {len(y)} rows for the {len(x)} of x; give the features of the same inputs, in order")
     if len(x) < 2:
         raise InputError(f"x: {len(x)} input(s); CKA compares representations of at least 2 inputs")
-    xx, yy = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
+    if max(x.shape[1], y.shape[1]) > len(x):  # wide feature maps: the n x n Gram matrices are the smaller ones
+        k, m = x @ x.T, y @ y.T
+        xx, yy, xy = torch.linalg.matrix_norm(k), torch.linalg.matrix_norm(m), (k * m).sum()
+    else:
+        xx, yy = torch.linalg.matrix_norm(x.T @ x), torch.linalg.matrix_norm(y.T @ y)
+        xy = torch.linalg.matrix_norm(y.T @ x).pow(2)
     for name, norm in (("x", xx), ("y", yy)):
         if float(norm) == 0.0:
             raise InputError(f"{name}: every feature is constant over the inputs; CKA is undefined for it")
-    return float(torch.linalg.matrix_norm(y.T @ x).pow(2) / (xx * yy))
+    return float(xy / (xx * yy))
 
 
 def cka(x: torch.Tensor, y: torch.Tensor) -> float:
