@@ -31,8 +31,11 @@ from underhood.cli.options import (
     budget,
     budgets,
     channels,
+    class_split,
     data_spec,
+    depths,
     device,
+    fractions,
     image_file,
     names,
     priors,
@@ -72,6 +75,9 @@ STRING_BAD = {
     training_data: ["shapes-spurious:nan", "shapes-spurious:-1", "no/such/folder"],
     device: ["gpu", "cuda:x", ""],
     image_file: ["missing.png"],
+    class_split: ["halves", "a,b", "a,b/", "/c,d", "a/b/c"],
+    depths: ["0", "-1", "a", "1.5", ","],
+    fractions: ["0", "1", "1.5", "-0.2", "abc", "nan"],
 }
 """Bad values of the options typed by a validator of :mod:`underhood.cli.options` (not a plain number)."""
 

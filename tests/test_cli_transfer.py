@@ -102,3 +102,71 @@ def test_bad_input_is_one_line_before_the_probe_runs(argv, message, tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("underhood probe: error:") and message in err[0], err
     assert not out.exists()
+
+
+# --- underhood transfer -----------------------------------------------------------------------------------------
+
+GRID = ["transfer", "--arch", "shapes", "--data", "shapes:400", "--size", "16", "--seeds", "2", "--depths", "1,5",
+        "--epochs", "1", "--finetune-epochs", "1", "--no-progress"]
+
+
+def test_the_grid_writes_its_figures_table_and_result_and_resumes(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main([*GRID, "--compare-dissimilar", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "transfer.json").read_text())
+    assert {r["treatment"] for r in table["runs"]} == {"baseA", "baseB", "reduced", "BnB", "BnB+", "AnB", "AnB+",
+                                                       "random"}
+    assert len(table["runs"]) == 2 * (3 + 2 * 5) and table["statements"] and table["dissimilar"]["comparison"]
+    assert table["dissimilar"]["halves"][0]["B"] == ["circle", "ring", "crescent"]
+    for line in table["statements"]:
+        assert line in printed
+    for name in ("transfer.png", "generality.png", "dissimilar.png", "transfer-dissimilar.png"):
+        assert Image.open(out / name).size[0] > 600
+    result = load(out)
+    assert isinstance(result, underhood.transfer.TransferResult) and result.runs == table["runs"]
+    assert isinstance(load(out / "dissimilar"), underhood.transfer.TransferResult)
+    # a rerun resumes from the kept rows: the same numbers, nothing trained again
+    runs = json.loads((out / "shards" / "grid" / "runs.json").read_text())["runs"]
+    assert main([*GRID, "--compare-dissimilar", "--out", str(out)]) == 0
+    assert json.loads((out / "transfer.json").read_text())["runs"] == table["runs"]
+    assert json.loads((out / "shards" / "grid" / "runs.json").read_text())["runs"] == runs
+
+
+def test_a_users_model_gets_frozen_against_fine_tuned_curves(tmp_path):
+    folder = tmp_path / "photos"
+    data = underhood.datasets.shapes(48, size=64, seed=4)
+    for i, (x, y) in enumerate(zip(data.images, data.labels)):
+        kind = folder / ("round" if data.classes[y] in ("circle", "ring", "crescent") else "angular")
+        kind.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype("uint8")).save(kind / f"{i}.png")
+    out = tmp_path / "ft"
+    assert main(["transfer", "--model", "shapes", "--target-data", str(folder), "--layers", "features.10,pool",
+                 "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    table = json.loads((out / "finetune.json").read_text())
+    assert table["classes"] == ["angular", "round"] and table["layers"] == ["features.10", "pool"]
+    assert {r["treatment"] for r in table["runs"]} == {"frozen", "finetuned", "random"}
+    assert isinstance(load(out), underhood.transfer.FinetuneResult)
+    assert Image.open(out / "finetune.png").size[0] > 500
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "shapes", "--model", "shapes"], "--model: give --arch"),
+    (["--model", "shapes"], "--target-data: --model needs"),
+    (["--model", "shapes", "--target-data", "shapes:40", "--depths", "1"], "--depths: belongs to the --arch grid"),
+    (["--arch", "shapes", "--layers", "features.3"], "--layers: belongs to --model"),
+    (["--arch", "shapes", "--split", "circle/star,cross"], "half A has 1 class"),
+    (["--arch", "shapes", "--split", "circle,star/star,cross"], "in both halves"),
+    (["--arch", "shapes", "--split", "circle,blob/star,cross"], "'blob' in half A is not a class"),
+    (["--arch", "shapes", "--depths", "1,7"], "depths: 'shapes' has depths 1..5"),
+    (["--arch", "shapes", "--data", "shapes:50"], "each class needs at least 10"),
+    (["--arch", "shapes", "--split", "round"], "--split"),
+    (["--arch", "shapes", "--reduced", "1.5"], "--reduced"),
+    (["--arch", "shapes", "--treatments", "AnC"], "--treatments"),
+])
+def test_transfer_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["transfer", *argv, "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("underhood transfer: error:") and message in err[0], err
+    assert not (out / "transfer.json").exists()

@@ -268,6 +268,39 @@ def data_spec(text: str) -> str:
     return text
 
 
+def class_split(text: str) -> str:
+    """``random``, ``dissimilar`` or two comma-separated class lists (names or indices) joined by ``/``."""
+    if text in ("random", "dissimilar"):
+        return text
+    halves = text.split("/")
+    if len(halves) != 2 or not all(h.strip(", ") for h in halves):
+        raise argparse.ArgumentTypeError(f"{text!r}: give random, dissimilar or the halves as A1,A2/B1,B2 (names or "
+                                         "indices), e.g. circle,ring/square,star")
+    return text
+
+
+def depths(text: str) -> str:
+    """Comma-separated depths (positive integers)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give depths as positive integers, e.g. 1,3,5")
+    return text
+
+
+def fractions(text: str) -> str:
+    """``none`` or comma-separated fractions strictly between 0 and 1."""
+    if text == "none":
+        return text
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0 < v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give fractions of B's images between 0 and 1, e.g. 0.25,0.5, "
+                                         "or none")
+    return text
+
+
 def training_data(text: str) -> str:
     """What ``train`` learns from: ``shapes``, ``shapes-spurious[:p]``, ``shapes-random-labels``, ``digits`` or an
     existing image folder."""

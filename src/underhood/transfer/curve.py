@@ -463,14 +463,15 @@ def statements(r: TransferResult) -> list[str]:
         worst = min(anb, key=lambda d: anb[d][0])
         grows = anb[last][0] < anb[first][0]
         out.append(
-            f"Frozen layers transferred from A (AnB) cost {_ci(*anb[first])} at depth {first} ({r.layers[first - 1]}) "
-            f"and {_ci(*anb[last])} at depth {last} ({r.layers[last - 1]}): "
+            f"Frozen layers transferred from A (AnB) score {_ci(*anb[first])} against baseB at depth {first} "
+            f"({r.layers[first - 1]}) and {_ci(*anb[last])} at depth {last} ({r.layers[last - 1]}): "
             + ("the features get more specific to A with depth, as Yosinski et al. found."
-               if grows else "no growth with depth here, unlike Yosinski et al.'s ImageNet networks.")
-            + (f" The largest drop is at depth {worst} ({_pts(anb[worst][0])} points)." if worst != last else ""))
+               if grows else "no growing loss with depth here, unlike Yosinski et al.'s ImageNet networks.")
+            + (f" The largest loss is at depth {worst} ({_pts(anb[worst][0])} points)."
+               if worst != last and anb[worst][0] < 0 else ""))
     bnb = r.drop("BnB")
-    if bnb:
-        inner = [d for d in bnb if d not in (min(bnb), max(bnb))] or list(bnb)
+    if len(bnb) >= 3:
+        inner = [d for d in bnb if d not in (min(bnb), max(bnb))]
         dip = min(inner, key=lambda d: bnb[d][0])
         m, lo, hi = bnb[dip]
         if hi < 0:
@@ -493,7 +494,7 @@ def statements(r: TransferResult) -> list[str]:
         m, lo, hi = interval([v for d in bnbp for v in _paired(r, "BnB+", d)])
         extra = r.settings.get("finetune_epochs")
         out.append(f"Selffer fine-tuning (BnB+) against baseB: {_ci(m, lo, hi)}"
-                   + (f" (the + networks train {extra} epochs more than baseB" if extra else " (")
+                   + (f" (the + networks train {extra} epoch(s) more than baseB" if extra else " (")
                    + "; Yosinski et al.: level).")
     if anbp and bnbp:
         diffs = [a - b for d in anbp if d in bnbp for a, b in zip(_paired(r, "AnB+", d), _paired(r, "BnB+", d))]
@@ -506,16 +507,19 @@ def statements(r: TransferResult) -> list[str]:
     rnd = r.drop("random")
     if rnd and anb:
         d = max(rnd)
-        out.append(f"Random frozen filters (control) cost {_ci(*rnd[min(rnd)])} at depth {min(rnd)} and "
-                   f"{_ci(*rnd[d])} at depth {d}; A's layers at depth {d} cost {_pts(anb[d][0])} points.")
+        out.append(f"Random frozen filters (the control) score {_ci(*rnd[min(rnd)])} against baseB at depth "
+                   f"{min(rnd)} and {_ci(*rnd[d])} at depth {d}; A's frozen layers at depth {d}: {_pts(anb[d][0])} "
+                   "points.")
     for f in r.fractions:
         m, lo, hi = interval(r.values("reduced", 0, f), bounds=(0.0, 1.0))
         out.append(f"baseB trained on {f:.0%} of B's images scores {m:.1%} (95% interval {lo:.1%}-{hi:.1%}): "
                    "the level a transfer must beat when the target data are that scarce.")
     g = r.generality()
     if "rho_cka" in g:
-        out.append(f"Without retraining, the CKA between baseA's and baseB's layers falls from "
-                   f"{g['cka'][r.layers[0]]:.2f} at {r.layers[0]} to {g['cka'][r.layers[-1]]:.2f} at {r.layers[-1]}; "
+        first, last = g["cka"][r.layers[0]], g["cka"][r.layers[-1]]
+        out.append(f"Without retraining, the CKA between baseA's and baseB's layers "
+                   f"{'falls' if last < first else 'goes'} from {first:.2f} at {r.layers[0]} to {last:.2f} at "
+                   f"{r.layers[-1]}; "
                    f"its rank correlation with the AnB drop is {g['rho_cka']:+.2f}"
                    + (f", and that of the probe on B of A's features {g['rho_probe']:+.2f}." if "rho_probe" in g
                       else "."))
