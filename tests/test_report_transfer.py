@@ -44,3 +44,39 @@ def test_the_reading_follows_the_numbers():
     assert "random" not in dip and "nothing about" not in dip
     flat = sections.reading(_result({"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.45}))
     assert "do not get better with depth" in flat and "not from the architecture" not in flat
+
+
+def test_the_transfer_grid_runs_only_with_full(shapes_model, tmp_path, monkeypatch):
+    ctx = Context(model=shapes_model, spec="shapes", data=underhood.datasets.shapes(8, seed=3), out=tmp_path, seed=0)
+    assert sections.grid(ctx) is None  # the demo's default report does not pay for it
+    monkeypatch.setattr(sections, "GRID", {"shapes": {"data": "shapes:320", "size": 16, "seeds": 2, "epochs": 1,
+                                                      "finetune_epochs": 1, "depths": [1, 5], "n_cka": 64}})
+    ctx.options["full"] = True
+    html = str(sections.grid(ctx))
+    result = ctx.cache["transfer-grid"]
+    assert {r["treatment"] for r in result.runs} >= {"BnB", "BnB+", "AnB", "AnB+", "random", "baseB"}
+    for name in ("transfer-grid", "transfer-generality"):
+        assert (tmp_path / "figures" / f"{name}.png").is_file()
+    from markupsafe import escape
+
+    for line in result.statements():
+        assert str(escape(line)) in html
+
+
+def test_a_model_without_a_built_in_recipe_gets_frozen_against_fine_tuned(tmp_path, monkeypatch):
+    import torch
+
+    from tests.transformer_models import build
+
+    vit = build("vit")
+    monkeypatch.setattr(sections, "N_PROBE", {False: 40, True: 40})
+    data = underhood.datasets.shapes(80, size=32, seed=3)
+    data.labels = data.labels % 4
+    data.classes = ["a", "b", "c", "d"]
+    monkeypatch.setattr(sections, "population", lambda ctx: data)  # held-out images at the ViT's 32 pixels
+    ctx = Context(model=vit, spec="vit", data=data, out=tmp_path, seed=0, options={"full": True})
+    html = str(sections.grid(ctx))
+    result = ctx.cache["transfer-finetune"]
+    assert {r["treatment"] for r in result.runs} == {"frozen", "finetuned", "random"}
+    assert "Frozen features are best at" in html and (tmp_path / "figures" / "transfer-finetune.png").is_file()
+    assert not any(m._forward_hooks for m in vit.modules()) and isinstance(vit, torch.nn.Module)

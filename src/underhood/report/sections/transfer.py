@@ -1,18 +1,24 @@
-"""Report section of the transfer family: how general is each layer (linear probes on frozen features).
+"""Report sections of the transfer family: how general is each layer (linear probes on frozen features) and,
+with ``--full``, how transferable its layers are (Yosinski et al.'s grid, or frozen against fine-tuned curves).
 
 The probes score on the held-out images the dataset-scale sections share (:func:`.activations.population`)
 and learn from as many of the model's own training images; sizes are small by default to fit the demo's
-time budget (:data:`N_PROBE`), ``--full`` uses larger ones.
+time budget (:data:`N_PROBE`), ``--full`` uses larger ones. The transfer grid runs only with ``--full``
+(:data:`GRID`: about three minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
+from ...core.device import model_device
 from ...viz import figure_to_png
 from ..base import Context, figure, paragraph, section
 from .activations import batch_size, population
 
+GRID = {"shapes": {"data": "shapes:3000", "seeds": 2}, "digits": {"data": "digits", "seeds": 2}}
+"""The ``--full`` report's transfer grid per training dataset (:func:`underhood.transfer.transfer_curve`'s arguments):
+a smaller one than ``underhood transfer``'s default (shapes:6000, 3 seeds)."""
 N_PROBE = {False: 300, True: 1000}
 """Images the probes learn from, and at most as many held-out images they are scored on (demo, ``--full``)."""
 
@@ -91,3 +97,42 @@ def probes(ctx: Context) -> Markup:
         "A layer whose probe is close to the model's own accuracy already holds the answer in a linearly readable "
         "form; a layer far above its random copy holds something the training put there, which is what carries "
         "over when the layer is reused for a new task.")
+
+
+@section("transfer-grid", "How transferable are its layers", order=49)
+def grid(ctx: Context) -> Markup | None:
+    """``--full`` only: Yosinski et al.'s grid for a built-in architecture trained on built-in data, else the
+    frozen-versus-fine-tuned curves of the model on the probe sets."""
+    if not ctx.options.get("full"):
+        return None
+    from ...models.architectures import ARCHITECTURES
+    from ...transfer import finetune_curve, transfer_curve
+    from ...viz.transfer_curves import generality_figure
+
+    meta = getattr(ctx.model, "meta", {}) or {}
+    arch, dataset = meta.get("arch"), str(meta.get("dataset", ""))
+    if arch in ARCHITECTURES and dataset in GRID:
+        result = transfer_curve(arch, **GRID[dataset], device=str(model_device(ctx.model)))
+        ctx.cache["transfer-grid"] = result
+        body = figure(ctx, figure_to_png(result.figure(), dpi=100), "transfer-grid",
+                      f"Yosinski et al. (2014)'s experiment on the '{arch}' architecture: the classes are split into "
+                      f"halves A and B ({len(result.seeds)} random splits), a base network is trained on each, and "
+                      "for every depth n a network for B keeps the first n blocks of baseB (BnB, blue) or baseA (AnB, "
+                      "red), frozen, or fine-tuned afterwards (+, open markers), the rest retrained on B. Each point "
+                      f"is one network ({len(result.runs)} in {result.info['seconds']:.0f} s); lines join the means.")
+        body += figure(ctx, figure_to_png(generality_figure(result), dpi=100), "transfer-generality",
+                       "The AnB loss per depth beside two generality scores that need no retraining: linear CKA "
+                       "between baseA's and baseB's outputs on the same images, and a linear probe on B of baseA's "
+                       "frozen features.")
+        items = "".join(f"<li>{escape(line)}</li>" for line in result.statements())
+        return body + Markup(f"<ul>{items}</ul>")
+    train, test = probe_sets(ctx, N_PROBE[True])
+    result = finetune_curve(ctx.model, train, test, epochs=1, seed=ctx.seed)
+    ctx.cache["transfer-finetune"] = result
+    body = figure(ctx, figure_to_png(result.figure(), dpi=100), "transfer-finetune",
+                  f"For each stage, a new linear head on the frozen features (red), the network cut there and "
+                  f"fine-tuned with that head for one epoch (orange), and the frozen head on a randomly "
+                  f"re-initialised copy (grey); {result.info['n_train']} training / {result.info['n_test']} "
+                  "held-out images.")
+    items = "".join(f"<li>{escape(line)}</li>" for line in result.statements())
+    return body + Markup(f"<ul>{items}</ul>")
