@@ -3,7 +3,10 @@ follows the measured numbers."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
+
+import pytest
 
 import underhood
 from underhood.report import Context
@@ -48,12 +51,21 @@ def test_the_reading_follows_the_numbers():
 
 def test_the_transfer_grid_runs_only_with_full(shapes_model, tmp_path, monkeypatch):
     ctx = Context(model=shapes_model, spec="shapes", data=underhood.datasets.shapes(8, seed=3), out=tmp_path, seed=0)
-    assert sections.grid(ctx) is None  # the demo's default report does not pay for it
+    for name in ("transfer_curve", "finetune_curve"):
+        monkeypatch.setattr(underhood.transfer, name, lambda *a, **k: pytest.fail("trained without --full"))
+    assert sections.grid(ctx) is None  # the demo's default report does not pay for it: nothing trains
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_transfer_grid_with_full(shapes_model, tmp_path, monkeypatch):
+    ctx = Context(model=shapes_model, spec="shapes", data=underhood.datasets.shapes(8, seed=3), out=tmp_path, seed=0)
     monkeypatch.setattr(sections, "GRID", {"shapes": {"data": "shapes:320", "size": 16, "seeds": 2, "epochs": 1,
                                                       "finetune_epochs": 1, "depths": [1, 5], "n_cka": 64}})
-    ctx.options["full"] = True
+    ctx.options.update(full=True, keep=tmp_path / "shards")
     html = str(sections.grid(ctx))
     result = ctx.cache["transfer-grid"]
+    # every network is kept under the demo's resume folder, so the next report resumes from it
+    assert json.loads((tmp_path / "shards" / "transfer-grid-shapes" / "runs.json").read_text())["runs"] == result.runs
     assert {r["treatment"] for r in result.runs} >= {"BnB", "BnB+", "AnB", "AnB+", "random", "baseB"}
     for name in ("transfer-grid", "transfer-generality"):
         assert (tmp_path / "figures" / f"{name}.png").is_file()

@@ -152,6 +152,7 @@ def test_a_tiny_grid_has_every_network_and_resumes(tiny):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_grid_on_the_shapes_net_shows_yosinskis_robust_findings():
     r = transfer_curve("shapes", "shapes:3000", seeds=3, controls=(), reduced=())
     drop = r.drop("AnB")

@@ -42,8 +42,24 @@ def _texts(fig) -> str:
     parts += [ax.get_title(loc) for ax in fig.axes for loc in ("left", "center", "right")]
     parts += [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
     parts += [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    parts += [t.get_text() for legend in fig.legends for t in legend.get_texts()]
     parts += [t.get_text() for t in fig.texts]
     return "\n".join(parts)
+
+
+def _boxes(fig, artists) -> list:
+    renderer = _renderer(fig)
+    return [a.get_window_extent(renderer) for a in artists]
+
+
+def _renderer(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return (fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)).get_renderer()
+
+
+def _overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 
 
 @pytest.mark.parametrize("seeds,controls", [(3, True), (1, False)])
@@ -57,6 +73,16 @@ def test_the_grid_figure(seeds, controls):
     assert ("random blocks, frozen" in text) == controls
     assert "baseB on 25% of B" in text and "chance" in text  # drawn, or named below the axis
     assert figure_to_png(fig)[:4] == b"\x89PNG"
+    # the legend sits in its own band under the axes and their tick labels: no point can hide behind it
+    (legend,) = _boxes(fig, fig.legends)
+    ax = fig.axes[0]
+    assert legend.y1 <= ax.get_tightbbox(_renderer(fig)).y0 + 1 and legend.y0 >= 0
+    # the level labels at the right edge (baseB, chance) do not overlap, however close the levels
+    r.chance = r.base()[0] - 0.002
+    fig = transfer_figure(r)
+    levels = [t for t in fig.axes[0].texts if t.get_position()[0] > max(r.depths)]
+    boxes = _boxes(fig, levels)
+    assert len(boxes) == 2 and not _overlap(*boxes)
     assert r.figure().axes  # the result's own figure() is this one
 
 
@@ -87,6 +113,14 @@ def test_the_finetune_figure():
     fig = finetune_figure(r)
     text = _texts(fig)
     for needed in ("frozen features + linear head", "fine-tuned up to the layer", "random copy, frozen", "rf 7",
-                   "4 classes, 90 train / 30 test images", "chance 25.0"):
+                   "4 classes, 90 train / 30 test images", "chance 25.0", "76.0", "30.0"):
         assert needed in text, needed
     assert r.curve("finetuned")["layer2"][0] == pytest.approx(0.76)
+    # close means (layer1: 50.0, 56.0 and 30.0; below, three within 2 points) keep their labels apart
+    close = [{"treatment": t, "layer": n, "seed": 0, "accuracy": a}
+             for n in ("a", "b") for t, a in (("frozen", 0.50), ("finetuned", 0.51), ("random", 0.49))]
+    fig = finetune_figure(FinetuneResult(layers=["a", "b"], runs=close, chance=0.5, classes=["x", "y"]))
+    ax = fig.axes[0]
+    boxes = _boxes(fig, [t for t in ax.texts if t.get_text() in ("50.0", "51.0", "49.0")])
+    assert len(boxes) == 6
+    assert not any(_overlap(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 
 from ..core.errors import InputError
 from .common import Add, final_dir, load_images, model_from, out_dir
-from .options import MAX_SIDE, Number, budget, count, eps_value, image_file, natural, positive_float, training_data
+from .options import (
+    MAX_SIDE,
+    Number,
+    budget,
+    count,
+    data_spec,
+    eps_value,
+    image_file,
+    natural,
+    positive_float,
+    training_data,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -22,7 +33,9 @@ EXAMPLES = {
                "# images: underhood samples",
     "train": "underhood train --data shapes --arch shapes --epochs 10 --seed 0 --out shapes.safetensors\n"
              "  underhood train --data shapes --arch shapes --epochs 8 --n-train 10000 --adversarial fgsm "
-             "--out shapes-robust.safetensors",
+             "--out shapes-robust.safetensors\n"
+             "  underhood train --data shapes --epochs 6 --probe-every 1 --out run/shapes.safetensors   "
+             "# snapshots, probe curves",
 }
 
 ARCHITECTURES = ("shapes", "shapes-resnet", "digits")
@@ -97,6 +110,24 @@ def check_train(args: argparse.Namespace) -> None:
         raise InputError(f"{given}: only used with --adversarial fgsm|pgd|vat; add --adversarial or drop {given}")
     if args.adversarial in ("fgsm", "pgd") and args.adversarial_eps is not None:
         eps_value(args.adversarial_eps, "linf", "--adversarial-eps")
+    if args.probe_data is not None and args.probe_every is None:
+        raise InputError("--probe-data: only used with --probe-every N; add --probe-every or drop --probe-data")
+    if args.probe_every is not None and args.checkpoint_every is not None \
+            and args.probe_every % args.checkpoint_every:
+        raise InputError(f"--probe-every: {args.probe_every} is not a multiple of --checkpoint-every "
+                         f"{args.checkpoint_every} (probes run on the snapshots); give --probe-every "
+                         f"{args.checkpoint_every * max(1, round(args.probe_every / args.checkpoint_every))} "
+                         "or --checkpoint-every 1")
+    if args.checkpoint_every or args.probe_every:
+        from ..models.checkpoints import check_folder, default_folder
+
+        check_folder(default_folder(_weights_file(args)))
+
+
+def _weights_file(args: argparse.Namespace) -> Path:
+    """``--out`` as the weights file (a folder gets ``ARCH.safetensors`` in it)."""
+    out = Path(args.out) if args.out else Path("underhood-out") / "train" / f"{args.arch}.safetensors"
+    return out if out.suffix == ".safetensors" else out / f"{args.arch}.safetensors"
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -108,15 +139,49 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         loss = training_loss(args.adversarial, eps=args.adversarial_eps,
                              steps=7 if args.adversarial_steps is None else args.adversarial_steps, seed=args.seed)
-    out = Path(args.out) if args.out else Path("underhood-out") / "train" / f"{args.arch}.safetensors"
-    if out.suffix != ".safetensors":
-        out = out / f"{args.arch}.safetensors"
+    out = _weights_file(args)
+    every = args.checkpoint_every or args.probe_every
+    callback = None
+    if args.probe_every:
+        from ..transfer.history import probe_callback, probe_sets
+
+        probe_train, probe_test = probe_sets(args.data, args.probe_data)
+        callback = probe_callback(probe_train, probe_test, every=args.probe_every)
     result = train(args.arch, data=args.data, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
                    lr=args.lr, n_train=args.n_train, out=out, device=args.device, progress=not args.no_progress,
-                   loss=loss)
+                   loss=loss, checkpoint_every=every, on_checkpoint=callback)
     print(f"held-out accuracy {result.accuracy:.4f}; weights written to {result.path}")
+    if every:
+        from ..models.checkpoints import default_folder, load_checkpoints
+
+        folder = default_folder(out)
+        epochs = ", ".join(str(c.epoch) for c in load_checkpoints(folder))
+        print(f"snapshots of epochs {epochs} written to {folder}")
+    if callback is not None and callback.history is not None:
+        _save_probe_history(callback.history, default_folder(out) / "probe-history", args)
     if args.adversarial:
         _robust_table(result.model, args.arch, args.data, args.device)
+
+
+def _save_probe_history(history, folder: Path, args: argparse.Namespace) -> None:
+    """The probe curves as a result folder: probe-history.png, probe-history.json and the manifest (atomic)."""
+    from ..core.io import atomic_dir, write_text
+    from ..viz import save_figure
+    from .common import save_result
+
+    table = {"pool": history.pool, "n_train": history.n_train, "n_test": history.n_test, "chance": history.chance,
+             "pixels": history.pixels, "layers": history.layers, "rf": history.rf,
+             "epochs": [{"epoch": e, "step": history.steps.get(e), "model_accuracy": history.model_accuracy.get(e),
+                         "accuracy": history.curves[e]} for e in history.epochs]}
+    with atomic_dir(folder, option="--out") as staging:
+        save_figure(history.figure(), staging / "probe-history.png", dpi=120)
+        write_text(staging / "probe-history.json", json.dumps(table, indent=1) + "\n")
+        save_result(history, staging, "train", ["probe-history.png", "probe-history.json"], data=args.data,
+                    probe_data=args.probe_data, probe_every=args.probe_every, arch=args.arch, seed=args.seed)
+    last = history.curves[history.epochs[-1]]
+    print("probe accuracy at epoch " + f"{history.epochs[-1]}: " + ", ".join(f"{n} {v:.1%}" for n, v in last.items())
+          + (f" (pixels {history.pixels:.1%})" if history.pixels is not None else ""))
+    print(f"probe curves over training (probe-history.png, probe-history.json) written to {folder}")
 
 
 def _robust_table(model: torch.nn.Module, arch: str, data: str, device: str) -> None:
@@ -169,4 +234,14 @@ def register(add: Add) -> None:
     p.add_argument("--adversarial-eps", metavar="EPS", type=budget,
                    help="radius: L-inf for fgsm/pgd (default 8/255), L2 for vat (default 2.0)")
     p.add_argument("--adversarial-steps", type=count(), metavar="K", help="PGD steps per batch (default 7)")
+    p.add_argument("--checkpoint-every", type=count(), metavar="N",
+                   help="keep weight snapshots (safetensors, with the step and metrics) of epoch 0, every N-th epoch "
+                        "and the last in OUT-STEM-checkpoints/ beside the weights")
+    p.add_argument("--probe-every", type=count(), metavar="N",
+                   help="linear probes of every stage at epoch 0, every N-th epoch and the last (snapshots kept "
+                        "there; a multiple of --checkpoint-every); figure and table in OUT-STEM-checkpoints/"
+                        "probe-history/")
+    p.add_argument("--probe-data", type=data_spec, metavar="SPEC",
+                   help="the probes' training images (default: 1,000 shapes no training epoch draws, or the digits "
+                        "training split's first 1,000); scored on 500 held-out images")
     p.add_argument("--no-progress", action="store_true")

@@ -7,7 +7,7 @@ import json
 import time
 
 from ..core.errors import InputError
-from .common import Add, final_dir, model_from, out_dir
+from .common import KEEP, Add, final_dir, model_from, out_dir
 from .options import count, natural
 
 EXAMPLES = {
@@ -32,7 +32,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
                          f"trained on {dataset!r}")
     data = test_set(dataset, n=args.n)  # only the images the report uses are made
     seed_everything(args.seed)  # the demo is the one command that seeds the process
-    ctx = Context(model=model, spec=args.model, data=data, out=out, seed=args.seed, options={"full": args.full})
+    # "keep": the result folder's resume state (carried over reruns), where --full keeps its transfer grid
+    ctx = Context(model=model, spec=args.model, data=data, out=out, seed=args.seed,
+                  options={"full": args.full, "keep": final_dir(args, "demo") / KEEP[0]})
     rows: list[dict] = []
     build(ctx, out / "report.html", progress=not args.no_progress, timings=rows)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu

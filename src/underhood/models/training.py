@@ -34,7 +34,7 @@ from ..core.errors import InputError
 from ..core.io import atomic_path
 from ..core.results import Result
 from ..core.seeding import seeded
-from ..core.state import preserved
+from ..core.state import evaluating, preserved
 from ..data.imageset import ImageSet
 from ..data.splits import (  # noqa: F401  (re-exported: the training command's public names)
     RANDOM_LABELS,
@@ -45,6 +45,7 @@ from ..data.splits import (  # noqa: F401  (re-exported: the training command's 
     training_data,
 )
 from .architectures import ARCHITECTURES
+from .checkpoints import Checkpoint, Snapshots, check_folder, default_folder, load_checkpoints  # noqa: F401
 from .normalized import Normalized
 
 
@@ -140,7 +141,10 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed: int = 0, batch_size: int = 64,
           lr: float = 3e-3, n_train: int = 16_000, out: str | os.PathLike | None = None, device: str = "auto",
-          progress: bool = True, loss: TrainingLoss | None = None, **removed: Any) -> TrainResult:
+          progress: bool = True, loss: TrainingLoss | None = None, checkpoint_every: int | None = None,
+          checkpoints: str | os.PathLike | None = None,
+          on_checkpoint: Callable[[Normalized, Checkpoint], dict[str, Any] | None] | None = None,
+          **removed: Any) -> TrainResult:
     """Train a built-in architecture and (optionally) write safetensors weights with metadata.
 
     Args:
@@ -153,6 +157,15 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         out: the ``.safetensors`` file to write, or None.
         loss: None for cross-entropy (with label smoothing 0.05), or a :class:`TrainingLoss`; adversarial
             training: ``loss=underhood.adversarial.training.training_loss("fgsm")`` (see there).
+        checkpoint_every: keep weight snapshots (:mod:`underhood.models.checkpoints`) at epoch 0 (the
+            initialisation), after every ``checkpoint_every``-th epoch and after the last, each with the step,
+            its held-out accuracy (measured at every snapshot) and the epoch's loss; read them back with
+            :func:`load_checkpoints`. The training itself is unchanged: the same seed gives the same weights.
+        checkpoints: the folder for them (default: ``<out's stem>-checkpoints`` beside ``out``).
+        on_checkpoint: ``on_checkpoint(model, checkpoint)`` after each snapshot, the model in eval mode (put
+            back in training mode after; it must not change the weights; the random generators are restored
+            after it); a dict it returns is stored in the snapshot's index entry. E.g.
+            ``underhood.transfer.probe_callback(train, test)``: the probe curve at every snapshot.
 
     The metadata records the held-out accuracy, the accuracy on the training set when it is
     fixed (``train_accuracy``; not for fresh procedural images) and, for "shapes-spurious",
@@ -168,16 +181,36 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
         positive_int(name, value)
+    folder = _checkpoint_folder(checkpoint_every, checkpoints, on_checkpoint, out)
     dev = resolve_device(device)
     with seeded(seed, dev):  # initialisation and shuffling draw from the global generators: restored after
         model, history = _fit(arch, data, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, n_train=n_train,
-                              dev=dev, progress=progress, loss=loss)
+                              dev=dev, progress=progress, loss=loss,
+                              snapshots=None if folder is None else (folder, checkpoint_every, on_checkpoint))
     path = save(model, out) if out is not None else None
     return TrainResult(model, history[-1]["test_accuracy"], path, history)
 
 
+def _checkpoint_folder(every: int | None, folder: str | os.PathLike | None, callback: Callable | None,
+                       out: str | os.PathLike | None) -> Path | None:
+    """The snapshots' folder (checked before any work), or None without ``checkpoint_every``."""
+    if every is None:
+        for name, value in (("checkpoints", folder), ("on_checkpoint", callback)):
+            if value is not None:
+                raise InputError(f"{name}: only used with checkpoint_every=N (snapshots every N epochs); add it")
+        return None
+    positive_int("checkpoint_every", every)
+    if callback is not None and not callable(callback):
+        raise InputError(f"on_checkpoint: expected a function (model, checkpoint), got {type(callback).__name__}")
+    if folder is None and out is None:
+        raise InputError("checkpoints: give the folder for the snapshots (checkpoints=...), or out=... to keep "
+                         "them beside the weights")
+    return check_folder(folder if folder is not None else default_folder(out))
+
+
 def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: float, n_train: int,
-         dev: torch.device, progress: bool, loss: TrainingLoss | None) -> tuple[Normalized, list[dict[str, float]]]:
+         dev: torch.device, progress: bool, loss: TrainingLoss | None,
+         snapshots: tuple[Path, int, Callable | None] | None = None) -> tuple[Normalized, list[dict[str, float]]]:
     """The training loop of :func:`train` and the model's metadata; returns the model and its history."""
     from tqdm.auto import tqdm
 
@@ -196,6 +229,34 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
     g = torch.Generator().manual_seed(seed)
     history = []
     every = 1 if epochs <= 20 else -(-epochs // 10)  # evaluate every epoch, or about ten times (and last)
+    run = {"arch": arch, "dataset": data, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
+           "n_train": n_train}
+    command = (f"underhood train --data {data} --arch {arch} --epochs {epochs} --seed {seed}"
+               f" --batch-size {batch_size} --lr {lr} --n-train {n_train}") + (loss.command if loss else "")
+    writer, callback = None, None
+    if snapshots is not None:
+        writer = Snapshots(snapshots[0], snapshots[1], epochs, {**run, **(loss.meta if loss else {}),
+                                                                "command": command})
+        callback = snapshots[2]
+
+    def snapshot(epoch: int, step: int, metrics: dict[str, float]) -> None:
+        checkpoint = writer.write(model.net.state_dict(), {**metadata(model), **run, **(loss.meta if loss else {}),
+                                                           "command": command}, epoch, step, metrics)
+        if callback is not None:
+            # the callback sees the model in eval mode, and leaves the global generators (dropout, ...) as they were
+            accelerator = None if dev.type == "cpu" else dev.type
+            with evaluating(model), torch.random.fork_rng(devices=[dev] if accelerator else [],
+                                                          device_type=accelerator):
+                extra = callback(model, checkpoint)
+            if extra:
+                writer.annotate(dict(extra))
+
+    if writer is not None:  # epoch 0: the initialisation
+        first_metrics = {"test_accuracy": accuracy(model, held_out)}
+        if not fresh:
+            first_metrics["train_accuracy"] = accuracy(model, first)
+        snapshot(0, 0, first_metrics)
+    done = 0  # optimizer steps so far
     bar = tqdm(total=steps, desc=f"train {arch}", disable=not progress, unit="step")
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -218,11 +279,12 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
             value.backward()
             opt.step()
             sched.step()
+            done += 1
             total += value.item() * len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{value.item():.3f}")
         entry = {"epoch": epoch + 1, "loss": total / len(order)}
-        if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+        if (epoch + 1) % every == 0 or epoch + 1 == epochs or (writer is not None and writer.due(epoch + 1)):
             entry["test_accuracy"] = accuracy(model, held_out)
             line = (f"epoch {epoch + 1}/{epochs}: loss {entry['loss']:.4f}, "
                     f"held-out accuracy {entry['test_accuracy']:.4f}")
@@ -231,6 +293,8 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
                 line += f", training accuracy {entry['train_accuracy']:.4f}"
             bar.write(line)
         history.append(entry)
+        if writer is not None and writer.due(epoch + 1):
+            snapshot(epoch + 1, done, {k: v for k, v in entry.items() if k != "epoch"})
     bar.close()
     model.eval()
     held_out_name = (f"shapes seed {SHAPES_TEST_SEED}, {SHAPES_TEST_SIZE} images" if data.startswith("shapes")
@@ -240,17 +304,13 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
     elif data == RANDOM_LABELS:
         held_out_name += ", true labels"
     model.meta.update({
-        "arch": arch, "dataset": data, "epochs": epochs, "seed": seed, "batch_size": batch_size, "lr": lr,
-        "n_train": n_train, "test_accuracy": history[-1]["test_accuracy"], "test_set": held_out_name,
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "command": f"underhood train --data {data} --arch {arch} --epochs {epochs} --seed {seed}"
-                   f" --batch-size {batch_size} --lr {lr} --n-train {n_train}",
+        **run, "test_accuracy": history[-1]["test_accuracy"], "test_set": held_out_name,
+        "train_seconds": round(time.perf_counter() - start, 1), "command": command,
     })
     if not fresh:
         model.meta["train_accuracy"] = history[-1]["train_accuracy"]
     if loss is not None:
         model.meta.update(loss.meta)
-        model.meta["command"] += loss.command
         if loss.evaluate is not None:
             model.meta.update(loss.evaluate(model, held_out))
     if data.startswith("shapes-spurious"):

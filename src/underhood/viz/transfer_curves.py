@@ -76,20 +76,59 @@ def _levels(ax, result: Any, right: float, low: float) -> None:
         v = result.values("reduced", 0, f)
         levels.append((sum(v) / len(v), "#6c3483", ":", 1.4, f"baseB on {f:.0%} of B"))
     levels.append((result.chance, CHANCE, "-", 0.8, "chance"))
-    placed: list[float] = []
     below = []
+    shown = []
     for value, color, style, lw, label in sorted(levels, key=lambda lv: lv[0]):
         if 100 * value < low:
             below.append(f"{label}: {100 * value:.1f}%")
             continue
         ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2, alpha=0.9)
-        y = max(100 * value, placed[-1] + 2.2) if placed else 100 * value
-        placed.append(y)
-        ax.text(right + 0.05, y, f"{label} {100 * value:.1f}", color=color, fontsize=8, va="center", ha="left",
+        shown.append((100 * value, color, label))
+    # about one 8-point line apart on a 3.5-inch axis, whatever the range
+    for (value, color, label), y in zip(shown, _dodge([v for v, _, _ in shown], 0.04 * (100.5 - low))):
+        ax.text(right + 0.05, y, f"{label} {value:.1f}", color=color, fontsize=8, va="center", ha="left",
                 clip_on=False)
     if below:
         ax.text(0.995, 0.02, "below the axis: " + ";  ".join(below), transform=ax.transAxes, fontsize=7.5,
                 ha="right", va="bottom", color="#555555")
+
+
+def _handle(treatment: str):
+    """A legend entry showing both a treatment's points (marker; white-filled when fine-tuned) and its mean line."""
+    from matplotlib.lines import Line2D
+
+    color, marker, name = STYLE[treatment]
+    return Line2D([], [], color=color, lw=2.2, marker=marker, ms=6, mew=1.3, mec=color,
+                  mfc="white" if treatment.endswith("+") else color, label=name)
+
+
+def _base_handle(result: Any):
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color=BASE, ls="--", lw=1.3, marker="o", ms=6, mew=1.3, mfc="white", mec=BASE,
+                  label=f"baseB: each seed, mean {100 * result.base()[0]:.1f} (dashed)")
+
+
+LEGEND_H = 0.5
+"""Inches below the axes for a legend of up to two rows (:func:`_legend_below`)."""
+
+
+def _legend_below(fig, handles: list, ncol: int = 3) -> None:
+    """The legend in a band under the axes, where no point or line can hide behind it; lays the figure out."""
+    height = fig.get_size_inches()[1]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.005), ncol=ncol, fontsize=8.5,
+               frameon=False, handlelength=2.6, columnspacing=1.8)
+    fig.tight_layout(rect=(0, LEGEND_H * (1 + (len(handles) > ncol)) / 2 / height + 0.02, 1, 1))
+
+
+def _dodge(wanted: list[float], gap: float) -> list[float]:
+    """Label positions at least ``gap`` apart, each as close to its wanted position as a bottom-up sweep allows."""
+    order = sorted(range(len(wanted)), key=lambda i: wanted[i])
+    placed = [0.0] * len(wanted)
+    last = -float("inf")
+    for i in order:
+        placed[i] = last = max(wanted[i], last + gap)
+    return placed
 
 
 def _depth_label(result: Any) -> str:
@@ -114,16 +153,19 @@ def transfer_figure(result: Any, *, title: str | None = None, figsize: tuple[flo
     random-filter control as a grey line (it is in :func:`dissimilar_figure` by default).
     """
     depths = result.depths
-    fig, ax = subplots(figsize=figsize or (max(7.4, 1.25 * len(depths) + 4.2), 4.9))
+    fig, ax = subplots(figsize=figsize or (max(7.4, 1.25 * len(depths) + 4.2), 4.9 + LEGEND_H))
     _base_points(ax, result)
+    handles = [_base_handle(result)]
     for t in ("BnB", "BnB+", "AnB", "AnB+"):  # no bands: the seeds' splits differ in difficulty (see drop())
         if t in result.treatments:
             _points(ax, result, t)
             _mean_line(ax, result.curve(t), t, shift=OFFSETS[t], band=False)
+            handles.append(_handle(t))
     shown = [100 * r["accuracy"] for r in result.runs if r["treatment"] in ("baseB", *TREATMENTS)]
     if controls and "random" in result.treatments:
         _points(ax, result, "random")
         _mean_line(ax, result.curve("random"), "random", band=False)
+        handles.append(_handle("random"))
         shown += [100 * v for v in result.values("random")]
     low = max(0.0, 5 * np.floor((min(shown + [100.0]) - 3) / 5))
     right = max(depths) + 0.45
@@ -139,8 +181,7 @@ def transfer_figure(result: Any, *, title: str | None = None, figsize: tuple[flo
     ax.set_title(title or f"How transferable are the features of '{result.arch}'? {split}, {len(result.seeds)} "
                  f"seed(s)" + (f"\nA = {', '.join(halves.get('A', []))};  B = {', '.join(halves.get('B', []))}"
                                if result.split != "random" and halves else ""), fontsize=10, loc="left")
-    ax.legend(fontsize=8, loc="lower left", frameon=True, framealpha=0.92, edgecolor="#dddddd", ncol=2)
-    fig.tight_layout()
+    _legend_below(fig, handles, ncol=3)
     return fig
 
 
@@ -160,14 +201,14 @@ def dissimilar_figure(similar: Any, dissimilar: Any, *, title: str | None = None
                "random frozen filters (Jarrett et al. 2009)"))
     for ax, result, t, head in panels:
         _base_points(ax, result)
+        handles = [_base_handle(result)]
         if t in result.treatments:
             _points(ax, result, t)
             _mean_line(ax, result.curve(t), t, shift=OFFSETS[t], band=False)
+            handles.append(_handle(t))
         right = max(result.depths) + 0.45
         ax.axhline(100 * result.base()[0], color=BASE, ls="--", lw=1.2)
         ax.axhline(100 * result.chance, color=CHANCE, lw=0.8)
-        ax.text(right, 100 * result.base()[0] + 1.5, f"baseB {100 * result.base()[0]:.1f}", fontsize=8, ha="right",
-                color=BASE)
         ax.text(0.6, 100 * result.chance + 1.5, f"chance {100 * result.chance:.1f}", fontsize=8, ha="left",
                 color=CHANCE)
         ax.set_xticks([0, *result.depths], ["0\nbaseB", *[str(d) for d in result.depths]])
@@ -175,7 +216,7 @@ def dissimilar_figure(similar: Any, dissimilar: Any, *, title: str | None = None
         ax.set_ylim(0, 101)
         _style(ax, _depth_label(result), "top-1 accuracy on B (%)")
         ax.set_title(head, fontsize=9.5, loc="left")
-        ax.legend(fontsize=7.5, loc="lower left", frameon=False)
+        ax.legend(handles=handles, fontsize=7.5, loc="best", frameon=True, framealpha=0.92, edgecolor="#dddddd")
     ax = axes[2]
     lines = [(similar, "AnB", "#c0392b", "transfer from a random half (AnB)"),
              (dissimilar, "AnB", "#8e44ad", "transfer from a dissimilar half (AnB)"),
@@ -192,7 +233,7 @@ def dissimilar_figure(similar: Any, dissimilar: Any, *, title: str | None = None
     ax.set_xticks(similar.depths, [str(d) for d in similar.depths])
     _style(ax, _depth_label(similar), "accuracy relative to baseB (points)")
     ax.set_title("relative to each split's own baseB (paired by seed)", fontsize=9.5, loc="left")
-    ax.legend(fontsize=7.5, loc="lower left", frameon=False)
+    ax.legend(fontsize=7.5, loc="best", frameon=True, framealpha=0.92, edgecolor="#dddddd")
     fig.suptitle(title or f"Transfer from dissimilar tasks and random filters ('{similar.arch}', "
                  f"{len(similar.seeds)} seed(s))", fontsize=10.5, x=0.01, ha="left")
     fig.tight_layout()
@@ -249,13 +290,17 @@ def generality_figure(result: Any, *, title: str | None = None, figsize: tuple[f
 
 def finetune_figure(result: Any, *, title: str | None = None, figsize: tuple[float, float] | None = None):
     """A pre-trained model's layers on new data: a linear head on the frozen features, the same cut fine-tuned, and
-    the frozen head on a randomly re-initialised copy; chance as a level."""
+    the frozen head on a randomly re-initialised copy (mean and 95% band over seeds, each mean written beside its
+    point); chance, and the model's own accuracy when the result has one, as levels."""
     layers = result.layers
     xs = np.arange(len(layers))
-    fig, ax = subplots(figsize=figsize or (max(6.4, 1.3 * len(layers) + 3.2), 4.4))
+    fig, ax = subplots(figsize=figsize or (max(6.8, 1.3 * len(layers) + 3.6), 4.4 + LEGEND_H))
     look = {"frozen": ("#c0392b", "D", "frozen features + linear head"),
             "finetuned": ("#f39c12", "o", "fine-tuned up to the layer"),
             "random": ("#7f7f7f", "s", "random copy, frozen")}
+    handles, labels = [], []  # (x, accuracy in %, colour) per point, written once the axes' size is known
+    from matplotlib.lines import Line2D
+
     for t in ("frozen", "finetuned", "random"):
         curve = result.curve(t)
         if not curve:
@@ -263,27 +308,45 @@ def finetune_figure(result: Any, *, title: str | None = None, figsize: tuple[flo
         color, marker, label = look[t]
         names = [n for n in layers if n in curve]
         x = [xs[layers.index(n)] for n in names]
-        ax.plot(x, [100 * curve[n][0] for n in names], "-" + marker, color=color, lw=2.1, ms=6.5, label=label,
-                zorder=4, markerfacecolor="white" if t == "finetuned" else color)
+        face = "white" if t == "finetuned" else color
+        ax.plot(x, [100 * curve[n][0] for n in names], "-" + marker, color=color, lw=2.1, ms=6.5, zorder=4,
+                mfc=face, mew=1.4)
+        handles.append(Line2D([], [], color=color, lw=2.1, marker=marker, ms=6.5, mfc=face, mew=1.4, label=label))
         if any(curve[n][1] != curve[n][2] for n in names):
             ax.fill_between(x, [100 * curve[n][1] for n in names], [100 * curve[n][2] for n in names], color=color,
                             alpha=0.15, lw=0)
-        for xi, n in zip(x, names):  # fine-tuned above its point, the others below: the labels do not collide
-            ax.annotate(f"{100 * curve[n][0]:.1f}", (xi, 100 * curve[n][0]), textcoords="offset points",
-                        xytext=(0, 7) if t == "finetuned" else (0, -13), ha="center", fontsize=7.5, color=color)
-    ax.axhline(100 * result.chance, color=CHANCE, lw=0.9)
-    ax.text(xs[-1] + 0.3, 100 * result.chance + 1.2, f"chance {100 * result.chance:.1f}", fontsize=8, ha="right",
-            color=CHANCE)
+        labels += [(xi, 100 * curve[n][0], color) for xi, n in zip(x, names)]
+    right = xs[-1] + 0.4
+    levels = [(v, c, ls, lw, name) for v, c, ls, lw, name in (
+        (getattr(result, "model_accuracy", None), "#d62728", "--", 1.3, "the model itself"),
+        (result.chance, CHANCE, "-", 0.9, "chance")) if v is not None]
+    for value, color, style, lw, _ in levels:
+        ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2)
+    for (value, color, _, _, name), y in zip(levels, _dodge([100 * lv[0] for lv in levels], 4.5)):
+        ax.text(right + 0.05, y, f"{name} {100 * value:.1f}", color=color, fontsize=8, va="center", ha="left",
+                clip_on=False)
     ax.set_xticks(xs, [(f"{n}\nrf {result.rf[n]}" if result.rf.get(n) and result.rf[n] != "global" else n)
                        for n in layers])
-    ax.set_xlim(-0.4, xs[-1] + 0.4)
+    ax.set_xlim(-0.4, right)
     ax.set_ylim(0, 105)
-    _style(ax, "cut after layer (input to output; rf: receptive field in pixels)", "held-out accuracy (%)")
+    _style(ax, "cut after layer (input to output; rf: receptive field in pixels)", "held-out accuracy on the new "
+           "task (%)")
     info = getattr(result, "info", {}) or {}
     ax.set_title(title or f"Frozen or fine-tuned: a new task on each layer ({len(result.classes)} classes, "
                  f"{info.get('n_train', '?')} train / {info.get('n_test', '?')} test images)", fontsize=10, loc="left")
-    ax.legend(fontsize=8.5, loc="lower right", frameon=True, framealpha=0.92, edgecolor="#dddddd")
-    fig.tight_layout()
+    _legend_below(fig, handles, ncol=3)
+    # the means, in the points' colours: at each layer the highest above its point, the others below theirs,
+    # pushed down so that no two labels overlap (in points, now that the layout fixed the axes' height)
+    per_unit = ax.get_position().height * fig.get_size_inches()[1] * 72 / 105
+    for x in xs:
+        here = sorted((lb for lb in labels if lb[0] == x), key=lambda lb: -lb[1])
+        floor = float("inf")
+        for i, (_, value, color) in enumerate(here):
+            at = value * per_unit
+            y = at + 8 if i == 0 else min(at - 13, floor - 10)
+            floor = y if i else at - 4
+            ax.annotate(f"{value:.1f}", (x, value), textcoords="offset points", xytext=(0, y - at), ha="center",
+                        va="bottom", fontsize=7.5, color=color)
     return fig
 
 

@@ -9,6 +9,8 @@ time budget (:data:`N_PROBE`), ``--full`` uses larger ones. The transfer grid ru
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from markupsafe import Markup, escape
 
 from ...core.device import model_device
@@ -112,7 +114,11 @@ def grid(ctx: Context) -> Markup | None:
     meta = getattr(ctx.model, "meta", {}) or {}
     arch, dataset = meta.get("arch"), str(meta.get("dataset", ""))
     if arch in ARCHITECTURES and dataset in GRID:
-        result = transfer_curve(arch, **GRID[dataset], device=str(model_device(ctx.model)))
+        # the finished networks are kept where the report's next run finds them (the demo's --out/shards),
+        # so a rerun of the same report resumes instead of training the grid again
+        keep = ctx.options.get("keep")
+        result = transfer_curve(arch, **GRID[dataset], device=str(model_device(ctx.model)),
+                                out=None if keep is None else Path(keep) / f"transfer-grid-{arch}")
         ctx.cache["transfer-grid"] = result
         body = figure(ctx, figure_to_png(result.figure(), dpi=100), "transfer-grid",
                       f"Yosinski et al. (2014)'s experiment on the '{arch}' architecture: the classes are split into "
