@@ -24,6 +24,26 @@ def _tick(name: str, rf: dict[str, str]) -> str:
     return f"{name}\nrf {field}" if field and field != "global" else (f"{name}\nglobal" if field else name)
 
 
+def _levels_and_axes(ax, levels: list, right: float, xs: list, names: list[str], rf: dict[str, str]) -> None:
+    """The probe figures' horizontal levels ``(value, colour, style, width, label)``, labelled at the right edge and
+    pushed apart so close levels stay readable, and their shared axes: layer ticks, 0-105%, grid, no top/right."""
+    placed: list[float] = []
+    for value, color, style, lw, label in sorted((lv for lv in levels if lv[0] is not None), key=lambda lv: lv[0]):
+        ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2, alpha=0.9)
+        y = max(100 * value, placed[-1] + 4.5) if placed else 100 * value
+        placed.append(y)
+        ax.text(right + 0.05, y, f"{label} {100 * value:.1f}", color=color, fontsize=8, va="center", ha="left",
+                clip_on=False)
+    ax.set_xticks(xs, [_tick(n, rf) for n in names], fontsize=8.5)
+    ax.set_xlim(-0.35, right)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("held-out probe accuracy (%)")
+    ax.set_xlabel("layer (input to output; rf: receptive field in pixels)")
+    ax.grid(axis="y", color="#e4e4e4", lw=0.8, zorder=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
 def probe_figure(result: Any, *, title: str | None = None, figsize: tuple[float, float] | None = None):
     """Probe accuracy against layer: the trained model's line, its randomly re-initialised copy, the pixels and
     chance levels as horizontal lines and the model's own accuracy as a dashed line.
@@ -52,21 +72,7 @@ def probe_figure(result: Any, *, title: str | None = None, figsize: tuple[float,
     levels = [(result.model_accuracy, MODEL, "--", 1.4, "the model itself"),
               (result.pixels, PIXELS, ":", 1.4, "pixels"),
               (result.chance, CHANCE, "-", 0.8, "chance")]
-    placed: list[float] = []  # label heights, pushed apart so close levels stay readable
-    for value, color, style, lw, label in sorted((lv for lv in levels if lv[0] is not None), key=lambda lv: lv[0]):
-        ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2, alpha=0.9)
-        y = max(100 * value, placed[-1] + 4.5) if placed else 100 * value
-        placed.append(y)
-        ax.text(right + 0.05, y, f"{label} {100 * value:.1f}", color=color, fontsize=8, va="center",
-                ha="left", clip_on=False)
-    ax.set_xticks(xs, [_tick(n, getattr(result, "rf", {}) or {}) for n in names], fontsize=8.5)
-    ax.set_xlim(-0.35, right)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("held-out probe accuracy (%)")
-    ax.set_xlabel("layer (input to output; rf: receptive field in pixels)")
-    ax.grid(axis="y", color="#e4e4e4", lw=0.8, zorder=0)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    _levels_and_axes(ax, levels, right, xs, names, getattr(result, "rf", {}) or {})
     pool = getattr(result, "pool", "avg")
     ax.set_title(title or f"How general is each layer: linear probes on {pool}-pooled features "
                  f"({result.n_train} train / {result.n_test} test images)", fontsize=10, loc="left")
@@ -116,21 +122,7 @@ def probe_history_figure(history: Any, *, title: str | None = None, figsize: tup
     own = history.model_accuracy.get(epochs[-1]) if epochs else None
     levels = [(own, MODEL, "--", 1.3, "the trained model"), (history.pixels, PIXELS, ":", 1.4, "pixels"),
               (history.chance, CHANCE, "-", 0.8, "chance")]
-    placed: list[float] = []
-    for value, color, style, lw, label in sorted((lv for lv in levels if lv[0] is not None), key=lambda lv: lv[0]):
-        ax.axhline(100 * value, color=color, ls=style, lw=lw, zorder=2, alpha=0.9)
-        y = max(100 * value, placed[-1] + 4.5) if placed else 100 * value
-        placed.append(y)
-        ax.text(right + 0.05, y, f"{label} {100 * value:.1f}", color=color, fontsize=8, va="center", ha="left",
-                clip_on=False)
-    ax.set_xticks(xs, [_tick(n, getattr(history, "rf", {}) or {}) for n in names], fontsize=8.5)
-    ax.set_xlim(-0.35, right)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("held-out probe accuracy (%)")
-    ax.set_xlabel("layer (input to output; rf: receptive field in pixels)")
-    ax.grid(axis="y", color="#e4e4e4", lw=0.8, zorder=0)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    _levels_and_axes(ax, levels, right, xs, names, getattr(history, "rf", {}) or {})
     if len(epochs) > LEGEND_LINES:  # a colour bar instead of a long legend
         from matplotlib.cm import ScalarMappable
 
