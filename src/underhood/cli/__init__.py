@@ -24,6 +24,7 @@ from . import (
     activations,
     adversarial,
     attribution,
+    course,
     data,
     explore,
     hardware,
@@ -40,7 +41,7 @@ EXIT_ERROR = 2
 EXIT_BUG = 1
 
 FAMILIES = (report, data, models, attribution, weights, activations, transfer, synthesis, adversarial, influence,
-            hardware, explore)
+            hardware, explore, course)
 """The family modules whose ``register(add)`` builds the parser, in this order."""
 
 ORDER = ("demo", "samples", "models", "layers", "predict", "explain", "evaluate", "train")
