@@ -84,13 +84,25 @@ def unit(layer: str, channel: int, y: int | None = None, x: int | None = None) -
     return Objective(fn, frozenset({layer}), f"unit({layer}, {channel}, {y}, {x})")
 
 
-def channel(layer: str, c: int) -> Objective:
-    """The mean activation of channel ``c`` over positions."""
+REDUCTIONS = ("mean", "sum", "l2")
+
+
+def channel(layer: str, c: int, *, reduce: str = "mean") -> Objective:
+    """Channel ``c`` of ``layer`` reduced over positions: its ``"mean"`` activation (default), its ``"sum"``
+    (EE-559: "the sum over an activation map"), or the ``"l2"`` norm of the whole map,
+    ``||h_{l,c}(x)||_2`` (MAP583's maximum response samples)."""
+    if reduce not in REDUCTIONS:
+        raise InputError(f"reduce: expected one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+
     def fn(acts, logits):
         a = _map(acts, layer)
         _check_channel(a, c, layer)
-        return a[:, c].reshape(len(a), -1).mean(1)
-    return Objective(fn, frozenset({layer}), f"channel({layer}, {c})")
+        flat = a[:, c].reshape(len(a), -1)
+        if reduce == "l2":
+            return torch.linalg.vector_norm(flat, dim=1)
+        return flat.sum(1) if reduce == "sum" else flat.mean(1)
+    suffix = "" if reduce == "mean" else f", {reduce}"
+    return Objective(fn, frozenset({layer}), f"channel({layer}, {c}{suffix})")
 
 
 def layer(name: str) -> Objective:

@@ -1,6 +1,8 @@
 """Parametrisations of a synthetic image, and the random transforms applied at each step.
 
 - ``pixels``: one free value per pixel and channel, squashed into ``[0, 1]`` by a sigmoid.
+- ``raw``: one free value per pixel and channel, used as it is (no squashing: a gradient step moves the
+  pixels themselves, ``x <- x + lr * grad``, as the lectures write gradient ascent); values may leave ``[0, 1]``.
 - ``fourier`` (Olah et al. 2017): the image's 2-D Fourier coefficients, scaled by ``1 / f^decay``
   so that every frequency learns at a comparable rate, and colours decorrelated: the three
   channels are mixed by the square root of an RGB colour covariance (the one of natural images
@@ -20,7 +22,7 @@ from ..core.checks import choice
 # square root of the colour covariance of natural images (Lucid's ``color_correlation_svd_sqrt``)
 COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
 COLOR_SQRT = COLOR_SQRT / COLOR_SQRT.norm(dim=0).max()
-PARAMS = ("pixels", "fourier")
+PARAMS = ("pixels", "fourier", "raw")
 
 
 class Image(nn.Module):
@@ -37,6 +39,9 @@ class Image(nn.Module):
         if kind == "pixels":
             start = torch.randn(shape, generator=g) * sd if init is None else torch.logit(init.clamp(1e-3, 1 - 1e-3))
             self.raw = nn.Parameter(start.clone())
+        elif kind == "raw":  # grey plus noise unless a start is given
+            start = 0.5 + torch.randn(shape, generator=g) * sd if init is None else init.float()
+            self.raw = nn.Parameter(start.clone())
         else:
             fy = torch.fft.fftfreq(h)[:, None]
             fx = torch.fft.rfftfreq(w)[None, :]
@@ -49,6 +54,8 @@ class Image(nn.Module):
     def forward(self) -> torch.Tensor:
         if self.kind == "pixels":
             return torch.sigmoid(self.raw)
+        if self.kind == "raw":
+            return self.raw
         n, c, h, w = self.shape
         spectrum = torch.view_as_complex((self.raw * self.scale).contiguous())
         x = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho")

@@ -179,44 +179,91 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
     return _per_image(_safe_pow(dx.square() + dy.square(), beta / 2))
 
 
-def edge_energy(x: torch.Tensor, scales: int = 3, sigma: float = 1.0) -> torch.Tensor:
+BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+"""EE-559's 5-tap binomial filter ``[1, 4, 6, 4, 1] / 16`` (its 5x5 "pseudo-Gaussian" is the outer product)."""
+
+EDGE_KERNELS = ("gaussian", "binomial")
+
+
+def _zero_blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable depthwise convolution of ``[..., H, W]`` with the 1-D kernel ``g``, zero padding (``conv2d``'s)."""
+    h, w = x.shape[-2:]
+    weights, r = g.tolist(), (len(g) - 1) // 2
+    y = F.pad(x, (r, r, r, r))
+    y = sum(wk * y[..., k:k + h, :] for k, wk in enumerate(weights))  # along H
+    return sum(wk * y[..., k:k + w] for k, wk in enumerate(weights))  # along W
+
+
+def _lecture_downscale(x: torch.Tensor) -> torch.Tensor:
+    """EE-559's downscale: the 2x2 uniform kernel with stride 2 and zero padding 1 (``H -> H // 2 + 1``)."""
+    n, c, h, w = x.shape
+    oh, ow = h // 2 + 1, w // 2 + 1
+    y = F.pad(x, (1, 1, 1, 1))[..., :2 * oh, :2 * ow]
+    return y.reshape(n, c, oh, 2, ow, 2).mean(dim=(3, 5))
+
+
+def edge_energy(x: torch.Tensor, scales: int | None = 3, sigma: float = 1.0, *,
+                kernel: str = "gaussian") -> torch.Tensor:
     """Multi-scale edge energy ``h(x) = Σ_{s=0}^{scales-1} ‖δ^s(x) - g ⊛ δ^s(x)‖²`` (EE-559, "under the hood").
 
     The penalty of Fleuret's EE-559 lecture: "a reasonable h penalizes too much energy in the
     high frequencies by integrating edge amplitude at multiple scales". ``δ`` is a factor-2
-    downscale (2x2 average pooling, odd sizes rounded down; ``δ⁰`` is the identity), ``g`` a
-    normalised Gaussian of standard deviation ``sigma`` (:func:`gaussian_kernel`) applied to
-    each channel with reflect padding, and ``‖·‖²`` sums squares over channels and pixels.
-    ``x - g ⊛ x`` is the image's high-pass part, so ``h`` is the energy above the blur's cut-off
-    at ``scales`` octaves. (The lecture uses the 5-tap binomial kernel, which ``sigma=1``
-    matches in variance, zero padding, and as many scales as fit.)
+    downscale (``δ⁰`` is the identity), ``g`` a normalised low-pass kernel applied to each channel,
+    and ``‖·‖²`` sums squares over channels and pixels. ``x - g ⊛ x`` is the image's high-pass part,
+    so ``h`` is the energy above the blur's cut-off at ``scales`` octaves.
+
+    Two kernels:
+
+    * ``"gaussian"`` (default): a Gaussian of standard deviation ``sigma`` (:func:`gaussian_kernel`) with
+      reflect padding, and ``δ`` the 2x2 average pooling (odd sizes rounded down): a constant image has
+      no edge energy.
+    * ``"binomial"``: the lecture's own module (slide 65) exactly: the 5x5 binomial kernel
+      (:data:`BINOMIAL` outer itself, variance 1, so ``sigma`` is ignored) with zero padding 2, and ``δ``
+      the 2x2 uniform kernel with stride 2 and zero padding 1 (``H -> H // 2 + 1``). The zero padding
+      counts the image border as an edge.
 
     Args:
-        x: images ``[N, C, H, W]``; the coarsest level must be larger than the kernel radius.
-        scales: number of scales ``>= 1``.
+        x: images ``[N, C, H, W]``; the coarsest level must be larger than the kernel's radius (Gaussian)
+            or width (binomial).
+        scales: number of scales ``>= 1``, or ``None``: as many as the image allows, every level whose
+            sides both exceed the kernel's width (the lecture's ``while x.size(2) > 5 and x.size(3) > 5``).
         sigma: the Gaussian's standard deviation in pixels of each level, ``> 0``.
+        kernel: ``"gaussian"`` or ``"binomial"``.
 
     Returns:
-        ``[N]``, ``>= 0``; 0 for an image constant in each channel, large for a checkerboard.
+        ``[N]``, ``>= 0``; 0 for an image constant in each channel (``"gaussian"``), large for a checkerboard.
 
     Example:
         >>> edge_energy(torch.full((1, 3, 32, 32), 0.7)).abs().max().item() < 1e-10
         True
+        >>> edge_energy(torch.zeros(1, 3, 64, 64), None, kernel="binomial").item()   # 64, 33, 17, 9: 4 scales
+        0.0
     """
     x = _check_images(x)
-    positive_int("scales", scales)
-    g = gaussian_kernel(sigma, dtype=x.dtype, device=x.device)
-    r = (len(g) - 1) // 2
-    h, w = x.shape[-2] >> (scales - 1), x.shape[-1] >> (scales - 1)
-    if min(h, w) <= r:
+    if scales is not None:
+        positive_int("scales", scales)
+    if kernel not in EDGE_KERNELS:
+        raise InputError(f"kernel: expected one of {', '.join(EDGE_KERNELS)}, got {kernel!r}")
+    if kernel == "binomial":
+        g, blur, down = BINOMIAL.to(device=x.device, dtype=x.dtype), _zero_blur, _lecture_downscale
+    else:
+        g, blur, down = gaussian_kernel(sigma, dtype=x.dtype, device=x.device), _blur, _downscale
+    # the lecture stops when a side reaches the kernel's width; reflect padding needs more than the radius
+    limit = len(g) if kernel == "binomial" else (len(g) - 1) // 2
+    size, levels = tuple(x.shape[-2:]), []
+    while (len(levels) < scales) if scales is not None else (min(size) > limit):
+        levels.append(size)
+        size = (size[0] // 2 + 1, size[1] // 2 + 1) if kernel == "binomial" else (size[0] // 2, size[1] // 2)
+    if not levels or min(levels[-1]) <= limit:
+        coarsest = f"the coarsest level is {levels[-1][0]}x{levels[-1][1]} and " if levels else ""
         raise InputError(f"x: {x.shape[-2]}x{x.shape[-1]} images are too small for edge_energy(scales={scales}, "
-                         f"sigma={sigma:g}): the coarsest level is {h}x{w} and the blur needs more than {r} pixels; "
+                         f"sigma={sigma:g}, kernel={kernel!r}): {coarsest}the blur needs more than {limit} pixels; "
                          "lower scales or sigma")
     total = x.new_zeros(x.shape[0])
-    for s in range(scales):
+    for s in range(len(levels)):
         if s > 0:
-            x = _downscale(x)
-        total = total + _per_image((x - _blur(x, g)).square())
+            x = down(x)
+        total = total + _per_image((x - blur(x, g)).square())
     return total
 
 
@@ -334,6 +381,9 @@ class Priors:
         clip_pixels: percentile for :func:`clip_small_pixels` at every step; 0 = off.
         clip_contribution: percentile for :func:`clip_small_contribution` at every step; 0 = off.
         center: the neutral pixel value of ``l2``, ``alpha`` and both clips.
+        edges_kernel: ``"gaussian"`` (:func:`edge_energy`'s defaults) or ``"binomial"`` (EE-559's module:
+            the 5-tap binomial kernel at as many scales as the image allows, ``edge_energy(x, None,
+            kernel="binomial")``).
 
     Example:
         >>> p = Priors.parse("tv=1e-2,edges=0.1,blur=0.5")
@@ -353,6 +403,7 @@ class Priors:
     clip_pixels: float = 0.0
     clip_contribution: float = 0.0
     center: float = 0.5
+    edges_kernel: str = "gaussian"
 
     def __post_init__(self) -> None:
         for name in PENALTIES:
@@ -362,6 +413,8 @@ class Priors:
         number("clip_pixels", self.clip_pixels, high=100.0)
         number("clip_contribution", self.clip_contribution, high=100.0)
         number("center", self.center, low=-math.inf)
+        if self.edges_kernel not in EDGE_KERNELS:
+            raise InputError(f"edges_kernel: expected one of {', '.join(EDGE_KERNELS)}, got {self.edges_kernel!r}")
 
     def penalty(self, x: torch.Tensor) -> torch.Tensor:
         """``Σ_k weight_k · h_k(x)`` over the active penalties: ``[N, C, H, W] -> [N]``, ``>= 0``, differentiable.
@@ -377,7 +430,8 @@ class Priors:
         if self.alpha:
             total = total + self.alpha * alpha_norm(x, center=self.center)
         if self.edges:
-            total = total + self.edges * edge_energy(x)
+            total = total + self.edges * (edge_energy(x) if self.edges_kernel == "gaussian"
+                                          else edge_energy(x, None, kernel=self.edges_kernel))
         return total
 
     @property
@@ -416,7 +470,8 @@ class Priors:
         """Priors from a CLI string ``"name=value,..."``, e.g. ``"tv=1e-2,alpha=1e-4,edges=0.1,blur=0.5"``.
 
         Names: ``l2, tv, alpha, edges`` (weights), ``blur`` (= ``blur_sigma``), ``blur_every``,
-        ``clip_pixels``, ``clip_contribution``, ``center``. An empty string or ``"none"`` gives
+        ``clip_pixels``, ``clip_contribution``, ``center``, ``edges_kernel`` (a word: ``gaussian`` or
+        ``binomial``). An empty string or ``"none"`` gives
         no prior. Unknown names, repeated names and values that are not numbers are errors.
         """
         if text is None:
@@ -440,6 +495,9 @@ class Priors:
             field = _ALIASES.get(name, name)
             if field in values:
                 raise InputError(f"priors: {name!r} is given twice; give each prior once")
+            if field == "edges_kernel":
+                values[field] = raw
+                continue
             try:
                 value = float(raw)
             except ValueError:
@@ -458,6 +516,8 @@ class Priors:
     def __str__(self) -> str:
         """The CLI form of the non-default settings (``parse(str(p)) == p``); ``"none"`` when all are off."""
         inverse = {v: k for k, v in _ALIASES.items()}
-        parts = [f"{inverse.get(f.name, f.name)}={getattr(self, f.name)!r}" for f in fields(self)
+        def text(v: object) -> str:
+            return v if isinstance(v, str) else repr(v)
+        parts = [f"{inverse.get(f.name, f.name)}={text(getattr(self, f.name))}" for f in fields(self)
                  if getattr(self, f.name) != f.default]
         return ",".join(parts) or "none"

@@ -120,13 +120,15 @@ def _transforms(spec: str | dict | None, size: tuple[int, int]) -> dict:
 def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: int | None = None,
            param: str = "fourier", size: int | Sequence[int] | None = None, steps: int = 256, lr: float = 0.1,
            transforms: str | dict | None = "standard", priors=None, seed: int = 0, progress: bool = False,
-           decorrelate: bool = True, sd: float = 0.1) -> RenderResult:
+           decorrelate: bool = True, sd: float = 0.1, init: str | torch.Tensor | None = None,
+           optimizer: str = "adam", mask: torch.Tensor | None = None) -> RenderResult:
     """Optimise images so that they maximise ``objective`` (Erhan et al. 2009; Olah et al. 2017).
 
     Args:
         objective: one objective for ``n`` images (default 1), or a list: image ``i`` maximises
             ``objective[i]`` (every channel of a layer in one batch).
-        param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum; Olah et al.) or ``"pixels"``.
+        param: ``"fourier"`` (decorrelated, 1/f-scaled spectrum; Olah et al.), ``"pixels"`` (a sigmoid of free
+            values) or ``"raw"`` (the pixels themselves, unsquashed: the returned images may leave ``[0, 1]``).
         size: ``(H, W)``, ``(C, H, W)`` or one side (default: the model's ``input_size``; a model without one
             needs it: a one-line error says so). Any size the model accepts (at least its minimum).
         steps, lr: Adam on the parameters.
@@ -137,13 +139,24 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
         priors: an :class:`underhood.synthesis.priors.Priors` (penalties on the image, and Yosinski
             et al.'s blur and clipping between steps), or ``None``.
         seed: seeds the start and the transforms (the global RNG is not touched).
+        init: the start: ``None`` (small noise of standard deviation ``sd`` in the parameters), ``"uniform"``
+            (pixels drawn from U[0, 1] with ``seed``, as MAP583's ``x_0 ~ U[0,1]^{CxHxW}``) or images
+            ``[N or 1, C, H, W]`` in ``[0, 1]``; a start image needs ``param="pixels"`` or ``"raw"``.
+        optimizer: ``"adam"`` (default) or ``"sgd"``: plain gradient ascent on the parameters,
+            ``theta <- theta + lr * grad`` (with ``param="raw"`` and no transforms: ``x <- x + lr * grad_x f``).
+        mask: ``[H, W]`` or ``[N, 1, H, W]``, 1 where the pixels may change and 0 where they stay as they are
+            (the gradient and Yosinski's operations are masked); ``param="pixels"`` or ``"raw"`` only.
 
     Returns:
-        A :class:`RenderResult` with images in ``[0, 1]`` and the objective's trace.
+        A :class:`RenderResult` with images in ``[0, 1]`` (the raw values with ``param="raw"``) and the
+        objective's trace.
 
     Example:
         >>> from underhood.synthesis import objectives as O                           # doctest: +SKIP
         >>> r = render(model, [O.channel("features.10", c) for c in range(16)])        # doctest: +SKIP
+        >>> # MAP583's maximum response samples: ||h_{l,d}(x)||_2 from U[0,1] noise by plain gradient ascent
+        >>> r = render(model, O.channel("features.10", 3, reduce="l2"), param="raw", init="uniform",  # doctest: +SKIP
+        ...            optimizer="sgd", transforms="none", lr=0.05)                                 # doctest: +SKIP
     """
     objs = list(objective) if isinstance(objective, (list, tuple)) else None
     obj = batch(objs) if objs is not None else objective
@@ -152,14 +165,20 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
     count = len(objs) if objs is not None else (n or 1)
     positive_int("steps", steps)
     operations = priors is not None and priors.has_operations
-    if operations and param != "pixels":
+    if operations and param not in ("pixels", "raw"):
         raise InputError("priors: blur and clipping act on pixels; use param='pixels' with them, or drop them")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     device = home_device(model)  # a meta or split model: one line before any pass
     c, h, w = _input_shape(model, size, None)
     check_size(model, (h, w), "size", channels=c, hint="pass a larger size")
     tf = _transforms(transforms, (h, w))
-    image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd).to(device)
-    opt = torch.optim.Adam(image.parameters(), lr=lr)
+    start_image = _start(init, param, (count, c, h, w), seed)
+    keep = _mask(mask, param, (count, c, h, w))
+    image = Image((count, c, h, w), param, seed=seed, decorrelate=decorrelate, sd=sd, init=start_image).to(device)
+    if keep is not None:
+        keep = keep.to(device)
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(image.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 1)
     trace = []
     from tqdm.auto import trange
@@ -177,17 +196,61 @@ def render(model: nn.Module, objective: Objective | Sequence[Objective], *, n: i
                 loss = loss + priors.penalty(x).sum()
             opt.zero_grad()
             loss.backward()
+            if keep is not None:  # pixels outside the mask get no gradient, so no update (Adam and SGD alike)
+                image.raw.grad.mul_(keep)
             opt.step()
             if operations:  # Yosinski et al.'s blur and clipping, on the pixels between steps
                 with torch.no_grad():
                     new = priors.apply(image(), grad=-x.grad, step=step)
-                    image.raw.copy_(torch.logit(new.clamp(1e-4, 1 - 1e-4)))
+                    new = new if param == "raw" else torch.logit(new.clamp(1e-4, 1 - 1e-4))
+                    image.raw.copy_(new if keep is None else torch.where(keep > 0, new, image.raw))
             trace.append(value.detach())  # kept on the device: no host-device sync per step
         with torch.no_grad():
             final_image = image()
             final = obj(*pr(final_image))
     return RenderResult(final_image.detach().cpu(), torch.stack(trace).cpu(), start.cpu(), final.cpu(),
-                        {"param": param, "steps": steps, "lr": lr, "seed": seed, "objective": obj.name})
+                        {"param": param, "steps": steps, "lr": lr, "seed": seed, "objective": obj.name,
+                         "optimizer": optimizer, "init": init if isinstance(init, str) or init is None else "image"})
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _start(init: str | torch.Tensor | None, param: str, shape: tuple[int, int, int, int],
+           seed: int) -> torch.Tensor | None:
+    """The start image ``[N, C, H, W]`` that ``init`` asks for (``None``: the parametrisation's own noise)."""
+    if init is None:
+        return None
+    if param == "fourier":
+        raise InputError("init: a start image needs param='pixels' or param='raw'; the Fourier parametrisation "
+                         "starts from its own noise")
+    if isinstance(init, str):
+        if init != "uniform":
+            raise InputError(f"init: expected None, 'uniform' or images [N, C, H, W], got {init!r}")
+        # seed + 2: the parametrisation's noise uses seed and the transforms seed + 1
+        return torch.rand(shape, generator=torch.Generator().manual_seed(seed + 2))
+    if not isinstance(init, torch.Tensor) or init.ndim not in (3, 4):
+        raise InputError(f"init: expected None, 'uniform' or images [N, C, H, W], got {type(init).__name__}")
+    x = init.detach().float().cpu()
+    x = x[None] if x.ndim == 3 else x
+    if x.shape[1:] != shape[1:] or len(x) not in (1, shape[0]):
+        raise InputError(f"init: expected images of shape [{shape[0]} or 1, {shape[1]}, {shape[2]}, {shape[3]}], "
+                         f"got {tuple(init.shape)}; resize the start images or pass size=")
+    return x.expand(shape).clone()
+
+
+def _mask(mask: torch.Tensor | None, param: str, shape: tuple[int, int, int, int]) -> torch.Tensor | None:
+    """``mask`` as a float ``[N or 1, 1, H, W]`` tensor of 0 and 1 (``None`` stays ``None``)."""
+    if mask is None:
+        return None
+    if param == "fourier":
+        raise InputError("mask: a pixel mask needs param='pixels' or param='raw'")
+    m = torch.as_tensor(mask).detach().float().cpu()
+    m = m[None, None] if m.ndim == 2 else m
+    if m.ndim != 4 or m.shape[1] != 1 or m.shape[-2:] != shape[-2:] or len(m) not in (1, shape[0]):
+        raise InputError(f"mask: expected [H, W] or [N, 1, H, W] with H, W = {shape[2]}, {shape[3]}, "
+                         f"got {tuple(torch.as_tensor(mask).shape)}")
+    return (m > 0).float()
 
 
 def _features(pr: Callable, x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -346,11 +409,16 @@ def invert(model: nn.Module, image: torch.Tensor, layer: str, *, seeds: Sequence
 
 def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int = 200, lr: float = 0.05,
                power: float = 2.0, seed: int = 0, transforms: str | dict | None = "standard",
-               param: str = "fourier", priors=None, progress: bool = False) -> torch.Tensor:
+               param: str = "fourier", priors=None, progress: bool = False, init: str = "random") -> torch.Tensor:
     """A caricature (Olah et al.'s Lucid recipe): from a random start, maximise
     ``<phi(x), phi(x0)> * cos(phi(x), phi(x0))^power`` at ``layer``: an image that shows, exaggerated,
     what the representation of ``image`` already detects. ``param``, ``transforms`` and ``priors`` as
-    in :func:`render`. Returns ``[N, C, H, W]`` in ``[0, 1]``."""
+    in :func:`render`. ``init="image"`` starts from ``image`` itself instead (Mahendran & Vedaldi's
+    caricatures, as CMP784 shows them; with ``param="pixels"`` or ``"raw"``; ``power=0`` and priors
+    ``tv``/``alpha`` give their objective ``<phi(x0), phi(x)> - R_TV(x) - R_alpha(x)`` up to the constant
+    ``1 / ||phi(x0)||``). Returns ``[N, C, H, W]`` in ``[0, 1]``."""
+    if init not in ("random", "image"):
+        raise InputError(f"init: expected 'random' or 'image', got {init!r}")
     image = check_inputs(model, image, "image", unbatched=True)
     device = model_device(model)
     x0 = image.to(device).float()
@@ -365,5 +433,5 @@ def caricature(model: nn.Module, image: torch.Tensor, layer: str, *, steps: int 
 
     result = render(model, Objective(fn, frozenset({layer}), f"caricature({layer})"), n=len(x0), steps=steps, lr=lr,
                     size=tuple(x0.shape[-3:]), seed=seed, transforms=transforms, param=param, priors=priors,
-                    progress=progress)
+                    progress=progress, init=x0.cpu() if init == "image" else None)
     return result.images
