@@ -364,4 +364,65 @@ def embed(model: nn.Module, dataset: object, layers: str | Sequence[str], method
                           n_jobs=n_jobs, steps=steps)
 
 
-__all__ = ["Embedding", "features", "embed", "embed_features", "knn_accuracy", "trustworthiness", "INPUT"]
+def swiss_roll(n: int = 1000, *, noise_dims: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` points of a swiss roll with ``noise_dims`` noise dimensions (EE-559's t-SNE example).
+
+    A point at position ``t ~ U[1.5 pi, 4.5 pi]`` along the roll is ``(t cos t, t sin t)``, followed by
+    ``noise_dims`` coordinates drawn from ``U[0, 21]`` (the roll's width, which carries no structure):
+    with one noise dimension it is the classic 3-D swiss roll of scikit-learn's ``make_swiss_roll``
+    (its coordinates reordered, without its Gaussian jitter).
+
+    Returns:
+        ``(points [n, 2 + noise_dims], t [n])``, float32, the same for the same seed.
+    """
+    positive_int("n", n)
+    if isinstance(noise_dims, bool) or not isinstance(noise_dims, int) or noise_dims < 0:
+        raise InputError(f"noise_dims: expected an int >= 0, got {noise_dims!r}")
+    g = torch.Generator().manual_seed(seed)
+    t = 1.5 * torch.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
+    noise = 21 * torch.rand(n, noise_dims, generator=g, dtype=torch.float64)
+    points = torch.cat([torch.stack([t * t.cos(), t * t.sin()], 1), noise], 1)
+    return points.float(), t.float()
+
+
+def grid_cells(coords: torch.Tensor, *, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    """Each point of a 2-D layout snapped to its own cell of a regular grid (the "t-SNE grid" of
+    Karpathy's fc7 figures): ``[N, 2]`` long ``(row, column)``, no two points in the same cell.
+
+    The coordinates are min-max scaled to ``[0, 1]`` per axis; cell ``(r, q)`` of a ``rows x cols``
+    grid has centre ``((q + 0.5) / cols, 1 - (r + 0.5) / rows)`` (row 0 at the top, as the layout is
+    drawn), and the cells are chosen to minimise the total squared distance from the points to their
+    cells: a linear assignment (``scipy.optimize.linear_sum_assignment``), exact.
+
+    Args:
+        coords: ``[N, 2]`` layout (t-SNE, PCA ...).
+        shape: ``(rows, cols)`` with ``rows * cols >= N`` (default: the smallest square grid).
+    """
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    xy = torch.as_tensor(coords).detach().double().cpu()
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
+        raise InputError(f"coords: expected a non-empty [N, 2] layout, got shape {tuple(xy.shape)}")
+    n = len(xy)
+    if shape is None:
+        side = int(np.ceil(np.sqrt(n)))
+        shape = (side, side)
+    rows, cols = (int(v) for v in shape)
+    if rows < 1 or cols < 1 or rows * cols < n:
+        raise InputError(f"shape: a {rows}x{cols} grid has fewer cells than the {n} points; give rows * cols >= {n}")
+    lo, hi = xy.min(0).values, xy.max(0).values
+    unit = (xy - lo) / (hi - lo).clamp_min(1e-12)
+    r, q = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
+                          indexing="ij")
+    centres = torch.stack([(q.flatten() + 0.5) / cols, 1 - (r.flatten() + 0.5) / rows], 1)
+    cost = torch.cdist(unit, centres) ** 2
+    points, cells = linear_sum_assignment(cost.numpy())
+    out = torch.empty(n, 2, dtype=torch.long)
+    cells = torch.as_tensor(cells, dtype=torch.long)
+    out[torch.as_tensor(points, dtype=torch.long)] = torch.stack([cells // cols, cells % cols], 1)
+    return out
+
+
+__all__ = ["Embedding", "features", "embed", "embed_features", "knn_accuracy", "trustworthiness", "INPUT",
+           "swiss_roll", "grid_cells"]

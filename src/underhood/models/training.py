@@ -144,7 +144,7 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
           progress: bool = True, loss: TrainingLoss | None = None, checkpoint_every: int | None = None,
           checkpoints: str | os.PathLike | None = None,
           on_checkpoint: Callable[[Normalized, Checkpoint], dict[str, Any] | None] | None = None,
-          **removed: Any) -> TrainResult:
+          n_test: int | None = None, **removed: Any) -> TrainResult:
     """Train a built-in architecture and (optionally) write safetensors weights with metadata.
 
     Args:
@@ -166,6 +166,8 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
             back in training mode after; it must not change the weights; the random generators are restored
             after it); a dict it returns is stored in the snapshot's index entry. E.g.
             ``underhood.transfer.probe_callback(train, test)``: the probe curve at every snapshot.
+        n_test: measure the held-out accuracy on the first ``n_test`` images of the held-out set only
+            (default: all of it; a quick run, such as a course demo, spends less on evaluation).
 
     The metadata records the held-out accuracy, the accuracy on the training set when it is
     fixed (``train_accuracy``; not for fresh procedural images) and, for "shapes-spurious",
@@ -181,11 +183,13 @@ def train(arch: str = "shapes", *, data: str = "shapes", epochs: int = 10, seed:
         raise InputError(f"arch: unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("n_train", n_train)):
         positive_int(name, value)
+    if n_test is not None:
+        positive_int("n_test", n_test)
     folder = _checkpoint_folder(checkpoint_every, checkpoints, on_checkpoint, out)
     dev = resolve_device(device)
     with seeded(seed, dev):  # initialisation and shuffling draw from the global generators: restored after
         model, history = _fit(arch, data, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, n_train=n_train,
-                              dev=dev, progress=progress, loss=loss,
+                              dev=dev, progress=progress, loss=loss, n_test=n_test,
                               snapshots=None if folder is None else (folder, checkpoint_every, on_checkpoint))
     path = save(model, out) if out is not None else None
     return TrainResult(model, history[-1]["test_accuracy"], path, history)
@@ -210,7 +214,8 @@ def _checkpoint_folder(every: int | None, folder: str | os.PathLike | None, call
 
 def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: float, n_train: int,
          dev: torch.device, progress: bool, loss: TrainingLoss | None,
-         snapshots: tuple[Path, int, Callable | None] | None = None) -> tuple[Normalized, list[dict[str, float]]]:
+         snapshots: tuple[Path, int, Callable | None] | None = None,
+         n_test: int | None = None) -> tuple[Normalized, list[dict[str, float]]]:
     """The training loop of :func:`train` and the model's metadata; returns the model and its history."""
     from tqdm.auto import tqdm
 
@@ -222,7 +227,7 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
     mean, std = flat.mean(1).tolist(), flat.std(1).clamp_min(1e-3).tolist()
     net = ARCHITECTURES[arch](num_classes=len(first.classes), in_channels=channels)
     model = Normalized(net, mean, std, first.classes, tuple(first.images.shape[1:])).to(dev)
-    held_out = test_set(data) if not Path(data).is_dir() else first
+    held_out = test_set(data, n_test) if not Path(data).is_dir() else first
     steps = epochs * ((len(first) + batch_size - 1) // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -297,7 +302,7 @@ def _fit(arch: str, data: str, *, epochs: int, seed: int, batch_size: int, lr: f
             snapshot(epoch + 1, done, {k: v for k, v in entry.items() if k != "epoch"})
     bar.close()
     model.eval()
-    held_out_name = (f"shapes seed {SHAPES_TEST_SEED}, {SHAPES_TEST_SIZE} images" if data.startswith("shapes")
+    held_out_name = (f"shapes seed {SHAPES_TEST_SEED}, {n_test or SHAPES_TEST_SIZE} images" if data.startswith("shapes")
                      else f"{data} test split")
     if data.startswith("shapes-spurious"):
         held_out_name += f", marker in a fraction {data.partition(':')[2] or 0.9} of them"
