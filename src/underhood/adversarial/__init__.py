@@ -13,6 +13,10 @@ a trained substitute). Dataset-level: :func:`universal` (one perturbation for al
 :func:`patch` and :func:`apply_patch` (a universal, targeted patch). From scratch:
 :func:`fooling_images`. Controls: :func:`random_control`, :func:`linear_demo`,
 :func:`lecture_example`. Evaluation: :func:`robustness_curve`, :func:`transfer_matrix`.
+Beyond neural networks (:mod:`underhood.adversarial.linear`): :func:`softmax_regression` and the exact
+minimal flip of an affine model :func:`linear_flip`; scikit-learn models via :func:`from_sklearn` /
+:func:`sklearn_models`, attacked by :func:`craft` (white-box, or the substitute attack for a black box);
+the "excessive linearity" plot's :func:`logit_path`.
 Adversarial training losses: :mod:`underhood.adversarial.training`.
 
 What each attack can do (takes a budget, returns minimal perturbations, accepts a target, needs
@@ -35,6 +39,19 @@ from .control import ControlResult, LinearDemo, lecture_example, linear_demo, no
 from .evaluation import RobustnessCurve, TransferMatrix, robustness_curve, transfer_matrix
 from .fooling import fooling_images
 from .gradient import fgsm, gradient_ascent, pgd
+from .linear import (
+    LogitPath,
+    SklearnClassifier,
+    affine_parts,
+    craft,
+    from_sklearn,
+    has_gradient,
+    linear_flip,
+    logit_path,
+    minimal_affine,
+    sklearn_models,
+    softmax_regression,
+)
 from .minimal import cw, deepfool, lbfgs
 from .registry import ATTACKS, MINIMAL, REGISTRY, Attack, entry, get, names
 from .substitute import SubstituteResult, jacobian_augmentation, substitute, substitute_net
@@ -45,4 +62,5 @@ __all__ = ["ATTACKS", "MINIMAL", "REGISTRY", "Attack", "entry", "get", "names", 
            "gradient_ascent", "lbfgs", "lecture_example", "linear_demo", "noise", "pgd", "random_control",
            "robustness_curve", "TransferMatrix", "transfer_matrix", "SubstituteResult", "jacobian_augmentation",
            "substitute", "substitute_net", "PatchResult", "UniversalResult", "apply_patch", "patch", "universal",
-           "one_pixel", "fooling_images"]
+           "one_pixel", "fooling_images", "LogitPath", "SklearnClassifier", "affine_parts", "craft", "from_sklearn",
+           "has_gradient", "linear_flip", "logit_path", "minimal_affine", "sklearn_models", "softmax_regression"]

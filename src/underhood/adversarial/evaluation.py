@@ -202,6 +202,9 @@ class TransferMatrix(Result):
         clean: ``[S]`` each model's clean accuracy.
         attack: the attack's name; ``eps``, ``norm``: its budget.
         info: seed, batch size, attack options.
+        fooling: ``[S, S]``: the fooling rate, the share of the inputs that model ``j`` classifies
+            correctly when clean whose adversarial version crafted on model ``i`` it misclassifies
+            (``nan`` where it classifies none correctly); ``None`` in results saved before it existed.
     """
 
     names: list[str]
@@ -211,6 +214,7 @@ class TransferMatrix(Result):
     eps: float | None
     norm: str
     info: dict[str, Any] = field(default_factory=dict)
+    fooling: torch.Tensor | None = None
 
     def scalars(self) -> dict[str, Any]:
         """The attack and budget, the models and images, the mean white-box accuracy (the diagonal) and the
@@ -271,11 +275,15 @@ def transfer_matrix(models: Mapping[str, nn.Module] | Sequence[nn.Module], data:
     if y is None:
         y = predict(first, x)
     budget = {} if minimal else {"eps": check_eps(eps, norm, tuple(x.shape[1:]))}
-    clean = torch.tensor([float((predict(m, x) == y).float().mean()) for m in named.values()])
-    rows = []
+    correct = [predict(m, x) == y for m in named.values()]
+    clean = torch.tensor([float(c.float().mean()) for c in correct])
+    rows, fooled = [], []
     for source in tqdm(list(named.values()), desc=f"{name} transfer", disable=not progress, leave=False):
         adv = torch.cat([fn(source, x[s], y[s], seed=seed, **budget, **options).adversarial for s in chunks])
-        rows.append([float((predict(m, adv) == y).float().mean()) for m in named.values()])
+        right = [predict(m, adv) == y for m in named.values()]
+        rows.append([float(r.float().mean()) for r in right])
+        fooled.append([float((~r[c]).float().mean()) if c.any() else math.nan for r, c in zip(right, correct)])
     return TransferMatrix(names=list(named), accuracy=torch.tensor(rows), clean=clean, attack=name,
                           eps=budget.get("eps"), norm=norm,
-                          info={"seed": seed, "batch_size": batch_size, "options": dict(options), "n": len(x)})
+                          info={"seed": seed, "batch_size": batch_size, "options": dict(options), "n": len(x)},
+                          fooling=torch.tensor(fooled))

@@ -196,26 +196,33 @@ def linear_figure(demo, *, cell: float = 1.9):
     return fig
 
 
-def transfer_figure(matrix, *, title: str | None = None):
+def transfer_figure(matrix, *, title: str | None = None, value: str = "accuracy"):
     """A transfer matrix (:class:`~underhood.adversarial.TransferMatrix`) as a heat map: row ``i``, column ``j`` is
     model ``j``'s accuracy (%) on the adversarial inputs crafted on model ``i``; the clean accuracy in brackets
-    on the column labels. Low (red) off the diagonal: the examples transfer."""
-    names, acc = list(matrix.names), np.asarray(matrix.accuracy, dtype=float) * 100
+    on the column labels. Low (red) off the diagonal: the examples transfer. ``value="fooling"`` draws the
+    fooling rate (:attr:`~underhood.adversarial.TransferMatrix.fooling`) instead, high in red."""
+    if value not in ("accuracy", "fooling") or (value == "fooling" and matrix.fooling is None):
+        raise ValueError(f"value: expected 'accuracy' or 'fooling' (for a matrix that has it), got {value!r}")
+    fooling = value == "fooling"
+    names = list(matrix.names)
+    acc = np.asarray(matrix.fooling if fooling else matrix.accuracy, dtype=float) * 100
     clean = np.asarray(matrix.clean, dtype=float) * 100
     side = 0.9 * len(names) + 1.6
     fig, ax = subplots(figsize=(side + 0.6, side))
-    image = ax.imshow(acc, cmap="RdYlGn", vmin=0, vmax=100)
+    image = ax.imshow(acc, cmap="RdYlGn_r" if fooling else "RdYlGn", vmin=0, vmax=100)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=8, color=INK)
+            ax.text(j, i, "-" if np.isnan(acc[i, j]) else f"{acc[i, j]:.0f}", ha="center", va="center",
+                    fontsize=8, color=INK)
     ax.set_xticks(range(len(names)), [f"{n}\n({c:.0f}% clean)" for n, c in zip(names, clean)], fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("scored on", fontsize=8)
     ax.set_ylabel("crafted on", fontsize=8)
     ax.tick_params(length=0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label("accuracy (%)", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(f"{value} (%)", fontsize=8)
     budget = "" if matrix.eps is None else (f", ε = {matrix.eps * 255:.3g}/255" if matrix.norm == "linf"
                                             else f", ε = {matrix.eps:.3g} ({matrix.norm})")
-    ax.set_title(title or f"{matrix.attack}{budget}: accuracy under transfer", fontsize=9)
+    what = "fooling rate under transfer" if fooling else "accuracy under transfer"
+    ax.set_title(title or f"{matrix.attack}{budget}: {what}", fontsize=9)
     fig.tight_layout(pad=0.4)
     return fig
