@@ -11,9 +11,18 @@ scorecam, occlusion, lime) return ``[N, 1, H, W]``. Nothing is normalised: drawi
 from __future__ import annotations
 
 from . import metrics
-from .cam import cam, gradcam, gradcam_pp, guided_gradcam, scorecam
+from .cam import TopCams, cam, gradcam, gradcam_pp, guided_gradcam, scorecam, top_cams
 from .explain import explain
-from .gradient import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from .gradient import (
+    SMOOTHGRAD_PRESETS,
+    LineResult,
+    gradient_along_line,
+    input_x_gradient,
+    integrated_gradients,
+    saliency,
+    smoothgrad,
+    smoothgrad_options,
+)
 from .perturbation import LimeFit, lime, lime_fit, occlusion
 from .registry import METHODS, PIXEL_METHODS, REGISTRY, MethodInfo, get, info, names
 from .rules import deconvnet, guided_backprop
@@ -22,4 +31,5 @@ __all__ = [
     "METHODS", "PIXEL_METHODS", "REGISTRY", "MethodInfo", "get", "info", "names", "explain", "metrics",
     "saliency", "input_x_gradient", "smoothgrad", "integrated_gradients", "deconvnet", "guided_backprop",
     "cam", "gradcam", "gradcam_pp", "scorecam", "guided_gradcam", "occlusion", "lime", "lime_fit", "LimeFit",
+    "SMOOTHGRAD_PRESETS", "smoothgrad_options", "gradient_along_line", "LineResult", "top_cams", "TopCams",
 ]

@@ -17,14 +17,19 @@ last block before the final norm of a transformer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.checks import positive_int
 from ..core.errors import InputError, LayerError
 from ..core.hooks import frozen, graph_from, hooked
 from ..core.layers import default_layer, named_layers, resolve
 from ..core.layout import Layout, infer, spatial, to_nchw
+from ..core.outputs import logits_of
+from ..core.results import Result
 from ..core.targets import Target, class_indices, fix, is_class_target, scores
 from .base import autocast, check_amp, finite, fixed_target, prepare, scaled_grad, score_copies
 
@@ -257,3 +262,64 @@ def cam(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, layer:
     _, a = matches[-1]
     classes = class_indices(target, outputs)
     return combine(linear.weight.detach()[classes], a, tuple(x.shape[-2:]), relu=False)
+
+
+@dataclass(repr=False)
+class TopCams(Result):
+    """The class activation maps of each image's ``k`` most probable classes (see :func:`top_cams`).
+
+    Attributes:
+        maps: ``[N, k, H, W]``, ``maps[:, j]`` is ``cam(model, inputs, classes[:, j])``, signed, unnormalised.
+        classes: ``[N, k]`` long, the classes by decreasing probability.
+        probs: ``[N, k]``, their softmax probabilities.
+        names: the class names (the model's ``classes`` when it has them, else the indices as strings).
+    """
+
+    maps: torch.Tensor
+    classes: torch.Tensor
+    probs: torch.Tensor
+    names: list[str]
+
+    def scalars(self) -> dict[str, float | int]:
+        """Images, k, and the mean probability of the top class and of the k classes together."""
+        return {"images": int(self.maps.shape[0]), "k": int(self.maps.shape[1]),
+                "top1_prob": float(self.probs[:, 0].mean()), "topk_prob": float(self.probs.sum(1).mean())}
+
+    def titles(self, index: int = 0) -> list[str]:
+        """``"class p%"`` of each of sample ``index``'s k classes."""
+        return [f"{self.names[int(c)]} {float(p):.0%}" for c, p in zip(self.classes[index], self.probs[index])]
+
+    def figure(self, index: int = 0, image: torch.Tensor | None = None, **options):
+        """Sample ``index``: the image (when given) and one CAM overlay per class, titled with class and probability."""
+        from ..viz.attribution import top_cams_figure
+
+        return top_cams_figure(image, self.maps[index], self.titles(index), **options)
+
+
+def top_cams(model: nn.Module, inputs: torch.Tensor, *, k: int = 5, layer: str | None = None,
+             tokens: int | None = None, grid: tuple[int, int] | None = None, layout: str | None = None) -> TopCams:
+    """Class activation maps of the ``k`` most probable classes of each image (Zhou et al. 2016, Fig. 4: "class
+    activation maps of top 5 predictions", as CMP784 shows them).
+
+    One forward pass ranks the classes by softmax probability; map ``j`` is :func:`cam` for each image's
+    ``j``-th class (the same layer options). Different classes often look at different parts of one image.
+
+    Returns:
+        A :class:`TopCams`: ``maps [N, k, H, W]`` (signed, unnormalised), ``classes`` and ``probs`` ``[N, k]``.
+
+    Example:
+        >>> top = top_cams(model, x[:1], k=5)                # doctest: +SKIP
+        >>> top.figure(0, image=x[0])                        # doctest: +SKIP
+    """
+    x = prepare(model, inputs)
+    k = positive_int("k", k)
+    with torch.no_grad(), frozen(model):
+        probs = logits_of(model(x)).float().softmax(1)
+    if k > probs.shape[1]:
+        raise InputError(f"k: the model has {probs.shape[1]} classes, so k must be at most {probs.shape[1]}; "
+                         f"got {k}")
+    top = probs.topk(k, dim=1)
+    maps = torch.cat([cam(model, x, top.indices[:, j], layer=layer, tokens=tokens, grid=grid, layout=layout)
+                      for j in range(k)], 1)
+    names = getattr(model, "classes", None) or [str(c) for c in range(probs.shape[1])]
+    return TopCams(maps=maps.detach().cpu(), classes=top.indices.cpu(), probs=top.values.cpu(), names=list(names))

@@ -11,9 +11,12 @@ from .attribution import (
            STYLES,
            attribution_figure,
            curves_figure,
+           gradient_line_figure,
            metric_table_figure,
+           reduce_channels,
            render_map,
            strips_figure,
+           top_cams_figure,
 )
 from .embedding import embedding_figure, neighbors_figure
 from .figures import feature_maps_figure, filters_figure, image_grid, predictions_figure
@@ -26,4 +29,5 @@ __all__ = ["normalize", "to_numpy_image", "to_png", "figure_to_png", "save_figur
            "filters_figure", "feature_maps_figure", "predictions_figure",
            "render_map", "attribution_figure", "strips_figure", "metric_table_figure",
            "curves_figure", "STYLES", "LABELS", "top_patches_figure", "statistics_figure", "embedding_figure",
-           "neighbors_figure", "ablation_figure", "probe_figure"]
+           "neighbors_figure", "ablation_figure", "probe_figure", "reduce_channels", "gradient_line_figure",
+           "top_cams_figure"]

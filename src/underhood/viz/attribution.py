@@ -8,6 +8,10 @@
   the jet colormap over the image (Zhou et al., Selvaraju et al.).
 - ``"diverging"`` (occlusion, LIME): red where the evidence supports the class, blue where it
   opposes it, symmetric around zero, over a faded copy of the image.
+- ``"magnitude-sum"``: as ``"magnitude"`` but the channels' ``|map|`` summed (EE-559's SmoothGrad
+  display, ``acc_grad.abs().sum(1)``).
+
+The channel reduction alone is :func:`reduce_channels` (``"abs-max"``, ``"abs-sum"``, ``"sum"``).
 """
 
 from __future__ import annotations
@@ -48,6 +52,29 @@ DASHES = {"gradients": "-", "relu rules": "--", "cam": "-.", "perturbation": ":"
 CORRECT, WRONG = "#1a7f37", "#cf222e"  # green = right / same class, red = wrong: one meaning across the report
 
 
+REDUCTIONS = ("abs-max", "abs-sum", "sum")
+
+
+def reduce_channels(maps: torch.Tensor, how: str = "abs-max") -> torch.Tensor:
+    """One value per pixel from a pixel map's channels (axis -3 of ``[N, C, H, W]`` or ``[C, H, W]``, kept as 1).
+
+    ``"abs-max"``: ``max_c |map|`` (Simonyan et al.'s saliency picture, the ``"magnitude"`` style);
+    ``"abs-sum"``: ``sum_c |map|`` (EE-559's and CSC413's SmoothGrad, ``acc_grad.abs().sum(1)``);
+    ``"sum"``: ``sum_c map``, signed.
+
+    Example:
+        >>> reduce_channels(torch.tensor([[[1.0]], [[-2.0]], [[0.5]]]), "abs-sum").flatten().tolist()
+        [3.5]
+    """
+    if how not in REDUCTIONS:
+        raise ValueError(f"how: expected one of {', '.join(REDUCTIONS)}; got {how!r}")
+    if maps.ndim < 3:
+        raise ValueError(f"maps: expected [N, C, H, W] or [C, H, W], got shape {tuple(maps.shape)}")
+    if how == "abs-max":
+        return maps.abs().amax(-3, keepdim=True)
+    return (maps.abs() if how == "abs-sum" else maps).sum(-3, keepdim=True)
+
+
 def _scale(values: torch.Tensor, clip: float) -> float:
     s = float(torch.quantile(values.flatten().float(), clip / 100)) if values.numel() > 1 else float(values.max())
     return s if s > 0 else max(float(values.max()), 1e-12)
@@ -68,8 +95,8 @@ def render_map(attribution: torch.Tensor, style: str, image: torch.Tensor | None
 
     a = attribution.detach().float().cpu()
     a = a[None] if a.ndim == 2 else a
-    if style == "magnitude":
-        m = a.abs().amax(0)
+    if style in ("magnitude", "magnitude-sum"):
+        m = reduce_channels(a, "abs-max" if style == "magnitude" else "abs-sum")[0]
         return np.repeat((m / _scale(m, clip)).clamp(0, 1).numpy()[..., None], 3, axis=2)
     if style == "rgb":
         rgb = (a / (2 * _scale(a.abs(), clip)) + 0.5).clamp(0, 1)
@@ -83,7 +110,7 @@ def render_map(attribution: torch.Tensor, style: str, image: torch.Tensor | None
         m = a.sum(0)
         m = (m / (2 * _scale(m.abs(), clip)) + 0.5).clamp(0, 1).numpy()
         return 0.3 * _grey(image, m.shape) + 0.7 * colormaps["RdBu_r"](m)[..., :3]
-    raise ValueError(f"style: expected one of magnitude, rgb, overlay, diverging; got {style!r}")
+    raise ValueError(f"style: expected one of magnitude, magnitude-sum, rgb, overlay, diverging; got {style!r}")
 
 
 def _mosaic(cells: Sequence[Sequence[np.ndarray | None]], *, cell: float, col_titles: Sequence[str] = (),
@@ -238,3 +265,92 @@ def line_style(name: str, index: int = 0) -> tuple[str, str]:
         group = next(g for g, members in GROUPS.items() if name in members)
         return PALETTE[order.index(name) % len(PALETTE)], DASHES[group]
     return PALETTE[index % len(PALETTE)], "-"
+
+
+CHANNEL_COLORS = ("#d62728", "#2ca02c", "#1f77b4")  # R, G, B
+PIXEL_DASHES = ("-", "--", ":", "-.")
+
+
+def _mark(ax, image: torch.Tensor, pixels: torch.Tensor | None, title: str) -> None:
+    picture = to_numpy_image(image)
+    ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    for j, (y, x) in enumerate((pixels if pixels is not None else torch.zeros(0, 2)).tolist()):
+        ax.plot([x], [y], marker="o", ms=9, mfc="none", mec="yellow", mew=1.6)
+        ax.annotate(str(j + 1) if len(pixels) > 1 else "", (x, y), xytext=(5, -5), textcoords="offset points",
+                    color="yellow", fontsize=8, fontweight="bold")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+
+
+def gradient_line_figure(t: torch.Tensor, raw: torch.Tensor, smoothed: torch.Tensor, *,
+                         image: torch.Tensor | None = None, end: torch.Tensor | None = None,
+                         pixels: torch.Tensor | None = None,
+                         relative_to: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         labels: tuple[str, str] = ("gradient", "SmoothGrad"), title: str | None = None):
+    """Smilkov et al.'s Fig. 2: partial derivatives along a line from ``x`` to ``x + eps d``, raw beside smoothed.
+
+    Args:
+        t: ``[T]`` positions on the line (0 = the image, 1 = its end).
+        raw, smoothed: ``[T, P, C]`` partial derivatives of ``P`` pixels (one line style each) and ``C``
+            channels (red, green, blue lines).
+        image, end: ``[C, H, W]`` drawn left (with the pixels ringed) and right, as in the paper.
+        pixels: ``[P, 2]`` ``(y, x)`` of the pixels followed.
+        relative_to: ``(raw_max [T], smoothed_max [T])``: plot each derivative as a fraction of the largest
+            ``|entry|`` of its gradient at that point, as the paper does.
+        labels: the two panels' titles.
+    """
+    t = np.asarray(t.detach().cpu(), dtype=float)
+    widths = ([1.0] if image is not None else []) + [1.6, 1.6] + ([1.0] if end is not None else [])
+    fig, axes = subplots(1, len(widths), figsize=(2.35 * sum(widths) + 0.4, 2.9), width_ratios=widths)
+    axes = list(np.atleast_1d(axes))
+    if image is not None:
+        _mark(axes.pop(0), image, pixels, "x")
+    if end is not None:
+        _mark(axes.pop(-1), end, pixels, "x + ε d")
+    channels = raw.shape[-1]
+    names = ("R", "G", "B") if channels == 3 else ("value",) if channels == 1 else tuple(map(str, range(channels)))
+    for k, (ax, values) in enumerate(zip(axes, (raw, smoothed))):
+        v = values.detach().cpu().float()
+        if relative_to is not None:
+            v = v / relative_to[k].detach().cpu().float().clamp_min(1e-12).view(-1, 1, 1)
+        for p in range(v.shape[1]):
+            for c in range(v.shape[2]):
+                ax.plot(t, v[:, p, c].numpy(), color=CHANNEL_COLORS[c % 3] if channels == 3 else PALETTE[c % 10],
+                        ls=PIXEL_DASHES[p % len(PIXEL_DASHES)], lw=1.3,
+                        label=names[c] if v.shape[1] == 1 else f"pixel {p + 1}, {names[c]}")
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.set_title(labels[k], fontsize=10)
+        ax.set_xlabel("t  (x + t ε d)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    ylabel = "∂S_c/∂x_i  /  max_i |∂S_c/∂x_i|" if relative_to is not None else "∂S_c / ∂x_i"
+    axes[0].set_ylabel(ylabel, fontsize=9)
+    if relative_to is None:  # one scale for both panels, so the raw derivative's swings read against the smoothed
+        lo = min(ax.get_ylim()[0] for ax in axes[:2])
+        hi = max(ax.get_ylim()[1] for ax in axes[:2])
+        for ax in axes[:2]:
+            ax.set_ylim(lo, hi)
+    axes[1].legend(fontsize=7, loc="best", frameon=False, ncol=1 if raw.shape[1] == 1 else 2)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def top_cams_figure(image: torch.Tensor | None, maps: torch.Tensor, titles: Sequence[str], *, cell: float = 1.6,
+                    title: str | None = None, fontsize: float = 10):
+    """One CAM overlay per class (``maps`` ``[k, H, W]`` or ``[k, 1, H, W]``), each titled (e.g. class and
+    probability), in one row after the image: CMP784's "class activation maps of top 5 predictions".
+
+    ``image``: ``[C, H, W]``, drawn first and under every overlay; or ``[k, C, H, W]``, one image under each
+    map and no input column ("class activation maps for one object class" across images)."""
+    m = maps.detach().float().cpu()
+    m = m[:, None] if m.ndim == 3 else m
+    under = [image[j] if image is not None and image.ndim == 4 else image for j in range(len(m))]
+    cells = [render_map(m[j], "overlay", under[j]) for j in range(len(m))]
+    heads = list(titles)
+    if image is not None and image.ndim == 3:
+        picture = to_numpy_image(image)
+        cells.insert(0, picture if picture.ndim == 3 else np.repeat(picture[..., None], 3, axis=2))
+        heads.insert(0, "input")
+    return _mosaic([cells], cell=cell, col_titles=heads, fontsize=fontsize, title=title)
