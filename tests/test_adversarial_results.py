@@ -37,12 +37,13 @@ def results():
         "UniversalResult": adv.universal(model, x, eps=0.1, passes=1, batch_size=4),
         "PatchResult": adv.patch(model, x, target=int((y[0] + 1) % 3), size=0.5, steps=2, batch_size=2),
         "SubstituteResult": adv.substitute(model, x, rounds=1, epochs=1, batch_size=4, eps=0.1),
+        "LogitPath": adv.logit_path(model, x, y, eps_max=0.1, points=5),
     }
 
 
 def test_every_result_of_the_family_is_a_result():
     classes = {adv.AttackResult, adv.ControlResult, adv.LinearDemo, adv.RobustnessCurve, adv.TransferMatrix,
-               adv.UniversalResult, adv.PatchResult, adv.SubstituteResult}
+               adv.UniversalResult, adv.PatchResult, adv.SubstituteResult, adv.LogitPath}
     assert all(issubclass(c, Result) for c in classes)
     found = {node.name for path in SRC.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.ClassDef) and any(getattr(d, "id", getattr(getattr(d, "func", None), "id", ""))
@@ -51,7 +52,7 @@ def test_every_result_of_the_family_is_a_result():
 
 
 @pytest.mark.parametrize("name", ["AttackResult", "ControlResult", "LinearDemo", "RobustnessCurve", "TransferMatrix",
-                                  "UniversalResult", "PatchResult", "SubstituteResult"])
+                                  "UniversalResult", "PatchResult", "SubstituteResult", "LogitPath"])
 def test_repr_is_short_and_summary_is_a_text_table(results, name):
     r = results[name]
     check_protocol(r, name)

@@ -105,6 +105,24 @@ class AttackResult(Result):
         """``[N, C, H, W]`` the attacked inputs, ``adversarial - perturbation``."""
         return self.adversarial - self.perturbation
 
+    @property
+    def relative_norm(self) -> torch.Tensor:
+        """``[N]`` ``||x - x_adv||_2 / ||x||_2``, the share of the image's norm the attack changed (the EE-559
+        lecture's 1.02% and 0.27%; :func:`relative_norm`)."""
+        return relative_norm(self.inputs, self.adversarial)
+
+    def history_table(self, classes: Sequence[str] | None = None) -> tuple[list[str], list[list[Any]]]:
+        """The lecture's "predicted classes" table from :attr:`history`: ``(header, rows)``, one row per
+        iteration (row 0: the clean input), one column per image, cells the class names (``classes``) or
+        indices. Only for attacks that record a history (:func:`~underhood.adversarial.gradient_ascent`)."""
+        if self.history is None:
+            raise InputError(f"history_table: {self.info.get('method', 'this attack')} records no per-iteration "
+                             "history; use gradient_ascent")
+        names = (lambda k: classes[k] if 0 <= k < len(classes) else str(k)) if classes is not None else (lambda k: k)
+        header = ["iteration"] + [f"image {i + 1}" for i in range(self.history.shape[1])]
+        rows = [[k] + [names(int(c)) for c in row] for k, row in enumerate(self.history.tolist())]
+        return header, rows
+
     def median_norm(self, norm: str = "l2") -> float:
         """Median ``norm`` of the perturbation over the successful samples (``nan`` if none)."""
         values = self.norms[check_norm(norm)][self.success]
@@ -126,6 +144,25 @@ class AttackResult(Result):
         if self.info.get("from_scratch"):
             return fooling_figure(self, **kwargs)
         return attack_figure(self.inputs, self, **kwargs)
+
+
+def relative_norm(inputs: torch.Tensor, adversarial: torch.Tensor | AttackResult) -> torch.Tensor:
+    """``[N]`` relative L2 size of a perturbation, ``||x - x_adv||_2 / ||x||_2``, per sample.
+
+    The EE-559 lecture (Fleuret, "Under the hood", slide 80/89) prints it under its adversarial
+    images (1.02% and 0.27%): the perturbation as a share of the image it is added to, beside the
+    absolute L-inf and L2 norms. A black image (``||x|| = 0``) gives ``inf`` (``nan`` if unchanged).
+
+    Example:
+        >>> x = torch.ones(1, 1, 2, 2); relative_norm(x, x + 0.01)          # doctest: +ELLIPSIS
+        tensor([0.0100...])
+    """
+    adv = adversarial.adversarial if isinstance(adversarial, AttackResult) else adversarial
+    if not isinstance(inputs, torch.Tensor) or not isinstance(adv, torch.Tensor) or adv.shape != inputs.shape:
+        raise InputError(f"adversarial: expected a tensor shaped like the inputs "
+                         f"{tuple(getattr(inputs, 'shape', ()))}, got {tuple(getattr(adv, 'shape', ()))}")
+    x = inputs.detach().flatten(1).double()
+    return ((adv.detach().flatten(1).double().to(x.device) - x).norm(dim=1) / x.norm(dim=1)).to(inputs.dtype)
 
 
 # ---------------------------------------------------------------------------- norms and budgets

@@ -65,9 +65,10 @@ class ControlResult(Result):
         changed: ``[N]`` share of the ``n`` random perturbations that changed the sample's class.
         share: the share over all samples and draws.
         radius: ``[N]`` sphere radius, ``factor * ||x - x_adv||_2``.
-        clipped: ``[N]`` mean L2 norm of the random perturbations after clipping to the box.
+        clipped: ``[N]`` mean L2 norm of the random perturbations after clipping to the box (``radius``
+            itself with ``clip=False``).
         labels: ``[N]`` the clean predictions the draws are compared with.
-        info: ``n``, ``factor``, ``seed``.
+        info: ``n``, ``factor``, ``seed``, ``clip``.
     """
 
     changed: torch.Tensor
@@ -76,6 +77,11 @@ class ControlResult(Result):
     clipped: torch.Tensor
     labels: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``[N]`` how many of the ``n`` draws changed each sample's class (the lecture reports 0 of 1,000)."""
+        return (self.changed * self.info["n"]).round().long()
 
     def scalars(self) -> dict[str, Any]:
         """The share of draws that changed the class, the samples and draws, the radius factor and seed."""
@@ -86,7 +92,7 @@ class ControlResult(Result):
 
 def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Tensor | AttackResult, *,
                    n: int = 1000, factor: float = 2.0, seed: int = 0, batch_size: int | str | None = None,
-                   progress: bool = False) -> ControlResult:
+                   progress: bool = False, clip: bool = True) -> ControlResult:
     """The lecture's control: do random perturbations twice as large as the adversarial one change the label?
 
     For each sample, ``n`` points ``x + factor * ||x - x_adv||_2 * u`` with ``u`` uniform on the
@@ -94,10 +100,13 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
     with the clean prediction. Fleuret's EE-559 lecture reports no change of label over 1,000
     such draws at ``factor = 2``: adversarial directions are special, not merely large. Every
     sample sees the same seeded directions (drawn in blocks of :data:`BLOCK`), so the result does
-    not depend on ``batch_size``.
+    not depend on ``batch_size``. ``clip=False`` keeps the points on the sphere exactly, as the
+    lecture states the control (its inputs were normalised, without a box): they may leave ``[0, 1]``.
+    The directions are :func:`directions` ``(n, shape, seed=seed)``.
 
     Args:
         adversarial: the adversarial inputs ``[N, C, H, W]``, or an :class:`AttackResult`.
+        clip: clip the points to the pixel box ``[0, 1]`` (default) or not.
 
     Returns:
         :class:`ControlResult`.
@@ -125,17 +134,31 @@ def random_control(model: nn.Module, inputs: torch.Tensor, adversarial: torch.Te
         ref = logits(model, x, size).argmax(1)
         for start in tqdm(range(0, n, BLOCK), desc="random control", disable=not progress, leave=False):
             b = min(BLOCK, n - start)
-            u = torch.randn((b, *shape), generator=g)
-            u = (u / col(u.flatten(1).norm(dim=1))).to(x)
+            u = _unit(b, shape, g).to(x)
             for part in batches(len(x) * b, size):
                 k = torch.arange(part.start, part.stop, device=x.device)
                 i, j = k // b, k % b
-                copies = (x[i] + col(radius[i]) * u[j]).clamp(0, 1)
+                copies = x[i] + col(radius[i]) * u[j]
+                copies = copies.clamp(0, 1) if clip else copies
                 changed.index_add_(0, i, (model(copies).argmax(1) != ref[i]).float())
                 clipped.index_add_(0, i, (copies - x[i]).flatten(1).norm(dim=1))
     changed, clipped = changed / n, clipped / n
     return ControlResult(changed=changed, share=float(changed.mean()), radius=radius, clipped=clipped, labels=ref,
-                         info={"n": n, "factor": factor, "seed": seed})
+                         info={"n": n, "factor": factor, "seed": seed, "clip": bool(clip)})
+
+
+def _unit(b: int, shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """``b`` directions uniform on the unit L2 sphere of ``shape`` (normalised Gaussians), drawn on the CPU."""
+    u = torch.randn((b, *shape), generator=g)
+    return u / col(u.flatten(1).norm(dim=1))
+
+
+def directions(n: int, shape: tuple[int, ...], *, seed: int = 0) -> torch.Tensor:
+    """``[n, *shape]`` the unit directions :func:`random_control` draws with ``seed`` (blocks of :data:`BLOCK`),
+    to inspect or replay its control: sample ``i``'s draw ``j`` is ``x_i + radius_i * directions[j]``."""
+    n = positive_int("n", n)
+    g = generator(seed)
+    return torch.cat([_unit(min(BLOCK, n - s), tuple(shape), g) for s in range(0, n, BLOCK)])
 
 
 # ---------------------------------------------------------------------------- the linear demonstration

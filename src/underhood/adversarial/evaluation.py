@@ -21,8 +21,10 @@ from ..core.checks import parse_eps, positive_int
 from ..core.errors import InputError
 from ..core.inputs import check_inputs
 from ..core.results import Result
-from .base import AttackResult, Labels, attacking, check_eps, check_norm
+from .base import AttackResult, Labels, attacking, check_eps, check_norm, relative_norm
 from .registry import Attack, entry
+
+__all__ = ["RobustnessCurve", "TransferMatrix", "relative_norm", "robustness_curve", "transfer_matrix"]
 
 # ---------------------------------------------------------------------------- robustness curves
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.checks import choice, number, positive_int
+from ..core.errors import InputError
 from ..core.seeding import generator
 from .base import (
     LOSSES,
@@ -61,8 +62,32 @@ def ball_noise(shape: torch.Size, eps: float, norm: str, g: torch.Generator) -> 
     return d * col(eps * radius)
 
 
-def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, steps: int = 15,
-                    lr: float = 0.1, optimizer: str = "sgd", target: Labels = None, seed: int = 0) -> AttackResult:
+GRADIENT_ASCENT_DEFAULTS: dict[str, object] = {"steps": 15, "lr": 0.1, "optimizer": "sgd"}
+""":func:`gradient_ascent`'s options when neither the call nor a preset sets them."""
+
+GRADIENT_ASCENT_PRESETS: dict[str, dict[str, object]] = {
+    "lecture": {"steps": 15, "lr": 0.1, "optimizer": "sgd"},  # EE-559, "Under the hood", slide 79/89
+}
+"""Named settings of :func:`gradient_ascent`: ``preset="lecture"`` is the EE-559 lecture's code (``optim.SGD``,
+``lr = 1e-1``, ``for k in range(15)``), fixed even if our defaults change."""
+
+
+def gradient_ascent_options(preset: str | None = None, **options: object) -> dict[str, object]:
+    """The options :func:`gradient_ascent` runs with: those given (not None), then the preset's
+    (:data:`GRADIENT_ASCENT_PRESETS`), then :data:`GRADIENT_ASCENT_DEFAULTS`."""
+    base = dict(GRADIENT_ASCENT_DEFAULTS)
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in GRADIENT_ASCENT_PRESETS:
+            raise InputError(f"preset: unknown gradient ascent preset {preset!r}; choose one of "
+                             f"{', '.join(GRADIENT_ASCENT_PRESETS)} or None")
+        base.update(GRADIENT_ASCENT_PRESETS[preset])
+    base.update({k: v for k, v in options.items() if v is not None})
+    return base
+
+
+def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, steps: int | None = None,
+                    lr: float | None = None, optimizer: str | None = None, target: Labels = None, seed: int = 0,
+                    preset: str | None = None) -> AttackResult:
     """Gradient ascent on the loss of the true class, as in the EE-559 lecture (Fleuret, "Under the hood").
 
     ``x_{k+1} = clip_[0,1](x_k + lr * grad_x CE(f(x_k), y))``: an optimiser (``"sgd"`` as in the
@@ -74,7 +99,9 @@ def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = Non
     cross-entropy's gradient, ``(1 - p_y)`` times the logit gradients, starts tiny, so SGD idles and
     then leaps (on the built-in shapes model: 60% of images flipped, median L-inf 70/255); Adam,
     scale-free, gives small perturbations (``optimizer="adam", lr=0.003``: 97% flipped at a median
-    L-inf of 12/255). Nothing is random: ``seed`` is only recorded.
+    L-inf of 12/255). Nothing is random: ``seed`` is only recorded. ``preset="lecture"``
+    (:data:`GRADIENT_ASCENT_PRESETS`) names the lecture's settings explicitly; options given in the
+    call win over the preset's.
 
     Returns:
         :class:`AttackResult` whose ``history`` ``[steps + 1, N]`` holds the predicted class at
@@ -84,9 +111,10 @@ def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = Non
         >>> r = gradient_ascent(model, x, steps=15)      # doctest: +SKIP
         >>> r.history[:, 0]                               # doctest: +SKIP
     """
-    steps = positive_int("steps", steps)
-    lr = number("lr", lr, strict=True)
-    optimizer = choice("optimizer", optimizer, OPTIMIZERS)
+    opts = gradient_ascent_options(preset, steps=steps, lr=lr, optimizer=optimizer)
+    steps = positive_int("steps", opts["steps"])
+    lr = number("lr", opts["lr"], strict=True)
+    optimizer = choice("optimizer", opts["optimizer"], OPTIMIZERS)
     with attacking(model):
         p = setup(model, inputs, labels, target)
         x = p.x.clone().requires_grad_(True)
@@ -103,7 +131,7 @@ def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = Non
             with torch.no_grad():
                 x.clamp_(0, 1)
         info = {"method": "gradient_ascent", "steps": steps, "lr": lr, "optimizer": optimizer, "seed": seed,
-                "masked": check.warn("gradient_ascent")}
+                "masked": check.warn("gradient_ascent"), **({"preset": preset} if preset is not None else {})}
         result = finish(model, p, x.detach(), info, history=history)
     history[steps] = result.predicted
     return result

@@ -45,28 +45,34 @@ def _name(classes: Sequence[str] | None, k: int) -> str:
 
 def attack_figure(inputs: torch.Tensor, result, *, classes: Sequence[str] | None = None,
                   clean_probs: torch.Tensor | None = None, max_rows: int = 6, title: str | None = None,
-                  cell: float = 1.9):
+                  cell: float = 1.9, relative: bool = True):
     """The lectures' figure: original | perturbation (magnified) | adversarial, one row per image.
 
     The original is titled with its label (and the model's confidence in it when ``clean_probs``
     ``[N, K]`` are given), the adversarial with the predicted class and its confidence, red when
-    the attack succeeded. The perturbation's title gives its L-inf norm (in /255) and the
-    magnification, shared by all rows.
+    the attack succeeded. The perturbation's title gives the magnification, shared by all rows, its
+    L-inf norm (in /255) and L2 norm and, with ``relative``, its relative norm
+    ``||x - x_adv||_2 / ||x||_2`` as the EE-559 lecture prints it (1.02%, 0.27%).
     """
     n = min(len(inputs), max_rows)
     shown, factor = magnify(result.perturbation[:n])
-    fig, axes = subplots(n, 3, figsize=(3 * cell, n * (cell + 0.42) + (0.35 if title else 0)), squeeze=False)
+    head = 0.42 + (0.14 if relative else 0.0)
+    fig, axes = subplots(n, 3, figsize=(3 * cell, n * (cell + head) + (0.35 if title else 0)), squeeze=False)
     labels, pred = result.labels.tolist(), result.predicted.tolist()
     conf, ok = result.confidence.tolist(), result.success.tolist()
     linf = result.norms["linf"].tolist()
     l2 = result.norms["l2"].tolist()
+    rel = result.relative_norm[:n].tolist() if relative else []  # ||x - x_adv|| / ||x||, per image
     for i in range(n):
         a, b, c = axes[i]
         _show(a, inputs[i])
         clean = f"\np = {float(clean_probs[i, labels[i]]):.2f}" if clean_probs is not None else ""
         a.set_title(f"original: {_name(classes, labels[i])}{clean}", color=INK, **TITLE_KW)
         _show(b, shown[i])
-        b.set_title(f"perturbation ×{factor:.0f}\nL∞ {linf[i] * 255:.1f}/255, L2 {l2[i]:.2f}", color=INK, **TITLE_KW)
+        size = f"perturbation ×{factor:.0f}\nL∞ {linf[i] * 255:.1f}/255, L2 {l2[i]:.2f}"
+        if relative:
+            size += f"\n‖x − x̌‖ / ‖x‖ = {_percent(rel[i])}"
+        b.set_title(size, color=INK, **TITLE_KW)
         _show(c, result.adversarial[i])
         target = ""
         if result.target is not None:
@@ -80,6 +86,12 @@ def attack_figure(inputs: torch.Tensor, result, *, classes: Sequence[str] | None
     else:
         fig.tight_layout(pad=0.4)
     return fig
+
+
+def _percent(value: float) -> str:
+    """A share as the lecture writes it, in percent with two decimals (1.02%); three significant digits below
+    0.1%."""
+    return f"{value:.2%}" if not 0 < value < 1e-3 else f"{value * 100:.3g}%"
 
 
 def _eps_label(norm: str) -> str:
