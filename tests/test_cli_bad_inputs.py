@@ -210,8 +210,10 @@ def test_a_bad_value_is_refused_in_one_line(command, option, value, image, no_wo
     argv = _base(command, COMMANDS[command], image)
     if option.startswith("-"):
         argv += [f"{option}={value}"]  # '=' so that values such as -1 are not read as options
-    else:
+    elif image in argv:
         argv = [value if a == image else a for a in argv]
+    else:  # a positional that is not an image (e.g. course's deck names)
+        argv += [value]
     line = _refused(argv, capsys)
     if option.startswith("-") and option != "--device":
         assert option in line or option.lstrip("-").replace("-", "_") in line, line

@@ -110,3 +110,14 @@ def test_the_whole_course_runs_in_quick_mode_from_the_command_line(tmp_path, cap
     names = [f for f in timings["figures"]]
     assert len(names) == len(set(names)), "two experiments wrote the same figure"
     assert all((out / f).is_file() for f in names)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_whole_course_at_full_settings_fits_its_budget(tmp_path):
+    """Every deck at its full settings: each page within 5 minutes, the course within 15 (2 cores)."""
+    out = tmp_path / "course"
+    assert main(["course", "all", "--no-progress", "--out", str(out)]) == 0
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["wall_s"] < 15 * 60
+    assert all(d["wall_s"] < 5 * 60 for d in timings["decks"].values()), timings["decks"]

@@ -11,7 +11,6 @@ from underhood.attribution import (
     SMOOTHGRAD_PRESETS,
     cam,
     gradient_along_line,
-    saliency,
     smoothgrad,
     smoothgrad_options,
     top_cams,

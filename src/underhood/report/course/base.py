@@ -41,7 +41,7 @@ DECKS: dict[str, Deck] = {d.key: d for d in (
          "000_806acbdea281ef3b.txt"),
     Deck("ee559", "EE-559 Deep Learning (EPFL)", "8. Under the hood", "François Fleuret",
          "https://fleuret.org/dlc/", "001_68d70b7f45af5c86.txt"),
-    Deck("csc413", "CSC413 Neural Networks and Deep Learning (University of Toronto)",
+    Deck("csc413", "CSC413 Neural Networks and Deep Learning",
          "Lecture 7: CNN feature visualisation and interpretation, transfer learning, adversarial examples, "
          "influence functions", "University of Toronto", "",
          "002_bbfa85c7bde8f90a.txt"),
