@@ -39,12 +39,10 @@ def cmd_course(args: argparse.Namespace) -> None:
     import json
 
     from ..core.device import resolve_device
-    from ..core.seeding import seed_everything
     from ..report.course.pages import build
 
     start, cpu = time.perf_counter(), time.process_time()
     out = out_dir(args, "course")
-    seed_everything(args.seed)
     device = str(resolve_device(args.device))
     timings = build(decks, out, quick=args.quick, seed=args.seed, device=device, progress=not args.no_progress,
                     keep=final_dir(args, "course") / KEEP[0])
