@@ -25,35 +25,30 @@ from ...adversarial import (
 from ...adversarial.base import AttackResult
 from ...viz.adversarial import attack_figure, fooling_figure, robustness_figure, universal_figure
 from ...viz.adversarial_linear import flip_grid_figure
-from ...viz.render import figure_to_png
-from ..base import figure, paragraph, table
-from .base import Lab, experiment
+from ..base import paragraph, table
+from .base import Lab, experiment, pick, show
 
 EPS = 8 / 255  # the usual L-inf budget (Madry et al.), 8 grey levels out of 255
-
-
-def _png(fig) -> bytes:
-    return figure_to_png(fig, dpi=110)
-
-
-def _width(png: bytes, most: int = 900) -> str:
-    """Show a PNG at its own pixel width (so its 8-pt text stays 12 px), at most ``most``."""
-    return f"{min(most, int.from_bytes(png[16:20], 'big'))}px"
-
-
-def _show(lab: Lab, fig, name: str, caption: str) -> Markup:
-    png = _png(fig)
-    return figure(lab, png, name, caption, width=_width(png))
+WIDEST = 900  # px: figures are shown at their own pixel width up to this, so their 8-pt text stays 12 px
 
 
 def _rows(result: AttackResult, rows: list[int]) -> AttackResult:
     """The samples ``rows`` of an attack's result (history columns too)."""
-    pick = torch.tensor(rows, dtype=torch.long, device=result.success.device)
-    return AttackResult(adversarial=result.adversarial[pick], perturbation=result.perturbation[pick],
-                        success=result.success[pick], labels=result.labels[pick], predicted=result.predicted[pick],
-                        confidence=result.confidence[pick], norms={k: v[pick] for k, v in result.norms.items()},
-                        target=None if result.target is None else result.target[pick],
-                        history=None if result.history is None else result.history[:, pick], info=result.info)
+    index = torch.tensor(rows, dtype=torch.long, device=result.success.device)
+    return AttackResult(adversarial=result.adversarial[index], perturbation=result.perturbation[index],
+                        success=result.success[index], labels=result.labels[index], predicted=result.predicted[index],
+                        confidence=result.confidence[index], norms={k: v[index] for k, v in result.norms.items()},
+                        target=None if result.target is None else result.target[index],
+                        history=None if result.history is None else result.history[:, index], info=result.info)
+
+
+def _attack_figure(model, x: torch.Tensor, result: AttackResult, rows: list[int], title: str, **options):
+    """``attack_figure`` of the images ``rows`` of ``x``: each clean (with its probabilities), the perturbation and
+    the adversarial image ``result`` made of it."""
+    with torch.no_grad():
+        clean = model(x[rows]).softmax(1)
+    return attack_figure(x[rows], _rows(result, rows), classes=model.classes, clean_probs=clean, title=title,
+                         **options)
 
 
 def _pct(values: torch.Tensor) -> str:
@@ -113,7 +108,7 @@ def ee559_gradient_ascent(lab: Lab) -> Markup:
         caption += (f" Relative norms of the flipped images: {_span(rel[ok], '{:.2%}')} (median "
                     f"{float(rel[ok].median()):.2%}; the lecture's AlexNet: 1.02% and 0.27%); L∞ "
                     f"{_span(r.norms['linf'][ok] * 255, '{:.0f}')}/255.")
-    body = _show(lab, fig, "ee559-gradient-ascent", caption)
+    body = show(lab, fig, "ee559-gradient-ascent", caption, most=WIDEST)
     body += paragraph(
         "Why some images need large steps here: the cross-entropy's gradient is (1 - p_y) times the logits' "
         f"gradient, tiny on a confident model (clean p_y {_span(clean.max(1).values)} on the images shown), so "
@@ -205,20 +200,17 @@ def szegedy(lab: Lab) -> Markup:
     model = lab.model("shapes")
     data = lab.shapes(16)
     target = model.classes.index("star")
-    keep = (data.labels != target).nonzero()[:, 0][:3 if lab.quick else 8]
+    keep = pick(data.labels, 3 if lab.quick else 8, besides=target)
     x, y = data.images[keep], data.labels[keep]
     opts = {"search_steps": 3, "steps": 20} if lab.quick else {"search_steps": 6, "steps": 50}
     r = lbfgs(model, x, y, target=target, seed=lab.seed, **opts)
-    with torch.no_grad():
-        clean = model(x).softmax(1)
-    fig = attack_figure(x[:3], _rows(r, list(range(min(3, len(x))))), classes=model.classes, clean_probs=clean[:3],
-                        title="Box-constrained L-BFGS, every image to 'star'")
+    fig = _attack_figure(model, x, r, list(range(min(3, len(x)))), "Box-constrained L-BFGS, every image to 'star'")
     caption = (f"lbfgs(model, x, target='star', search_steps={opts['search_steps']}, steps={opts['steps']}): "
                f"minimises c ||r||_2 + CE(f(x + r), star) in the pixel box, searching the largest c that still "
                f"succeeds, on {len(x)} held-out shapes images of other classes. {int(r.success.sum())} of {len(x)} "
                f"become a 'star'; L2 norms {_span(r.norms['l2'][r.success]) if r.success.any() else '-'}, relative "
                f"norms {_span(r.relative_norm[r.success], '{:.2%}') if r.success.any() else '-'}.")
-    return _show(lab, fig, "adversarial-szegedy", caption)
+    return show(lab, fig, "adversarial-szegedy", caption, most=WIDEST)
 
 
 @experiment("adversarial-fgsm", "FGSM: one step along the sign of the gradient, against PGD and noise",
@@ -232,14 +224,10 @@ def fgsm_experiment(lab: Lab) -> Markup:
     data = lab.shapes(16 if lab.quick else 64)
     x, y = data.images, data.labels
     r = fgsm(model, x, y, eps=EPS, seed=lab.seed)
-    rows = _shown(r, 3)
-    with torch.no_grad():
-        clean = model(x[rows]).softmax(1)
-    body = _show(lab, attack_figure(x[rows], _rows(r, rows), classes=model.classes, clean_probs=clean,
-                                    title="FGSM, ε = 8/255"), "adversarial-fgsm",
-                 f"fgsm(model, x, y, eps=8/255): x + ε sign(grad_x CE(f(x), y)), one gradient, every pixel moved by "
-                 f"exactly 8 grey levels (L∞ = ε); on {len(x)} held-out shapes images it leaves {r.accuracy:.0%} "
-                 f"correct (relative norm {float(r.relative_norm.median()):.2%} median).")
+    body = show(lab, _attack_figure(model, x, r, _shown(r, 3), "FGSM, ε = 8/255"), "adversarial-fgsm",
+                f"fgsm(model, x, y, eps=8/255): x + ε sign(grad_x CE(f(x), y)), one gradient, every pixel moved by "
+                f"exactly 8 grey levels (L∞ = ε); on {len(x)} held-out shapes images it leaves {r.accuracy:.0%} "
+                f"correct (relative norm {float(r.relative_norm.median()):.2%} median).", most=WIDEST)
     grid = [e / 255 for e in (0, 2, 4, 8, 16)]
     steps = 5 if lab.quick else 20
     curves = {"noise (random signs)": robustness_curve(model, (x, y), "noise", grid, seed=lab.seed, batch_size=64),
@@ -249,15 +237,15 @@ def fgsm_experiment(lab: Lab) -> Markup:
     fig = robustness_figure(curves, title=f"shapes model, {len(x)} held-out images, L∞", chance=1 / 8)
     acc = {k: c.accuracy.tolist() for k, c in curves.items()}
     at8 = grid.index(EPS)
-    body += _show(lab, fig, "adversarial-fgsm-curves",
-                  f"Accuracy against the L∞ budget: noise of the same size (random signs, the control), FGSM (one "
-                  f"step) and PGD ({steps} steps, Madry et al.). At ε = 8/255: noise "
-                  f"{acc['noise (random signs)'][at8]:.0%}, "
-                  f"FGSM {acc['FGSM'][at8]:.0%}, PGD {acc[f'PGD-{steps}'][at8]:.0%}."
-                  + (" Noise of the same size barely matters, the gradient's direction does"
-                     if acc['noise (random signs)'][at8] - acc['FGSM'][at8] >= 0.25 else "")
-                  + ("; iterating finds what one linear step misses." if acc['FGSM'][at8] - acc[f'PGD-{steps}'][at8]
-                     >= 0.1 else "."))
+    body += show(lab, fig, "adversarial-fgsm-curves",
+                 f"Accuracy against the L∞ budget: noise of the same size (random signs, the control), FGSM (one "
+                 f"step) and PGD ({steps} steps, Madry et al.). At ε = 8/255: noise "
+                 f"{acc['noise (random signs)'][at8]:.0%}, "
+                 f"FGSM {acc['FGSM'][at8]:.0%}, PGD {acc[f'PGD-{steps}'][at8]:.0%}."
+                 + (" Noise of the same size barely matters, the gradient's direction does"
+                    if acc['noise (random signs)'][at8] - acc['FGSM'][at8] >= 0.25 else "")
+                 + ("; iterating finds what one linear step misses." if acc['FGSM'][at8] - acc[f'PGD-{steps}'][at8]
+                    >= 0.1 else "."), most=WIDEST)
     return body
 
 
@@ -290,7 +278,7 @@ def targeted(lab: Lab) -> Markup:
                f"{_span(r.relative_norm, '{:.1%}')}. Bottom row: the perturbations at one shared magnification. The "
                f"untargeted attack (minimise the margin of the correct class) ends in "
                f"'{model.classes[int(untargeted.predicted[0])]}' with L2 {float(untargeted.norms['l2'][0]):.2f}.")
-    return _show(lab, fig, "adversarial-targeted", caption)
+    return show(lab, fig, "adversarial-targeted", caption, most=WIDEST)
 
 
 @experiment("adversarial-fooling-images", "Fooling images: noise classified with near certainty (Nguyen et al.)",
@@ -303,18 +291,18 @@ def fooling(lab: Lab) -> Markup:
     model = lab.model("shapes")
     names = model.classes
     g = fooling_images(model, method="gradient", seed=lab.seed)
-    body = _show(lab, fooling_figure(g, classes=names, ncols=8, cell=1.1), "adversarial-fooling-gradient",
-                 f"fooling_images(model, method='gradient'): from uniform noise, L2-normalised gradient steps on "
-                 f"log p(class), pixels in [0, 1], until p ≥ 0.99. {int(g.success.sum())} of {len(g)} classes reach "
-                 f"it (lowest p {float(g.confidence.min()):.3f}) after {g.info.get('iterations', '?')} steps at "
-                 f"most.")
+    body = show(lab, fooling_figure(g, classes=names, ncols=8, cell=1.1), "adversarial-fooling-gradient",
+                f"fooling_images(model, method='gradient'): from uniform noise, L2-normalised gradient steps on "
+                f"log p(class), pixels in [0, 1], until p ≥ 0.99. {int(g.success.sum())} of {len(g)} classes reach "
+                f"it (lowest p {float(g.confidence.min()):.3f}) after {g.info.get('iterations', '?')} steps at "
+                f"most.", most=WIDEST)
     if not lab.quick:
         e = fooling_images(model, method="evolution", seed=lab.seed)
-        body += _show(lab, fooling_figure(e, classes=names, ncols=8, cell=1.1), "adversarial-fooling-evolution",
-                      f"fooling_images(model, method='evolution'): the paper's directly encoded evolutionary "
-                      f"algorithm (MAP-Elites, black box: probabilities only), {e.info.get('steps')} generations at "
-                      f"most: {int(e.success.sum())} of {len(e)} classes reach p ≥ 0.99 (lowest "
-                      f"{float(e.confidence.min()):.3f}).")
+        body += show(lab, fooling_figure(e, classes=names, ncols=8, cell=1.1), "adversarial-fooling-evolution",
+                     f"fooling_images(model, method='evolution'): the paper's directly encoded evolutionary "
+                     f"algorithm (MAP-Elites, black box: probabilities only), {e.info.get('steps')} generations at "
+                     f"most: {int(e.success.sum())} of {len(e)} classes reach p ≥ 0.99 (lowest "
+                     f"{float(e.confidence.min()):.3f}).", most=WIDEST)
     return body
 
 
@@ -341,18 +329,14 @@ def one_pixel_experiment(lab: Lab) -> Markup:
                      f"{float(r.info['queries'].float().mean()):.0f}"])
         if best is None or int(r.success.sum()) > int(best.success.sum()):
             best = r
-    shown = _shown(best, 2)
-    with torch.no_grad():
-        clean = model(x[shown]).softmax(1)
-    body = _show(lab, attack_figure(x[shown], _rows(best, shown), classes=model.classes, clean_probs=clean,
-                                    title=f"{best.info['pixels']} pixel(s) changed"), "adversarial-one-pixel",
-                 f"one_pixel(model, x, pixels=k, population={population}, iterations={iterations}): DE/rand/1 over "
-                 f"(row, column, colour) tuples, black box (probabilities only), on {n} held-out 64x64 shapes images. "
-                 f"Shown: the setting that fooled most ({best.info['pixels']} pixel(s)); the paper used population "
-                 "400 and 100 generations on 32x32 CIFAR images.")
-    body += table(["pixels", "images fooled", "mean p(label) before", "after", "queries per image"], rows,
-                  numeric=(0, 2, 3, 4))
-    return body
+    fig = _attack_figure(model, x, best, _shown(best, 2), f"{best.info['pixels']} pixel(s) changed")
+    caption = (f"one_pixel(model, x, pixels=k, population={population}, iterations={iterations}): DE/rand/1 over "
+               f"(row, column, colour) tuples, black box (probabilities only), on {n} held-out 64x64 shapes images. "
+               f"Shown: the setting that fooled most ({best.info['pixels']} pixel(s)); the paper used population "
+               "400 and 100 generations on 32x32 CIFAR images.")
+    return show(lab, fig, "adversarial-one-pixel", caption,
+                table(["pixels", "images fooled", "mean p(label) before", "after", "queries per image"], rows,
+                      numeric=(0, 2, 3, 4)), most=WIDEST)
 
 
 @experiment("adversarial-universal", "One perturbation for every image (Moosavi-Dezfooli et al.)",
@@ -367,9 +351,9 @@ def universal_experiment(lab: Lab) -> Markup:
     eps, passes = 24 / 255, (3 if lab.quick else 8)
     u = universal(model, build, eps=eps, passes=passes, batch_size=16, method="sgd", step_size=eps / 3,
                   held_out=held.images, seed=lab.seed)
-    show = list(range(6))
+    shown = list(range(6))
     r = u.result
-    fig = universal_figure(u.perturbation, held.images[show], r.labels[show].tolist(), r.predicted[show].tolist(),
+    fig = universal_figure(u.perturbation, held.images[shown], r.labels[shown].tolist(), r.predicted[shown].tolist(),
                            classes=model.classes, cell=1.2)
     caption = (f"universal(model, build, eps=24/255, method='sgd', passes={passes}): one perturbation v with "
                f"||v||_∞ ≤ 24/255, built on {len(build)} images by sign steps on the mean cross-entropy of "
@@ -378,7 +362,7 @@ def universal_experiment(lab: Lab) -> Markup:
                f"{u.fooling_rate:.0%} of the images it was built on and of {u.held_out_fooling_rate:.0%} of "
                f"{len(held)} held-out images it never saw (relative norm on them "
                f"{float(r.relative_norm.median()):.1%} median).")
-    return _show(lab, fig, "adversarial-universal", caption)
+    return show(lab, fig, "adversarial-universal", caption, most=WIDEST)
 
 
 @experiment("adversarial-patch", "An adversarial patch (Brown et al.)",
@@ -394,16 +378,13 @@ def patch_experiment(lab: Lab) -> Markup:
     steps = 20 if lab.quick else 100
     p = patch(model, build, target, steps=steps, held_out=held, seed=lab.seed)
     r = p.result
-    with torch.no_grad():
-        clean = model(held.images).softmax(1)
-    keep = (held.labels != target).nonzero()[:, 0][:3].tolist()
-    fig = attack_figure(held.images[keep], _rows(r, keep), classes=model.classes, clean_probs=clean[keep],
-                        title="adversarial patch, target 'cross'", relative=False)
+    fig = _attack_figure(model, held.images, r, pick(held.labels, 3, besides=target),
+                         "adversarial patch, target 'cross'", relative=False)
     caption = (f"patch(model, images, target='cross', size=0.3, steps={steps}): a square patch (side 30% of the "
                f"image, 9% of its area) learnt by Adam on log p(cross) over random placements, scales 0.8-1.2 and "
                f"rotations, on {len(build)} images; pasted at a fresh random place on {p.info.get('evaluated')} "
                f"held-out images of other classes, it makes {p.success_rate:.0%} of them a 'cross'.")
-    return _show(lab, fig, "adversarial-patch", caption)
+    return show(lab, fig, "adversarial-patch", caption, most=WIDEST)
 
 
 @experiment("adversarial-transfer", "Black box: adversarial examples transfer to other networks",
@@ -423,7 +404,6 @@ def transfer(lab: Lab) -> Markup:
                                batch_size=64)
 
     m = matrix(eps)
-    png = _png(m.figure(value="fooling", title=f"PGD-{steps}, ε = 16/255: fooling rate (%)"))
     f = m.fooling
     caption = (f"transfer_matrix(models, data, 'pgd', eps=16/255, steps={steps}) on {len(data)} held-out shapes "
                f"images: row i, column j is the share of the images model j classifies correctly that PGD examples "
@@ -431,7 +411,8 @@ def transfer(lab: Lab) -> Markup:
                f"-> shapes {float(f[1, 0]):.0%} (white-box on themselves: {float(f[0, 0]):.0%} and "
                f"{float(f[1, 1]):.0%}); examples crafted on the adversarially trained shapes-robust fool shapes in "
                f"{float(f[2, 0]):.0%} and shapes-resnet in {float(f[2, 1]):.0%} of the cases.")
-    body = figure(lab, png, "adversarial-transfer", caption, width=_width(png, 520))
+    body = show(lab, m.figure(value="fooling", title=f"PGD-{steps}, ε = 16/255: fooling rate (%)"),
+                "adversarial-transfer", caption, most=520)
     if not lab.quick:
         off = ~torch.eye(len(names), dtype=torch.bool)
         rows = []
@@ -467,5 +448,5 @@ def training(lab: Lab) -> Markup:
                f"{float(a[0]):.0%} and {float(b[0]):.0%}; at 16/255: {float(a[-1]):.0%} and {float(b[-1]):.0%}.")
     if "robust_accuracy" in meta:
         caption += (f" Its training run recorded {meta['robust_accuracy']:.1%} under {meta.get('robust_eval')}.")
-    return _show(lab, fig, "adversarial-training", caption)
+    return show(lab, fig, "adversarial-training", caption, most=WIDEST)
 

@@ -29,13 +29,14 @@ from ...attribution import (
 from ...attribution.evaluate import reference_models
 from ...attribution.metrics import energy_in_mask, model_randomization, pointing_game, similarities, spearman
 from ...core.targets import Unit
-from ...viz import attribution_figure, figure_to_png, image_grid, strips_figure, top_cams_figure
+from ...viz import attribution_figure, image_grid, strips_figure, top_cams_figure
 from ...viz.attribution import CORRECT, WRONG
-from ..base import figure, paragraph, table
-from .base import Lab, experiment
+from ..base import paragraph, table
+from .base import Lab, experiment, pick, show
 
 LECTURE = SMOOTHGRAD_PRESETS["lecture"]
 BATCH = 64  # copies per pass of the batching helper: fixed, so no experiment pays for measuring the fastest
+DPI = 100  # the resolution of the map grids (the line plot keeps 110)
 
 
 def _names(model) -> list[str]:
@@ -49,28 +50,21 @@ def _predict(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return p.argmax(1), p
 
 
-def _pick(labels: torch.Tensor, k: int) -> list[int]:
-    """``k`` indices, the first image of each class first (so a few rows show different shapes)."""
-    first = {}
-    for i, y in enumerate(labels.tolist()):
-        first.setdefault(y, i)
-    order = list(first.values()) + [i for i in range(len(labels)) if i not in set(first.values())]
-    return order[:k]
-
-
 def _images(lab: Lab, k: int):
     """``(images [k, 3, 64, 64], labels [k], masks [k, 1, 64, 64])``: held-out shapes, one per class first."""
     data = lab.shapes(n=32)
-    idx = _pick(data.labels, k)
+    idx = pick(data.labels, k, spread=True)
     return data.images[idx], data.labels[idx], data.masks[idx]
 
 
-def _rows(model, x: torch.Tensor, labels: torch.Tensor) -> tuple[list[str], list[str]]:
-    """Row titles (predicted class and probability) and their colours (green right, red wrong)."""
+def _maps_figure(model, x: torch.Tensor, labels: torch.Tensor, maps: dict[str, torch.Tensor], **options):
+    """``attribution_figure`` of ``maps``, one row per image titled with its predicted class and probability,
+    green when right and red when wrong."""
     pred, p = _predict(model, x)
     names = _names(model)
     titles = [f"{names[c]} {float(p[i, c]):.0%}" for i, c in enumerate(pred.tolist())]
-    return titles, [CORRECT if c == y else WRONG for c, y in zip(pred.tolist(), labels.tolist())]
+    colors = [CORRECT if c == y else WRONG for c, y in zip(pred.tolist(), labels.tolist())]
+    return attribution_figure(x, maps, row_titles=titles, row_colors=colors, **options)
 
 
 def _pct(v: torch.Tensor | float) -> str:
@@ -105,9 +99,8 @@ def occlusion_sensitivity(lab: Lab) -> Markup:
     covered = drop[:, 0] != 0
     low = torch.stack([prob[i, 0][covered[i]].min() for i in range(n)])
     hits = pointing_game(drop, masks)
-    titles, colors = _rows(model, x, labels)
-    fig = attribution_figure(x, {"occlusion": drop, "p(correct) falls": -prob},
-                             styles={"p(correct) falls": "overlay"}, row_titles=titles, row_colors=colors)
+    fig = _maps_figure(model, x, labels, {"occlusion": drop, "p(correct) falls": -prob},
+                       styles={"p(correct) falls": "overlay"})
     caption = (f"Occlusion of the shapes model on {n} held-out image{'s' if n > 1 else ''}: a {window}x{window} "
                "square of zeros (the "
                f"lecture's 32 of 224 pixels at our 64) moved with a stride of {stride}. Middle: logit(x) minus the "
@@ -120,7 +113,7 @@ def occlusion_sensitivity(lab: Lab) -> Markup:
             + (": hiding the shape removes the evidence, hiding the clutter hardly does. " if 2 * int(hits.sum()) > n
                else ". ") + f"It cost {len(_positions(x.shape[-1], window, stride)) ** 2} "
             "forward passes per image, the cost the lecture warns about.")
-    return figure(lab, figure_to_png(fig, dpi=100), "course-occlusion", caption) + paragraph(text)
+    return show(lab, fig, "course-occlusion", caption, paragraph(text), dpi=DPI)
 
 
 def _positions(size: int, window: int, stride: int) -> range:
@@ -144,15 +137,14 @@ def saliency_maps(lab: Lab) -> Markup:
     grad = saliency(model, x)  # the predicted class's logit
     hits, energy = pointing_game(grad, masks), energy_in_mask(grad, masks)
     area = masks.float().mean((1, 2, 3))
-    titles, colors = _rows(model, x, labels)
-    fig = attribution_figure(x[:4], {"saliency": grad[:4]}, row_titles=titles[:4], row_colors=colors[:4])
+    fig = _maps_figure(model, x[:4], labels[:4], {"saliency": grad[:4]})
     caption = ("Simonyan et al.'s saliency map of the predicted class on held-out shapes: |d S_c / d x|, the max "
                "over R, G and B, white = large (clipped at the 99th percentile). Green title: a right prediction.")
     text = (f"On {n} images the map's strongest pixel is on the object in {int(hits.sum())} of them, and "
             f"{_pct(energy.mean())} of its mass (sum over channels of |gradient|) lies on the object, which covers "
             f"{_pct(area.mean())} of the image" + (": the map is noisy, yet it does find the shape."
                                                     if energy.mean() > area.mean() else "."))
-    return figure(lab, figure_to_png(fig, dpi=100), "cmp784-saliency", caption) + paragraph(text)
+    return show(lab, fig, "cmp784-saliency", caption, paragraph(text), dpi=DPI)
 
 
 def _log_p(c: int):
@@ -180,17 +172,15 @@ def input_gradients(lab: Lab) -> Markup:
                                              seed=lab.seed, batch_size=BATCH))
     maps = {k: torch.cat(v) for k, v in rows.items()}
     energy = {k: energy_in_mask(v, masks) for k, v in maps.items()}
-    titles, colors = _rows(model, x, labels)
-    fig = attribution_figure(x, maps, styles={"d log p / dx": "magnitude", "smoothgrad": "magnitude-sum"},
-                             row_titles=titles, row_colors=colors)
+    fig = _maps_figure(model, x, labels, maps, styles={"d log p / dx": "magnitude", "smoothgrad": "magnitude-sum"})
     caption = (f"The gradient of log p(predicted class | x) on {n} held-out images (max over channels of |.|), guided "
                "backprop of the same log-probability (signed, around grey), and SmoothGrad of it with "
                f"N = {samples} noisy copies at sigma = {LECTURE['noise_std']:g} (max - min), drawn as the sum over "
                "channels of |.|.")
     rows_ = [[k if k != "guided_backprop" else "guided backprop", _pct(v.mean())] for k, v in energy.items()]
-    return (figure(lab, figure_to_png(fig, dpi=100), "csc413-input-gradients", caption)
-            + table(["map", "share of its mass on the object"], rows_, numeric=[1], best={1: "max"})
-            + paragraph(_smoothing_text(energy)))
+    return show(lab, fig, "csc413-input-gradients", caption,
+                table(["map", "share of its mass on the object"], rows_, numeric=[1], best={1: "max"}),
+                paragraph(_smoothing_text(energy)), dpi=DPI)
 
 
 def _smoothing_text(energy: dict[str, torch.Tensor]) -> str:
@@ -235,7 +225,7 @@ def smilkov_line(lab: Lab) -> Markup:
             f"R, G and B: {float(raw.sum()):.3f}), the smoothed one moves {ratio:.0f}x less "
             f"({float(smooth.sum()):.3f}): a ReLU network's gradient is piecewise constant and jumps at every "
             "activation pattern crossed, while the average over noise varies smoothly.")
-    return figure(lab, figure_to_png(fig, dpi=110), "ee559-smilkov-line", caption) + paragraph(text)
+    return show(lab, fig, "ee559-smilkov-line", caption, paragraph(text), dpi=110)
 
 
 @experiment("ee559-smoothgrad", "SmoothGrad as the lecture computes it: sigma = range / 4, N = 100, sum of |.|",
@@ -252,10 +242,8 @@ def smoothgrad_lecture(lab: Lab) -> Markup:
     x, labels, masks = _images(lab, n)
     grad = saliency(model, x, labels)  # 'we use here the correct unit, not the maximum response one'
     sg = smoothgrad(model, x, labels, preset="lecture", n_samples=samples, seed=lab.seed, batch_size=BATCH)
-    titles, colors = _rows(model, x, labels)
-    fig = attribution_figure(x, {"saliency": grad, "smoothgrad": sg},
-                             styles={"saliency": "magnitude-sum", "smoothgrad": "magnitude-sum"},
-                             row_titles=titles, row_colors=colors)
+    fig = _maps_figure(model, x, labels, {"saliency": grad, "smoothgrad": sg},
+                       styles={"saliency": "magnitude-sum", "smoothgrad": "magnitude-sum"})
     e_grad, e_sg = energy_in_mask(grad, masks).mean(), energy_in_mask(sg, masks).mean()
     h_grad, h_sg = pointing_game(grad, masks).sum(), pointing_game(sg, masks).sum()
     preset = "preset='lecture'" + (f" with n_samples={samples} (quick run)" if samples != LECTURE["n_samples"] else "")
@@ -264,7 +252,7 @@ def smoothgrad_lecture(lab: Lab) -> Markup:
                "does, sum over R, G, B of |map| (viz reduction 'abs-sum'), white = large.")
     text = (f"SmoothGrad puts {_pct(e_sg)} of its mass on the object against {_pct(e_grad)} for the gradient, and its "
             f"strongest pixel lies on the object in {int(h_sg)} of {n} images (gradient: {int(h_grad)}).")
-    return figure(lab, figure_to_png(fig, dpi=100), "ee559-smoothgrad", caption) + paragraph(text)
+    return show(lab, fig, "ee559-smoothgrad", caption, paragraph(text), dpi=DPI)
 
 
 # ----------------------------------------------------------------------------- ReLU rules
@@ -312,9 +300,8 @@ def relu_rules(lab: Lab) -> Markup:
     if len({round(float(v), 4) for v in nonzero.values()}) == 1:
         text += (f" All three reach the same {_pct(nonzero[best])} of the pixels: the unit's receptive field, which "
                  "no backward rule can leave.")
-    return (figure(lab, figure_to_png(fig, dpi=100), "ee559-relu-rules", caption)
-            + table(["rule", "mass on the object", "pixels reached"], rows, numeric=[1, 2])
-            + paragraph(text))
+    return show(lab, fig, "ee559-relu-rules", caption,
+                table(["rule", "mass on the object", "pixels reached"], rows, numeric=[1, 2]), paragraph(text), dpi=DPI)
 
 
 # ----------------------------------------------------------------------------- CAM family
@@ -337,16 +324,16 @@ def top5_cam(lab: Lab) -> Markup:
         caption = (f"CAM of the 5 most probable classes of one held-out image (title: class and softmax probability; "
                    f"each map min-max scaled in jet over the image, as Zhou et al.). The maps of "
                    f"{int(hits.sum())} of the 5 classes peak on the object.")
-        out += figure(lab, figure_to_png(fig, dpi=100), f"cmp784-top5-cam-{i}", caption)
+        out += show(lab, fig, f"cmp784-top5-cam-{i}", caption, dpi=DPI)
     data = lab.shapes(n=32)
     c = int(labels[0])
-    same = [j for j, y in enumerate(data.labels.tolist()) if y == c][:5]
+    same = pick(data.labels, 5, of=c)
     maps = cam(model, data.images[same], c)
     hit = pointing_game(maps, data.masks[same])
     fig = top_cams_figure(data.images[same], maps, [f"{_names(model)[c]} #{j}" for j in same])
-    out += figure(lab, figure_to_png(fig, dpi=100), "cmp784-one-class-cam",
-                  f"CAM of the class '{_names(model)[c]}' on {len(same)} held-out images of it, each over its image: "
-                  f"the map peaks on the object in {int(hit.sum())} of {len(same)}.")
+    out += show(lab, fig, "cmp784-one-class-cam",
+                f"CAM of the class '{_names(model)[c]}' on {len(same)} held-out images of it, each over its image: "
+                f"the map peaks on the object in {int(hit.sum())} of {len(same)}.", dpi=DPI)
     return out + paragraph(f"Top-5 probabilities of the first image: {', '.join(top.titles(0))}.")
 
 
@@ -380,15 +367,14 @@ def gradcam_classes(lab: Lab) -> Markup:
     text = (f"At features.17 (the 8 x 8 map the classifier averages) Grad-CAM equals relu(CAM) / (8 x 8) "
             f"up to {gap:.1e} of its largest value; at the earlier layers the map peaks on the object at "
             f"{int(hits.sum())} of {len(layers)} layers.")
-    return (figure(lab, figure_to_png(fig, dpi=100), "cmp784-gradcam",
-                   "The two most probable classes of one held-out image (rows), explained as Selvaraju et al.'s "
-                   f"Fig. 1: guided backprop, Grad-CAM at the last convolution, guided Grad-CAM (their product) and "
-                   f"occlusion (a 9x9 square of zeros, stride {stride}); for the second class the maps show what "
-                   "little evidence there is for it.")
-            + figure(lab, figure_to_png(fig2, dpi=100), "cmp784-gradcam-layers",
-                     f"'Pick any layer': Grad-CAM of '{names[two[0]]}' at four convolutions (each min-max scaled); "
-                     "the earlier the layer, the finer its grid.")
-            + paragraph(text))
+    return (show(lab, fig, "cmp784-gradcam",
+                 "The two most probable classes of one held-out image (rows), explained as Selvaraju et al.'s "
+                 f"Fig. 1: guided backprop, Grad-CAM at the last convolution, guided Grad-CAM (their product) and "
+                 f"occlusion (a 9x9 square of zeros, stride {stride}); for the second class the maps show what "
+                 "little evidence there is for it.", dpi=DPI)
+            + show(lab, fig2, "cmp784-gradcam-layers",
+                   f"'Pick any layer': Grad-CAM of '{names[two[0]]}' at four convolutions (each min-max scaled); "
+                   "the earlier the layer, the finer its grid.", paragraph(text), dpi=DPI))
 
 
 # ----------------------------------------------------------------------------- LIME and sanity checks
@@ -423,9 +409,9 @@ def lime_top(lab: Lab) -> Markup:
                "superpixels (SLIC, about 50) replaced by grey, a weighted linear surrogate per class, and the "
                f"(up to) {keep} superpixels with the largest positive weights kept, the rest grey, as Ribeiro et al. "
                "show it.")
-    return (figure(lab, figure_to_png(fig, dpi=100), "diy-lime", caption)
-            + table(["class", "probability", "superpixels kept", "kept area on the object", "surrogate R^2"], rows,
-                    numeric=[1, 2, 3, 4]))
+    return show(lab, fig, "diy-lime", caption,
+                table(["class", "probability", "superpixels kept", "kept area on the object", "surrogate R^2"], rows,
+                      numeric=[1, 2, 3, 4]), dpi=DPI)
 
 
 def _edges(x: torch.Tensor) -> torch.Tensor:
@@ -487,10 +473,10 @@ def sanity_checks(lab: Lab) -> Markup:
              + ", ".join(f"{to_edges[m]:.2f} ({label[m]})" for m in methods)
              + (": on these images the maps are not edge detectors." if max(to_edges.values()) < 0.3
                 else ": part of what the maps show is the image's edges."))
-    return (figure(lab, figure_to_png(fig, dpi=100), "diy-sanity-checks", caption)
-            + figure(lab, figure_to_png(edge_fig, dpi=100), "diy-sanity-edges",
-                     "The edge detector Adebayo et al. compare the maps with: the Sobel gradient magnitude of the "
-                     "grey image.")
-            + table(["method", "ρ, classifier randomised", "ρ, all blocks randomised", "ρ with the edge map"], rows_,
-                    numeric=[1, 2, 3])
-            + paragraph(text))
+    return (show(lab, fig, "diy-sanity-checks", caption, dpi=DPI)
+            + show(lab, edge_fig, "diy-sanity-edges",
+                   "The edge detector Adebayo et al. compare the maps with: the Sobel gradient magnitude of the "
+                   "grey image.",
+                   table(["method", "ρ, classifier randomised", "ρ, all blocks randomised", "ρ with the edge map"],
+                         rows_, numeric=[1, 2, 3]),
+                   paragraph(text), dpi=DPI))

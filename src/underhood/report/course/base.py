@@ -96,19 +96,24 @@ class Experiment:
     lecture: str
     order: int
     fn: Callable[[Lab], Markup | None]
+    subject: bool = False   # runs on the user's model (``lab.subject``, CLI ``--model``), not the built-in ones
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def experiment(id: str, title: str, *, decks: Sequence[str], lecture: str, order: int = 100):
-    """Decorator registering ``fn(lab) -> Markup | None`` as the experiment ``id`` of each deck in ``decks``."""
+def experiment(id: str, title: str, *, decks: Sequence[str], lecture: str, order: int = 100, subject: bool = False):
+    """Decorator registering ``fn(lab) -> Markup | None`` as the experiment ``id`` of each deck in ``decks``.
+
+    ``subject=True``: the experiment shows the user's own model (``lab.subject``, a :class:`Subject`) and runs
+    only when one is given (``underhood course --model SPEC``); its page section is "On your model".
+    """
     unknown = [d for d in decks if d not in DECKS]
     if unknown or not decks:
         raise ValueError(f"decks: expected some of {sorted(DECKS)}, got {list(decks)!r}")
 
     def register(fn: Callable[[Lab], Markup | None]) -> Callable[[Lab], Markup | None]:
-        EXPERIMENTS[id] = Experiment(id, title, tuple(decks), lecture, order, fn)
+        EXPERIMENTS[id] = Experiment(id, title, tuple(decks), lecture, order, fn, subject)
         return fn
     return register
 
@@ -121,9 +126,59 @@ def discover() -> dict[str, Experiment]:
     return EXPERIMENTS
 
 
-def deck_experiments(deck: str) -> list[Experiment]:
-    """The experiments of one deck, in page order."""
-    return sorted((e for e in discover().values() if deck in e.decks), key=lambda e: (e.order, e.id))
+def deck_experiments(deck: str, *, subject: bool = False) -> list[Experiment]:
+    """The experiments of one deck, in page order: those on the built-in models, or (``subject=True``) those
+    on the user's model."""
+    return sorted((e for e in discover().values() if deck in e.decks and e.subject == subject),
+                  key=lambda e: (e.order, e.id))
+
+
+@dataclass
+class Subject:
+    """The user's model and the images it is shown in the "On your model" experiments.
+
+    ``labels`` are the true classes when the images are the model's own held-out set, else None (the
+    experiments then explain the predicted class). ``key`` fingerprints the model's weights, its spec and the
+    images, so a resumed course reuses only what was computed for this very model and these images.
+    """
+
+    spec: str
+    model: Any
+    images: Any            # [N, C, H, W] in [0, 1], on the CPU
+    names: list[str]       # one per image: its file name, or "held-out #i"
+    labels: Any = None
+    key: str = ""
+
+    @classmethod
+    def of(cls, spec: str, model, images=None, names: Sequence[str] | None = None, *, n: int = 4) -> Subject:
+        """``model`` (loaded from ``spec``) with ``images`` (``[N, C, H, W]``, e.g. from files), or, when None,
+        the first ``n`` images of the held-out set of the data it was trained on (the built-in models)."""
+        import hashlib
+
+        import torch
+
+        labels = None
+        if images is None:
+            dataset = getattr(model, "meta", {}).get("dataset")
+            if dataset is None:
+                raise InputError(f"images: {spec!r} comes with no held-out images; show it your own "
+                                 "(CLI: --images a.jpg b.png)")
+            from ...data import test_set
+            data = test_set(dataset, n=n)
+            images, labels = data.images, data.labels
+            names = [f"held-out #{i}" for i in range(len(images))]
+        images = torch.as_tensor(images).detach().float().cpu()
+        if images.ndim != 4 or len(images) == 0:
+            raise InputError(f"images: expected a [N, C, H, W] batch of at least one image, got shape "
+                             f"{tuple(images.shape)}")
+        names = list(names) if names is not None else [f"image #{i}" for i in range(len(images))]
+        if len(names) != len(images):
+            raise InputError(f"names: {len(names)} names for {len(images)} images; give one per image")
+        digest = hashlib.sha256(spec.encode())
+        for t in [*model.state_dict().values(), images]:
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                          else t.detach().float().cpu().numpy().tobytes())
+        return cls(spec, model, images, names, labels, digest.hexdigest()[:16])
 
 
 class Lab(Context):
@@ -136,7 +191,7 @@ class Lab(Context):
     """
 
     def __init__(self, out: str | Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",
-                 options: dict[str, Any] | None = None) -> None:
+                 options: dict[str, Any] | None = None, subject: Subject | None = None) -> None:
         self.out = Path(out)
         self.quick = bool(quick)
         self.seed = int(seed)
@@ -146,10 +201,12 @@ class Lab(Context):
         self.options = dict(options or {})
         self.cache: dict[str, Any] = {}
         self.figures: list[str] = []
+        self.subject = subject
 
     @classmethod
-    def make(cls, out: str | Path, *, quick: bool = False, seed: int = 0, device: str = "cpu") -> Lab:
-        return cls(out, quick=quick, seed=seed, device=device)
+    def make(cls, out: str | Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",
+             subject: Subject | None = None) -> Lab:
+        return cls(out, quick=quick, seed=seed, device=device, subject=subject)
 
     def model(self, spec: str = "shapes"):  # type: ignore[override]
         """The model ``spec`` (as :func:`underhood.load_model` reads it), loaded once per lab, in eval mode."""
@@ -235,11 +292,62 @@ def run(lab: Lab, experiments: Sequence[Experiment], *, progress: bool = False,
     return done
 
 
-def run_experiments(ids: Sequence[str], out: str | Path, *, quick: bool = True, seed: int = 0) -> dict[str, Markup]:
-    """Run the experiments ``ids`` in a fresh lab writing under ``out``: id -> HTML (for tests and notebooks)."""
+def run_experiments(ids: Sequence[str], out: str | Path, *, quick: bool = True, seed: int = 0,
+                    subject: Subject | None = None) -> dict[str, Markup]:
+    """Run the experiments ``ids`` in a fresh lab writing under ``out``: id -> HTML (for tests and notebooks).
+
+    The "On your model" experiments need ``subject`` (:meth:`Subject.of`)."""
     registry = discover()
     missing = [i for i in ids if i not in registry]
     if missing:
         raise InputError(f"ids: no experiment named {missing[0]!r}; `underhood course --list` names them")
-    lab = Lab.make(out, quick=quick, seed=seed)
+    needs = [i for i in ids if registry[i].subject]
+    if needs and subject is None:
+        raise InputError(f"subject: {needs[0]!r} shows the user's model; pass subject=Subject.of(spec, model, "
+                         "images)")
+    lab = Lab.make(out, quick=quick, seed=seed, subject=subject)
     return {i: r.body for i, r in run(lab, [registry[i] for i in ids]).items()}
+
+
+# ----------------------------------------------------------------------------- what the experiments share
+
+
+def pick(labels: Iterable[int], n: int, *, of: int | None = None, besides: int | None = None,
+         spread: bool = False) -> list[int]:
+    """The indices of ``n`` images by their ``labels`` (a tensor or list), in order: only those of class ``of``, or
+    of any class but ``besides``; with ``spread``, the first image of each class comes first (so a few rows show
+    different classes).
+
+    >>> pick([2, 2, 0, 1, 0], 3, spread=True)
+    [0, 2, 3]
+    >>> pick([2, 2, 0, 1, 0], 2, besides=2)
+    [2, 3]
+    """
+    labels = [int(y) for y in labels]
+    order = [i for i, y in enumerate(labels) if (of is None or y == of) and (besides is None or y != besides)]
+    if spread:
+        first: dict[int, int] = {}
+        for i in order:
+            first.setdefault(labels[i], i)
+        leads = list(first.values())
+        order = leads + [i for i in order if i not in leads]
+    return order[:n]
+
+
+def show(lab: Lab, fig: Any, name: str, caption: str, *extra: Markup, dpi: int = 110,
+         most: int | None = None) -> Markup:
+    """The matplotlib figure ``fig`` (or PNG bytes) as the page's figure ``name`` with ``caption``, then ``extra``
+    (tables, paragraphs) below it.
+
+    ``most``: show the PNG at its own pixel width, at most ``most`` pixels (its small text then keeps its size);
+    None: as wide as the page.
+    """
+    from ...viz.render import figure_to_png
+    from ..base import figure
+
+    png = fig if isinstance(fig, bytes) else figure_to_png(fig, dpi=dpi)
+    width = None if most is None else f"{min(most, int.from_bytes(png[16:20], 'big'))}px"
+    body = figure(lab, png, name, caption, width=width)
+    for part in extra:
+        body += part
+    return body

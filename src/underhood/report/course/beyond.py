@@ -35,7 +35,7 @@ def _softmax(lab: Lab):
                     "regression on handwritten digits, one 9 perturbed into each of the nine other classes "
                     "(the misclassifications boxed in yellow); the lecture's 10-d logistic-regression example "
                     "shows why a small step along the weights is enough.",
-            order=80)
+            order=96)
 def nine_to_every_digit(lab: Lab) -> Markup:
     model, acc, steps = _softmax(lab)
     test = lab.digits("test")
@@ -79,7 +79,7 @@ def nine_to_every_digit(lab: Lab) -> Markup:
                     "nearest neighbours are fooled too; adversarial examples transfer between models "
                     "(Papernot, McDaniel & Goodfellow 2016's cross-technique matrix: rows the model crafted on, "
                     "columns the model fooled, FGSM at eps = 0.3 on MNIST).",
-            order=81)
+            order=97)
 def sklearn_transfer(lab: Lab) -> Markup:
     train, test = lab.digits("train"), lab.digits("test")
     n_train = 300 if lab.quick else len(train)
@@ -121,7 +121,7 @@ def sklearn_transfer(lab: Lab) -> Markup:
             lecture="'Adversarial examples from excessive linearity' and 'Modern deep nets are very piecewise "
                     "linear' (CMP784, from Goodfellow's talk): the logits of every class along the FGSM direction "
                     "x + eps sign(grad) are nearly straight lines, so one step far enough changes the class.",
-            order=82)
+            order=98)
 def excessive_linearity(lab: Lab) -> Markup:
     softmax, _, _ = _softmax(lab)
     cnn = lab.model("digits")

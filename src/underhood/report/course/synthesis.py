@@ -20,10 +20,9 @@ from ...synthesis import (
     style_transfer,
 )
 from ...synthesis import objectives as O
-from ...viz.render import figure_to_png
 from ...viz.synthesis import class_images_figure, gallery_figure, inversion_figure, pairs_figure
-from ..base import figure, paragraph, table
-from .base import Lab, experiment
+from ..base import paragraph, table
+from .base import Lab, experiment, show
 
 REGISTERED: dict[str, str] = {}  # experiment id -> title, for the tests
 
@@ -37,6 +36,20 @@ def _fleuret(x: torch.Tensor) -> torch.Tensor:
     """EE-559's display of a synthetic image: ``0.5 + 0.1 (x - mean) / std`` per image, clipped to ``[0, 1]``."""
     mean, std = x.mean((1, 2, 3), keepdim=True), x.std((1, 2, 3), keepdim=True).clamp_min(1e-8)
     return (0.5 + 0.1 * (x - mean) / std).clamp(0, 1)
+
+
+def _classes(lab: Lab, model) -> tuple[list[str], list[int]]:
+    """The model's class names and the classes a run draws: four in the quick lane, every one otherwise."""
+    classes = model.classes if hasattr(model, "classes") else lab.shapes(8).classes
+    return classes, [0, 2, 3, 5] if lab.quick else list(range(len(classes)))
+
+
+def _class_images(lab: Lab, model, ids: list[int], start: torch.Tensor, priors: Priors | None, *, lr: float,
+                  steps: int):
+    """The lectures' class images: each class logit of ``ids`` maximised by Adam on the raw pixels from ``start``,
+    with no transform and the regularisers ``priors``."""
+    return render(model, [O.class_logit(k) for k in ids], param="raw", init=start, lr=lr, steps=steps,
+                  transforms="none", priors=priors, seed=lab.seed)
 
 
 def _probs(model, images: torch.Tensor) -> torch.Tensor:
@@ -66,20 +79,20 @@ def maximal_response(lab: Lab) -> Markup:
         outside = float(((r.images < 0) | (r.images > 1)).float().mean())
         rows.append([layer, f"{float(r.start.mean()):.1f}", f"{float(r.final.mean()):.1f}",
                      f"{float((r.final / r.start).mean()):.1f}x", f"{outside:.0%}"])
-    png = figure_to_png(gallery_figure(torch.cat(images), titles, ncols=k), dpi=110)
+    fig = gallery_figure(torch.cat(images), titles, ncols=k)
     caption = (f"MAP583's recipe on the shapes model: the L2 norm of the map of channels d = 0..{k - 1} of three "
                f"convolutions (before their BatchNorm and ReLU), from U[0, 1] noise (seed {lab.seed}), {steps} steps "
                f"of plain gradient ascent x <- x + {lr:g} grad on the raw pixels, no transform, no prior, no "
                "clipping. Each image is shown as the lecture's figures are, 0.5 + 0.1 (x - mean) / std; its title "
                "is the final ||h||_2.")
-    return (figure(lab, png, "map583-maximal-response", caption)
-            + table(["layer", "mean ||h||_2 at the start", "at the end", "mean gain", "pixels outside [0, 1]"],
-                    rows, numeric=[1, 2, 3, 4])
-            + paragraph("Without a prior the ascent is free to leave the image range and to use high frequencies. "
-                        "At the first layer the norm grows with an oriented pattern repeated over the whole image; "
-                        "deeper, a few small spots where the units respond strongly are enough, since the L2 norm "
-                        "rewards peaks. A channel whose norm barely moves from its start is one the noise does not "
-                        "reach (a dead or strongly inhibited unit)."))
+    return show(lab, fig, "map583-maximal-response", caption,
+                table(["layer", "mean ||h||_2 at the start", "at the end", "mean gain", "pixels outside [0, 1]"],
+                      rows, numeric=[1, 2, 3, 4]),
+                paragraph("Without a prior the ascent is free to leave the image range and to use high frequencies. "
+                          "At the first layer the norm grows with an oriented pattern repeated over the whole image; "
+                          "deeper, a few small spots where the units respond strongly are enough, since the L2 norm "
+                          "rewards peaks. A channel whose norm barely moves from its start is one the noise does not "
+                          "reach (a dead or strongly inhibited unit)."))
 
 
 @_register("ee559-edge-prior", "A 'realistic' prior: the multi-scale edge energy",
@@ -90,21 +103,18 @@ def maximal_response(lab: Lab) -> Markup:
            order=62)
 def edge_prior(lab: Lab) -> Markup:
     model = lab.model("shapes")
-    classes = model.classes if hasattr(model, "classes") else lab.shapes(8).classes
-    ids = [0, 2, 3, 5] if lab.quick else list(range(len(classes)))
+    classes, ids = _classes(lab, model)
     steps, lr, weight = (20, 0.1, 0.05) if lab.quick else (250, 0.1, 0.05)
     g = torch.Generator().manual_seed(lab.seed)
     start = 0.5 + 0.01 * torch.randn(len(ids), 3, 64, 64, generator=g)  # the lecture's N(0, 0.01) around grey
     runs = {}
     for name, priors in (("no prior", None), ("edge energy", Priors(edges=weight, edges_kernel="binomial"))):
-        r = render(model, [O.class_logit(k) for k in ids], param="raw", init=start, lr=lr, steps=steps,
-                   transforms="none", priors=priors, seed=lab.seed)
-        runs[name] = r
+        runs[name] = _class_images(lab, model, ids, start, priors, lr=lr, steps=steps)
     shown = [_fleuret(r.images) for r in runs.values()]
     energy = {n: edge_energy(r.images, None, kernel="binomial") for n, r in runs.items()}
     probs = {n: _logits(model, r.images).softmax(1) for n, r in runs.items()}  # of the optimised (raw) pixels
     titles = [f"{n}: {classes[k]}\nlogit {float(r.final[i]):.1f}" for n, r in runs.items() for i, k in enumerate(ids)]
-    png = figure_to_png(gallery_figure(torch.cat(shown), titles, ncols=len(ids)), dpi=110)
+    fig = gallery_figure(torch.cat(shown), titles, ncols=len(ids))
     ratio = float((energy["no prior"] / energy["edge energy"].clamp_min(1e-12)).mean())
     levels, side = [], start.shape[-1]
     while side > len(BINOMIAL):  # the lecture's `while x.size(2) > 5`: each level then downscales to H // 2 + 1
@@ -119,9 +129,9 @@ def edge_prior(lab: Lab) -> Markup:
     rows = [[classes[k]] + [f"{float(runs[n].final[i]):.1f}" for n in runs]
             + [f"{float(probs[n][i, k]):.2f}" for n in runs] + [f"{float(energy[n][i]):.0f}" for n in runs]
             for i, k in enumerate(ids)]
-    return (figure(lab, png, "ee559-edge-prior", caption)
-            + table(["class", "logit, no prior", "logit, prior", "p, no prior", "p, prior", "h(x), no prior",
-                     "h(x), prior"], rows, numeric=[1, 2, 3, 4, 5, 6]))
+    return show(lab, fig, "ee559-edge-prior", caption,
+                table(["class", "logit, no prior", "logit, prior", "p, no prior", "p, prior", "h(x), no prior",
+                       "h(x), prior"], rows, numeric=[1, 2, 3, 4, 5, 6]))
 
 
 # ----------------------------------------------------------------------------- class models
@@ -136,16 +146,14 @@ def edge_prior(lab: Lab) -> Markup:
            order=64)
 def class_model(lab: Lab) -> Markup:
     model = lab.model("shapes")
-    classes = model.classes if hasattr(model, "classes") else lab.shapes(8).classes
-    ids = [0, 2, 3, 5] if lab.quick else list(range(len(classes)))
+    classes, ids = _classes(lab, model)
     steps, lr, lam = (20, 0.05, 0.01) if lab.quick else (200, 0.05, 0.01)
     recipes = {"Simonyan": Priors(l2=lam),
                "Yosinski": Priors(l2=lam, blur_sigma=0.5, blur_every=4, clip_pixels=10, clip_contribution=10)}
     start = torch.full((1, 3, 64, 64), 0.5)  # the zero of a mean-subtracted image: mid-grey
     images, probs, rows = [], [], []
     for name, priors in recipes.items():
-        r = render(model, [O.class_logit(k) for k in ids], param="raw", init=start, lr=lr, steps=steps,
-                   transforms="none", priors=priors, seed=lab.seed)
+        r = _class_images(lab, model, ids, start, priors, lr=lr, steps=steps)
         x = r.images.clamp(0, 1)
         p = _probs(model, x)
         images.append(x)
@@ -153,15 +161,15 @@ def class_model(lab: Lab) -> Markup:
         hits = sum(int(p[i].argmax()) == k for i, k in enumerate(ids))
         rows.append([name, str(priors), f"{float(r.final.mean()):.1f}", f"{hits}/{len(ids)}"])
     names = [classes[k] for k in ids]
-    png = figure_to_png(class_images_figure(torch.cat(images), torch.cat(probs), names,
-                                            ids=list(range(len(ids))) * 2, ncols=len(ids)), dpi=110)
+    fig = class_images_figure(torch.cat(images), torch.cat(probs), names, ids=list(range(len(ids))) * 2,
+                              ncols=len(ids))
     caption = (f"Top row Simonyan et al.'s class models (lambda = {lam:g} on ||I - 0.5||^2), bottom row Yosinski et "
                f"al.'s (the same decay plus a Gaussian blur of 0.5 px every 4 steps and the 10% smallest pixels and "
                f"contributions set to grey after each step); both from a grey image, Adam at lr {lr:g}, {steps} "
                "steps on the raw pixels, no transform; shown clipped to [0, 1]. Titles: the model's probability of "
                "the class for the clipped image (green: its top class).")
-    return figure(lab, png, "cmp784-class-model", caption) + table(
-        ["recipe", "priors", "mean logit", "images classified as their class"], rows, numeric=[2])
+    return show(lab, fig, "cmp784-class-model", caption,
+                table(["recipe", "priors", "mean logit", "images classified as their class"], rows, numeric=[2]))
 
 
 # ----------------------------------------------------------------------------- Nguyen et al. 2016
@@ -193,7 +201,7 @@ def multifaceted_facets(lab: Lab) -> Markup:
                  zip(r.final_logit, p_facets))]
               + [f"diversity {i}\nlogit {float(v):.1f}, p {float(p):.2f}" for i, (v, p) in enumerate(
                  zip(div_logit, p_div))])
-    png = figure_to_png(gallery_figure(torch.cat([r.starts, r.images, div.images]), titles, ncols=k), dpi=110)
+    fig = gallery_figure(torch.cat([r.starts, r.images, div.images]), titles, ncols=k)
     caption = (f"Class '{data.classes[target]}': its {len(r.assignment)} images among {len(data)} shapes images "
                f"(seed 1, not the held-out set) clustered by k-means (k = {k}, seed {lab.seed}) on the model's "
                f"pooled 64-d features (the last hidden layer, as the paper's fc7); top row the cluster means, middle "
@@ -202,13 +210,13 @@ def multifaceted_facets(lab: Lab) -> Markup:
                f"of {blurs} px). Bottom row: {k} images of one batch from the Fourier parametrisation with "
                f"Olah et al.'s diversity term (weight 10, Gram matrices at features.16, {steps} Adam steps at lr "
                "0.05), no data needed.")
-    return figure(lab, png, "cmp784-multifaceted", caption) + paragraph(
+    return show(lab, fig, "cmp784-multifaceted", caption, paragraph(
         f"The class logit rises from {float(r.start_logit.mean()):.1f} (cluster means) to "
         f"{float(r.final_logit.mean()):.1f} (facets; {int((r.final_logit > r.start_logit + 1).sum())} of {k} "
         f"gained more than 1); cluster sizes {r.sizes.tolist()}. Each facet keeps its cluster's colours and "
         "layout because it starts from the cluster's mean image, and the centre bias grows one object in the "
         "middle; a mean image that the class unit hardly responds to can stay where it started. The diversity "
-        "batch has to find its differences from noise.")
+        "batch has to find its differences from noise."))
 
 
 def _logits(model, images: torch.Tensor) -> torch.Tensor:
@@ -235,13 +243,12 @@ def dream(lab: Lab) -> Markup:
               for layer in layers}
     energy = {layer: (_energy(model, image, layer), _energy(model, d, layer)) for layer, d in dreams.items()}
     rows = [[image[i]] + [dreams[layer][i] for layer in layers] for i in range(len(image))]
-    png = figure_to_png(pairs_figure(rows, ["original"] + [f"dreamed at {layer}" for layer in layers], cell=2.0),
-                        dpi=110)
+    fig = pairs_figure(rows, ["original"] + [f"dreamed at {layer}" for layer in layers], cell=2.0)
     gains = ", ".join(f"{layer}: {float(a.mean()):.2f} -> {float(b.mean()):.2f}" for layer, (a, b) in energy.items())
     caption = (f"Deep Dream (Mordvintsev et al. 2015) on two held-out shapes images: gradient ascent on the mean "
                f"squared activation of the layer, {octaves} octaves of {steps} steps (scale 1.4, step 0.02 times the "
                f"normalised gradient, jitter 4 px). Mean squared activation before -> after: {gains}.")
-    return figure(lab, png, "csc413-deep-dream", caption)
+    return show(lab, fig, "csc413-deep-dream", caption)
 
 
 def _energy(model, images: torch.Tensor, layer: str) -> torch.Tensor:
@@ -264,14 +271,14 @@ def inversion(lab: Lab) -> Markup:
     steps, seeds = (15, (0,)) if lab.quick else (200, (0, 1))
     results = [invert(model, image, layer, seeds=tuple(s + lab.seed for s in seeds), steps=steps, tv=0.1,
                       alpha=0.0) for layer in layers]
-    png = figure_to_png(inversion_figure(image, results), dpi=110)
+    fig = inversion_figure(image, results)
     rows = [[r.layer, f"{float((1 - r.distance_end / r.distance_start).mean()):.1%}", f"{float(r.psnr.mean()):.1f}"]
             for r in results]
     caption = (f"Pre-images of one held-out shapes image at three depths ({len(seeds)} random start(s) each, "
                f"{steps} Adam steps at lr 0.05 on the decorrelated Fourier parametrisation, loss ||Phi(x) - Phi_0||^2 "
                "/ ||Phi_0||^2 + 0.1 TV(x) per pixel). Right: PSNR to the original.")
-    return figure(lab, png, "inversion-layers", caption) + table(
-        ["layer", "feature distance removed", "PSNR (dB)"], rows, numeric=[1, 2])
+    return show(lab, fig, "inversion-layers", caption,
+                table(["layer", "feature distance removed", "PSNR (dB)"], rows, numeric=[1, 2]))
 
 
 @_register("cmp784-caricature", "Caricatures: emphasising what a representation detects",
@@ -291,13 +298,12 @@ def caricatures(lab: Lab) -> Markup:
                              transforms="none", priors=priors, seed=lab.seed) for layer in layers}
     gain = {layer: (_dot(model, image, image, layer), _dot(model, x, image, layer)) for layer, x in out.items()}
     rows = [[image[i]] + [out[layer][i] for layer in layers] for i in range(len(image))]
-    png = figure_to_png(pairs_figure(rows, ["x_0"] + [f"caricature at {layer}" for layer in layers], cell=2.0),
-                        dpi=110)
+    fig = pairs_figure(rows, ["x_0"] + [f"caricature at {layer}" for layer in layers], cell=2.0)
     text = ", ".join(f"{layer} {float((b / a).mean()):.1f}x" for layer, (a, b) in gain.items())
     caption = (f"From each image itself, {steps} Adam steps at lr 0.02 on the pixels maximising <Phi(x), Phi(x_0)> "
                "/ ||Phi(x_0)|| - TV(x) - alpha-norm(x) (weights 0.05 and 0.5 per pixel, alpha 6), no transform. "
                f"<Phi(x), Phi(x_0)> grew over <Phi(x_0), Phi(x_0)>: {text}.")
-    return figure(lab, png, "cmp784-caricature", caption)
+    return show(lab, fig, "cmp784-caricature", caption)
 
 
 def _dot(model, x: torch.Tensor, x0: torch.Tensor, layer: str) -> torch.Tensor:
@@ -318,12 +324,11 @@ def style(lab: Lab) -> Markup:
     content, texture = content_image(64)[None], style_texture(64)[None]
     steps = 10 if lab.quick else 150
     r = style_transfer(model, content, texture, steps=steps, seed=lab.seed)
-    png = figure_to_png(pairs_figure([[content[0], texture[0], r.image[0]]], ["content", "style", "result"],
-                                     cell=2.2), dpi=110)
+    fig = pairs_figure([[content[0], texture[0], r.image[0]]], ["content", "style", "result"], cell=2.2)
     total = r.trace["total"]  # [steps, N]
     first, last = float(total[0].sum()), float(total[-1].sum())
     caption = (f"Gatys et al.'s optimisation on the shapes model: content at {', '.join(r.layers['content'])}, style "
                f"(Gram matrices) at {', '.join(r.layers['style'])}, style weight 100, {steps} Adam steps from the "
                f"content image; the loss went from {first:.3g} to {last:.3g}. A network trained on eight shapes "
                "knows few textures, so the style it carries over is mostly colour and stroke scale.")
-    return figure(lab, png, "cmp784-style-transfer", caption)
+    return show(lab, fig, "cmp784-style-transfer", caption)
