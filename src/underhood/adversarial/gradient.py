@@ -12,8 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ..core.checks import choice, number, positive_int
-from ..core.errors import InputError
+from ..core.checks import choice, number, positive_int, with_preset
 from ..core.seeding import generator
 from .base import (
     LOSSES,
@@ -75,14 +74,7 @@ GRADIENT_ASCENT_PRESETS: dict[str, dict[str, object]] = {
 def gradient_ascent_options(preset: str | None = None, **options: object) -> dict[str, object]:
     """The options :func:`gradient_ascent` runs with: those given (not None), then the preset's
     (:data:`GRADIENT_ASCENT_PRESETS`), then :data:`GRADIENT_ASCENT_DEFAULTS`."""
-    base = dict(GRADIENT_ASCENT_DEFAULTS)
-    if preset is not None:
-        if not isinstance(preset, str) or preset not in GRADIENT_ASCENT_PRESETS:
-            raise InputError(f"preset: unknown gradient ascent preset {preset!r}; choose one of "
-                             f"{', '.join(GRADIENT_ASCENT_PRESETS)} or None")
-        base.update(GRADIENT_ASCENT_PRESETS[preset])
-    base.update({k: v for k, v in options.items() if v is not None})
-    return base
+    return with_preset("gradient ascent", preset, GRADIENT_ASCENT_DEFAULTS, GRADIENT_ASCENT_PRESETS, options)
 
 
 def gradient_ascent(model: nn.Module, inputs: torch.Tensor, labels: Labels = None, *, steps: int | None = None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..core.checks import choice, number, positive_int
+from ..core.checks import choice, number, positive_int, with_preset
 from ..core.errors import InputError
 from ..core.hooks import frozen
 from ..core.results import Result
@@ -78,18 +78,7 @@ def smoothgrad_options(preset: str | None = None, **options: object) -> dict[str
         >>> smoothgrad_options("lecture", n_samples=20)["n_samples"]
         20
     """
-    base = dict(SMOOTHGRAD_DEFAULTS)
-    if preset is not None:
-        if not isinstance(preset, str) or preset not in SMOOTHGRAD_PRESETS:
-            raise InputError(f"preset: unknown SmoothGrad preset {preset!r}; choose one of "
-                             f"{', '.join(SMOOTHGRAD_PRESETS)} or leave it out")
-        base.update(SMOOTHGRAD_PRESETS[preset])
-    unknown = sorted(set(options) - set(SMOOTHGRAD_DEFAULTS))
-    if unknown:
-        raise InputError(f"options: unknown SmoothGrad option {unknown[0]!r}; choose from "
-                         f"{', '.join(SMOOTHGRAD_DEFAULTS)}")
-    base.update({k: v for k, v in options.items() if v is not None})
-    return base
+    return with_preset("SmoothGrad", preset, SMOOTHGRAD_DEFAULTS, SMOOTHGRAD_PRESETS, options)
 
 
 def smoothgrad(model: nn.Module, inputs: torch.Tensor, target: Target = None, *, n_samples: int | None = None,

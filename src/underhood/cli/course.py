@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ..core.errors import InputError
 from .common import KEEP, Add, final_dir, load_images, model_from, out_dir
@@ -57,7 +58,6 @@ def cmd_course(args: argparse.Namespace) -> None:
     if args.model is not None:  # loaded (and its images read) before any work: a bad spec fails in seconds
         model = model_from(args, device)
         images = load_images(args.images, model) if args.images else None
-        from pathlib import Path
         subject = Subject.of(args.model, model, images, [Path(p).name for p in args.images] if args.images else None,
                              n=args.n)
     out = out_dir(args, "course")

@@ -7,7 +7,7 @@ argument's name, what was received and what to give instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -78,3 +78,25 @@ def pixels(x: torch.Tensor, name: str = "inputs") -> torch.Tensor:
         raise InputError(f"{name}: pixel values must lie in [0, 1], got values down to {lo:.4g}; give un-normalised "
                          "pixels (undo the mean/std normalisation): the model's normalisation is part of the model")
     return x.clamp(0, 1) if lo < 0 or hi > 1 else x
+
+
+def with_preset(what: str, preset: str | None, defaults: Mapping[str, object],
+                presets: Mapping[str, Mapping[str, object]], options: Mapping[str, object]) -> dict[str, object]:
+    """A method's options: those in ``options`` that are not None, then the named ``preset``'s, then ``defaults``.
+
+    ``what`` names the method in the one-line errors (an unknown preset; an option ``defaults`` does not know).
+
+    >>> with_preset("SmoothGrad", "lecture", {"n": 50, "s": 0.15}, {"lecture": {"n": 100}}, {"s": 0.2, "n": None})
+    {'n': 100, 's': 0.2}
+    """
+    base = dict(defaults)
+    if preset is not None:
+        if not isinstance(preset, str) or preset not in presets:
+            raise InputError(f"preset: unknown {what} preset {preset!r}; choose one of {', '.join(presets)} or "
+                             "leave it out")
+        base.update(presets[preset])
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise InputError(f"options: unknown {what} option {unknown[0]!r}; choose from {', '.join(defaults)}")
+    base.update({k: v for k, v in options.items() if v is not None})
+    return base

@@ -175,9 +175,8 @@ class Subject:
         if len(names) != len(images):
             raise InputError(f"names: {len(names)} names for {len(images)} images; give one per image")
         digest = hashlib.sha256(spec.encode())
-        for t in [*model.state_dict().values(), images]:
-            digest.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
-                          else t.detach().float().cpu().numpy().tobytes())
+        for t in [*model.state_dict().values(), images]:  # the raw bytes of every dtype (bfloat16 included)
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return cls(spec, model, images, names, labels, digest.hexdigest()[:16])
 
 
